@@ -1,0 +1,42 @@
+"""Argument checks shared by every launcher: they run before any kernel, so bad input fails with a
+message that names the argument instead of a device-side assert or a silent wrong answer."""
+
+import os
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def is_interpreter() -> bool:
+    """True when Triton runs kernels on the CPU (TRITON_INTERPRET=1, read when triton.jit decorates)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def expected_device_type() -> str:
+    return "cpu" if is_interpreter() else "cuda"
+
+
+def check_tensor(name, tensor, *, ndim=None, dtypes=FLOAT_DTYPES, unit_last_stride=True):
+    """Validate one launcher argument; raise TypeError/ValueError naming it."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if ndim is not None and tensor.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tensor.shape)}")
+    if dtypes is not None and tensor.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} has dtype {str(tensor.dtype).replace('torch.', '')}; expected one of {allowed}")
+    device_type = expected_device_type()
+    if tensor.device.type != device_type:
+        where = "Triton's interpreter (TRITON_INTERPRET=1)" if device_type == "cpu" else "a CUDA GPU"
+        raise ValueError(f"{name} is on {tensor.device} but kernels run on {where}: move it to {device_type}")
+    if unit_last_stride and tensor.dim() > 0 and tensor.shape[-1] > 1 and tensor.stride(-1) != 1:
+        raise ValueError(f"{name} must have stride 1 in its last dimension, got strides {tensor.stride()}")
+
+
+def check_same(name, tensor, reference_name, reference, *, dtype=True, device=True):
+    if dtype and tensor.dtype != reference.dtype:
+        raise TypeError(f"{name} has dtype {tensor.dtype} but {reference_name} has {reference.dtype}")
+    if device and tensor.device != reference.device:
+        raise ValueError(f"{name} is on {tensor.device} but {reference_name} is on {reference.device}")

@@ -1,0 +1,52 @@
+"""Compile Triton kernels for GPU targets on a machine without a GPU (run in a subprocess without
+TRITON_INTERPRET, because the interpreter replaces triton.jit). Reads a JSON list of cases on stdin,
+prints a JSON list of results."""
+
+import importlib
+import json
+import sys
+import warnings
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
+
+
+def _jit_function(obj):
+    # Autotuner and Heuristics wrap the JITFunction in `.fn`, possibly several times.
+    while not isinstance(obj, JITFunction):
+        obj = obj.fn
+    return obj
+
+
+def compile_case(case):
+    module = importlib.import_module(case["module"])
+    kernel = _jit_function(getattr(module, case["kernel"]))
+    constexprs = {(kernel.arg_names.index(name),): value for name, value in case["constexprs"].items()}
+    source = ASTSource(kernel, case["signature"], constexprs=constexprs)
+    target = GPUTarget("cuda", case["arch"], 32)
+    compiled = triton.compile(source, target=target,
+                              options={"num_warps": case["num_warps"], "num_stages": case["num_stages"]})
+    ptx = compiled.asm["ptx"]
+    return {
+        "shared": compiled.metadata.shared,
+        "wgmma": "wgmma" in ptx,
+        "mma": "mma.sync" in ptx or "wgmma" in ptx,
+        "local_memory_spill": ".local" in ptx,
+    }
+
+
+def main():
+    warnings.simplefilter("ignore")
+    results = []
+    for case in json.load(sys.stdin):
+        try:
+            results.append({"ok": True, **compile_case(case)})
+        except Exception as error:  # reported per case, so one failure does not hide the others
+            results.append({"ok": False, "error": f"{type(error).__name__}: {error}"[:2000]})
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Plain-PyTorch references for every kernel, in one place. They compute in fp32 (upcast=True) so
+that kernel outputs in any dtype are compared against the exact answer for the same rounded inputs."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def activation_ref(x, activation):
+    if activation is None:
+        return x
+    if activation == "gelu":
+        return F.gelu(x)
+    if activation == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if activation == "relu":
+        return F.relu(x)
+    raise ValueError(activation)
+
+
+def linear_ref(x, weight, bias=None, activation=None, upcast=True):
+    if upcast:
+        x, weight = x.float(), weight.float()
+        bias = bias.float() if bias is not None else None
+    return activation_ref(F.linear(x, weight, bias), activation)
+
+
+def attention_ref(q, k, v, cu_seqlens, scale=None, upcast=True):
+    """q, k, v [T, heads, head_dim]; cu_seqlens [B+1]. Bidirectional attention within each sequence."""
+    if upcast:
+        q, k, v = q.float(), k.float(), v.float()
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    out = torch.zeros_like(q)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end == start:
+            continue
+        qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))  # [heads, L, D]
+        scores = (qs @ ks.transpose(-1, -2)) * scale
+        out[start:end] = (scores.softmax(-1) @ vs).transpose(0, 1)
+    return out
+
+
+def layer_norm_ref(x, weight, bias, eps, residual=None, upcast=True):
+    if upcast:
+        x, weight, bias = x.float(), weight.float(), bias.float()
+        residual = residual.float() if residual is not None else None
+    if residual is not None:
+        x = x + residual
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def embeddings_ref(input_ids, position_ids, token_type_ids, word, position, token_type, ln_weight, ln_bias, eps,
+                   upcast=True):
+    """input_ids, position_ids, token_type_ids [T] (token_type_ids may be None: type 0)."""
+    if upcast:
+        word, position, ln_weight, ln_bias = word.float(), position.float(), ln_weight.float(), ln_bias.float()
+        token_type = token_type.float() if token_type is not None else None
+    summed = word[input_ids.long()] + position[position_ids.long()]
+    if token_type is not None:
+        types = token_type_ids.long() if token_type_ids is not None else torch.zeros_like(input_ids).long()
+        summed = summed + token_type[types]
+    return F.layer_norm(summed, (summed.shape[-1],), ln_weight, ln_bias, eps)

@@ -1,0 +1,66 @@
+"""The one tolerance table: (dtype, backend) -> (atol, rtol).
+
+backend "interpreter": Triton's CPU interpreter, whose tl.dot is IEEE fp32 whatever input_precision says.
+backend "cuda": a real GPU, where fp32 tl.dot defaults to TF32 (10-bit mantissa), hence the looser fp32 row.
+Low-precision rows cover rounding of the inputs and the single output cast; on GPU, kernels must also be
+within twice PyTorch's own same-dtype error (see assert_close)."""
+
+import torch
+
+TOLERANCES = {
+    (torch.float32, "interpreter"): (1e-4, 1e-4),
+    (torch.float32, "cuda"): (2e-2, 2e-2),
+    (torch.float16, "interpreter"): (1e-2, 1e-2),
+    (torch.float16, "cuda"): (1e-2, 1e-2),
+    (torch.bfloat16, "interpreter"): (6e-2, 6e-2),
+    (torch.bfloat16, "cuda"): (6e-2, 6e-2),
+}
+
+
+def tolerance(dtype, backend):
+    return TOLERANCES[(dtype, backend)]
+
+
+def assert_close(actual, expected_fp32, dtype, backend, *, torch_same_dtype=None, scale=1.0):
+    """Compare a kernel output with an fp32 reference.
+
+    expected_fp32: the reference computed in fp32 from the same (already rounded) inputs.
+    torch_same_dtype: optionally, PyTorch's own result in `dtype`; the kernel's max error may then be
+    at most twice PyTorch's error plus atol (flash-attention's rule), which keys the check on what the
+    dtype can deliver rather than on a guess.
+    scale: multiplies both tolerances, for outputs whose magnitude grows with the problem (long sums).
+    """
+    atol, rtol = tolerance(dtype, backend)
+    atol, rtol = atol * scale, rtol * scale
+    actual32 = actual.float()
+    expected32 = expected_fp32.float()
+    assert actual32.shape == expected32.shape, (actual32.shape, expected32.shape)
+    assert not torch.isnan(actual32).any(), "output has NaN"
+    torch.testing.assert_close(actual32, expected32, atol=atol, rtol=rtol)
+    if torch_same_dtype is not None:
+        own_error = (torch_same_dtype.float() - expected32).abs().max().item()
+        kernel_error = (actual32 - expected32).abs().max().item()
+        assert kernel_error <= 2 * own_error + atol, (
+            f"kernel error {kernel_error:.3e} > 2 x torch's own {dtype} error {own_error:.3e} + atol {atol:.1e}"
+        )
+
+
+def nan_padded(tensor, pad=64):
+    """Return a copy of `tensor` living inside a larger NaN-filled buffer, with the same shape and
+    strides-by-row, so that any read outside the logical tensor poisons the result with NaN."""
+    flat = torch.full((tensor.numel() + 2 * pad,), float("nan"), dtype=tensor.dtype, device=tensor.device)
+    if not tensor.dtype.is_floating_point:
+        flat = torch.full((tensor.numel() + 2 * pad,), -(2**30), dtype=tensor.dtype, device=tensor.device)
+    view = flat[pad : pad + tensor.numel()].view(tensor.shape)
+    view.copy_(tensor)
+    return view
+
+
+def nan_row_padded(matrix, extra_columns=5):
+    """Return a view of a 2-D `matrix` whose rows sit inside wider NaN-filled rows (row stride larger
+    than the width, last stride 1): catches kernels that read past a row or assume contiguity."""
+    rows, cols = matrix.shape
+    buffer = torch.full((rows + 2, cols + extra_columns), float("nan"), dtype=matrix.dtype, device=matrix.device)
+    view = buffer[1 : rows + 1, :cols]
+    view.copy_(matrix)
+    return view
