@@ -1,0 +1,257 @@
+"""Checkpoint reading and the one mapping from transformers' parameter names to ours.
+
+Our names (every other module depends on exactly these), with H = hidden, I = intermediate,
+V = vocab, P = max positions, TV = token-type vocab:
+
+    embeddings.word          [V, H]
+    embeddings.position      [P, H]
+    embeddings.token_type    [TV, H]   absent when type_vocab_size == 0
+    embeddings.norm.weight   [H]       .bias [H]
+    layers.{i}.qkv.weight    [3H, H]   rows: all of Q, then all of K, then all of V (unscaled)
+    layers.{i}.qkv.bias      [3H]
+    layers.{i}.attn_out.weight [H, H]  .bias [H]
+    layers.{i}.attn_norm.weight [H]    .bias [H]
+    layers.{i}.ffn_in.weight [I, H]    .bias [I]
+    layers.{i}.ffn_out.weight [H, I]   .bias [H]
+    layers.{i}.ffn_norm.weight [H]     .bias [H]
+    pooler.weight [H, H], pooler.bias [H]   absent when the checkpoint has no pooler
+
+Linear weights keep torch's [out_features, in_features] layout.
+"""
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+
+from .config import BertConfig
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+TORCH_FILE = "pytorch_model.bin"
+
+# Buffers transformers may have saved alongside the parameters; they carry no learned values.
+_IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids")
+# Names under which BertModel's own tensors live; in a checkpoint without the "bert." prefix any other
+# name belongs to a task head.
+_ENCODER_ROOTS = ("embeddings.", "encoder.", "pooler.")
+_PREFIX = "bert."
+
+
+def weight_table(config: BertConfig) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(our name, transformers name without the "bert." prefix, shape) for every tensor we take.
+
+    The Q, K and V projections appear under the provisional names layers.{i}.q/.k/.v; they are fused
+    into layers.{i}.qkv by convert_state_dict.
+    """
+    H, I = config.hidden_size, config.intermediate_size
+    table = [
+        ("embeddings.word", "embeddings.word_embeddings.weight", (config.vocab_size, H)),
+        ("embeddings.position", "embeddings.position_embeddings.weight", (config.max_position_embeddings, H)),
+    ]
+    if config.type_vocab_size > 0:
+        table.append(
+            ("embeddings.token_type", "embeddings.token_type_embeddings.weight", (config.type_vocab_size, H))
+        )
+    table += [
+        ("embeddings.norm.weight", "embeddings.LayerNorm.weight", (H,)),
+        ("embeddings.norm.bias", "embeddings.LayerNorm.bias", (H,)),
+    ]
+    for i in range(config.num_hidden_layers):
+        ours, theirs = f"layers.{i}.", f"encoder.layer.{i}."
+        table += [
+            (ours + "q.weight", theirs + "attention.self.query.weight", (H, H)),
+            (ours + "q.bias", theirs + "attention.self.query.bias", (H,)),
+            (ours + "k.weight", theirs + "attention.self.key.weight", (H, H)),
+            (ours + "k.bias", theirs + "attention.self.key.bias", (H,)),
+            (ours + "v.weight", theirs + "attention.self.value.weight", (H, H)),
+            (ours + "v.bias", theirs + "attention.self.value.bias", (H,)),
+            (ours + "attn_out.weight", theirs + "attention.output.dense.weight", (H, H)),
+            (ours + "attn_out.bias", theirs + "attention.output.dense.bias", (H,)),
+            (ours + "attn_norm.weight", theirs + "attention.output.LayerNorm.weight", (H,)),
+            (ours + "attn_norm.bias", theirs + "attention.output.LayerNorm.bias", (H,)),
+            (ours + "ffn_in.weight", theirs + "intermediate.dense.weight", (I, H)),
+            (ours + "ffn_in.bias", theirs + "intermediate.dense.bias", (I,)),
+            (ours + "ffn_out.weight", theirs + "output.dense.weight", (H, I)),
+            (ours + "ffn_out.bias", theirs + "output.dense.bias", (H,)),
+            (ours + "ffn_norm.weight", theirs + "output.LayerNorm.weight", (H,)),
+            (ours + "ffn_norm.bias", theirs + "output.LayerNorm.bias", (H,)),
+        ]
+    return table
+
+
+# The pooler is optional (BertModel(add_pooling_layer=False)) but all-or-nothing.
+def _pooler_table(config: BertConfig) -> list[tuple[str, str, tuple[int, ...]]]:
+    H = config.hidden_size
+    return [("pooler.weight", "pooler.dense.weight", (H, H)), ("pooler.bias", "pooler.dense.bias", (H,))]
+
+
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder, on the CPU, under the checkpoint's own names.
+
+    Reads model.safetensors when present (or a sharded model.safetensors.index.json), else
+    pytorch_model.bin with torch.load(weights_only=True). `path` may also be one of those files.
+    """
+    path = Path(path)
+    if path.is_file():
+        return _read_file(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+    for name in (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, TORCH_FILE):
+        if (path / name).is_file():
+            return _read_file(path / name)
+    raise FileNotFoundError(f"no {SAFETENSORS_FILE} or {TORCH_FILE} in {path}")
+
+
+def _read_file(file: Path) -> dict[str, torch.Tensor]:
+    if file.name.endswith(".index.json"):
+        return _read_sharded(file)
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(file), device="cpu")
+        except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+            raise ValueError(f"{file} is not a readable safetensors file (corrupt or truncated?)") from err
+    try:
+        state_dict = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError, AttributeError) as err:
+        raise ValueError(
+            f"{file} is not a readable PyTorch checkpoint "
+            "(corrupt, truncated, or pickling objects other than tensors?)"
+        ) from err
+    if not isinstance(state_dict, dict) or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
+        raise ValueError(f"{file} does not hold a state dict (a mapping of names to tensors)")
+    return dict(state_dict)
+
+
+def _read_sharded(index_file: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{index_file} is not a valid safetensors index (needs a 'weight_map')") from err
+    state_dict = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_file = index_file.parent / shard
+        if not shard_file.is_file():
+            raise FileNotFoundError(f"shard {shard_file} listed in {index_file} does not exist")
+        state_dict.update(_read_file(shard_file))
+    return state_dict
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor], config: BertConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Map transformers names to ours and fuse Q, K, V.
+
+    Accepts BertModel names, the "bert." prefix of BertFor* checkpoints and the legacy
+    LayerNorm.gamma/.beta names. Returns (weights, head): `head` holds the tensors outside the encoder
+    (cls.*, classifier.*, qa_outputs.*, ...) under their original names, untouched.
+    Raises one ValueError listing every missing, unexpected and mis-shaped tensor.
+    """
+    prefixed = any(k.startswith(_PREFIX) for k in state_dict)
+    encoder, head, source_name = {}, {}, {}
+    for key, tensor in state_dict.items():
+        if prefixed:
+            if not key.startswith(_PREFIX):
+                head[key] = tensor
+                continue
+            name = key[len(_PREFIX) :]
+        elif key.startswith(_ENCODER_ROOTS):
+            name = key
+        else:
+            head[key] = tensor
+            continue
+        name = _modern_layer_norm_name(name)
+        if name in _IGNORED:
+            continue
+        if name in encoder:
+            raise ValueError(
+                f"checkpoint holds {source_name[name]!r} and {key!r}, which name the same tensor"
+            )
+        encoder[name], source_name[name] = tensor, key
+
+    def shown(name):
+        return source_name.get(name, _PREFIX + name if prefixed else name)
+
+    table = weight_table(config)
+    pooler = _pooler_table(config)
+    if any(theirs in encoder for _, theirs, _ in pooler):
+        table += pooler  # present at all: then both tensors are required
+
+    missing, misshaped, taken = [], [], {}
+    for ours, theirs, shape in table:
+        tensor = encoder.pop(theirs, None)
+        if tensor is None:
+            missing.append(f"{shown(theirs)} {list(shape)}")
+        elif tuple(tensor.shape) != shape:
+            misshaped.append(f"{shown(theirs)}: expected {list(shape)}, got {list(tensor.shape)}")
+        else:
+            taken[ours] = tensor
+    # A model built with type_vocab_size=0 still saves an empty [0, H] table: nothing to take from it.
+    empty_tt = encoder.get("embeddings.token_type_embeddings.weight")
+    if config.type_vocab_size == 0 and empty_tt is not None and empty_tt.numel() == 0:
+        encoder.pop("embeddings.token_type_embeddings.weight")
+    unexpected = [shown(name) for name in encoder]
+
+    if missing or misshaped or unexpected:
+        lines = [f"checkpoint does not match the config ({_describe(config)}):"]
+        for title, names in (("missing", missing), ("mis-shaped", misshaped), ("unexpected", unexpected)):
+            if names:
+                lines.append(f"  {title} ({len(names)}): " + ", ".join(names))
+        if head:
+            shown_head = ", ".join(list(head)[:5]) + (", ..." if len(head) > 5 else "")
+            lines.append(f"  ({len(head)} tensor(s) outside the encoder were set aside: {shown_head})")
+        raise ValueError("\n".join(lines))
+
+    weights = {}
+    for name, tensor in taken.items():
+        if name.startswith("layers.") and name.rsplit(".", 2)[1] in ("q", "k", "v"):
+            continue
+        weights[name] = tensor
+    for i in range(config.num_hidden_layers):
+        for kind in ("weight", "bias"):
+            parts = [taken[f"layers.{i}.{p}.{kind}"] for p in ("q", "k", "v")]
+            weights[f"layers.{i}.qkv.{kind}"] = torch.cat(parts, dim=0).contiguous()
+    return dict(sorted(weights.items(), key=lambda kv: _order(kv[0]))), head
+
+
+def load_weights(
+    path, config: BertConfig, dtype: torch.dtype | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """read_state_dict + convert_state_dict, casting floating-point tensors to `dtype` when given."""
+    weights, head = convert_state_dict(read_state_dict(path), config)
+    if dtype is not None:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        weights = {k: v.to(dtype) for k, v in weights.items()}
+        head = {k: v.to(dtype) if v.is_floating_point() else v for k, v in head.items()}
+    return weights, head
+
+
+def _modern_layer_norm_name(name: str) -> str:
+    # Checkpoints converted from the original TensorFlow BERT name LayerNorm parameters gamma/beta.
+    if name.endswith("LayerNorm.gamma"):
+        return name[: -len("gamma")] + "weight"
+    if name.endswith("LayerNorm.beta"):
+        return name[: -len("beta")] + "bias"
+    return name
+
+
+def _describe(config: BertConfig) -> str:
+    return (
+        f"vocab_size={config.vocab_size}, hidden_size={config.hidden_size}, "
+        f"num_hidden_layers={config.num_hidden_layers}, intermediate_size={config.intermediate_size}, "
+        f"max_position_embeddings={config.max_position_embeddings}, type_vocab_size={config.type_vocab_size}"
+    )
+
+
+def _order(name: str) -> tuple:
+    # Embeddings, then layers in numeric order, then the pooler: the order a reader expects.
+    if name.startswith("embeddings."):
+        return (0, 0, name)
+    if name.startswith("layers."):
+        return (1, int(name.split(".")[1]), name)
+    return (2, 0, name)

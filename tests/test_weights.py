@@ -1,0 +1,255 @@
+import json
+
+import pytest
+import torch
+
+from fastbert.config import BertConfig
+from fastbert.weights import convert_state_dict, load_weights, read_state_dict
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(
+    vocab_size=50,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=24,
+    max_position_embeddings=20,
+    type_vocab_size=2,
+)
+
+
+def our_names(num_layers, pooler=True, token_type=True):
+    names = ["embeddings.word", "embeddings.position", "embeddings.norm.weight", "embeddings.norm.bias"]
+    if token_type:
+        names.append("embeddings.token_type")
+    for i in range(num_layers):
+        for part in ("qkv", "attn_out", "attn_norm", "ffn_in", "ffn_out", "ffn_norm"):
+            names += [f"layers.{i}.{part}.weight", f"layers.{i}.{part}.bias"]
+    if pooler:
+        names += ["pooler.weight", "pooler.bias"]
+    return set(names)
+
+
+def hf_state_dict(model_cls=None, add_pooling_layer=True, **overrides):
+    """A random transformers checkpoint's state dict under its own names, and our config for it."""
+    kwargs = {**TINY, **overrides}
+    hf_cfg = transformers.BertConfig(**kwargs)
+    if model_cls is None:
+        model = transformers.BertModel(hf_cfg, add_pooling_layer=add_pooling_layer)
+    else:
+        model = model_cls(hf_cfg)
+    return {k: v.clone() for k, v in model.state_dict().items()}, BertConfig(**kwargs)
+
+
+def test_minilm_names_shapes_and_fused_qkv(minilm_path):
+    cfg = BertConfig.from_pretrained(minilm_path)
+    raw = read_state_dict(minilm_path)
+    weights, head = load_weights(minilm_path, cfg)
+    assert head == {}
+    assert set(weights) == our_names(6)
+    H, I = 384, 1536
+    expected = {
+        "embeddings.word": (30522, H),
+        "embeddings.position": (512, H),
+        "embeddings.token_type": (2, H),
+        "pooler.weight": (H, H),
+        "pooler.bias": (H,),
+    }
+    for i in range(6):
+        expected.update(
+            {
+                f"layers.{i}.qkv.weight": (3 * H, H),
+                f"layers.{i}.qkv.bias": (3 * H,),
+                f"layers.{i}.ffn_in.weight": (I, H),
+                f"layers.{i}.ffn_out.weight": (H, I),
+            }
+        )
+    for name, shape in expected.items():
+        assert tuple(weights[name].shape) == shape, name
+    for i in range(6):
+        a = f"encoder.layer.{i}.attention.self."
+        for kind in ("weight", "bias"):
+            fused = weights[f"layers.{i}.qkv.{kind}"]
+            assert fused.is_contiguous()
+            q, k, v = fused.split(H, dim=0)  # rows: all Q, then all K, then all V, unscaled
+            assert torch.equal(q, raw[a + f"query.{kind}"])
+            assert torch.equal(k, raw[a + f"key.{kind}"])
+            assert torch.equal(v, raw[a + f"value.{kind}"])
+        assert torch.equal(
+            weights[f"layers.{i}.ffn_out.weight"], raw[f"encoder.layer.{i}.output.dense.weight"]
+        )
+    assert torch.equal(weights["pooler.weight"], raw["pooler.dense.weight"])
+    assert list(weights)[:5] == [
+        "embeddings.norm.bias",
+        "embeddings.norm.weight",
+        "embeddings.position",
+        "embeddings.token_type",
+        "embeddings.word",
+    ]
+
+
+def test_dtype_cast(minilm_path):
+    cfg = BertConfig.from_pretrained(minilm_path)
+    weights, _ = load_weights(minilm_path, cfg, dtype=torch.float16)
+    assert {w.dtype for w in weights.values()} == {torch.float16}
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
+        load_weights(minilm_path, cfg, dtype=torch.int32)
+
+
+def test_no_pooler():
+    sd, cfg = hf_state_dict(add_pooling_layer=False)
+    weights, head = convert_state_dict(sd, cfg)
+    assert set(weights) == our_names(2, pooler=False) and head == {}
+
+
+def test_half_a_pooler_is_missing():
+    sd, cfg = hf_state_dict()
+    del sd["pooler.dense.bias"]
+    with pytest.raises(ValueError, match=r"missing \(1\): pooler.dense.bias \[16\]"):
+        convert_state_dict(sd, cfg)
+
+
+def test_bert_prefix_keeps_heads_aside():
+    sd, cfg = hf_state_dict(model_cls=transformers.BertForSequenceClassification)
+    assert any(k.startswith("bert.") for k in sd)
+    sd["cls.predictions.bias"] = torch.zeros(50)
+    sd["qa_outputs.weight"] = torch.zeros(2, 16)
+    weights, head = convert_state_dict(sd, cfg)
+    assert set(weights) == our_names(2)
+    assert set(head) == {"classifier.weight", "classifier.bias", "cls.predictions.bias", "qa_outputs.weight"}
+    assert torch.equal(weights["embeddings.word"], sd["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(head["classifier.weight"], sd["classifier.weight"])
+
+
+def test_prefixed_errors_name_prefixed_keys():
+    sd, cfg = hf_state_dict(model_cls=transformers.BertForSequenceClassification)
+    del sd["bert.encoder.layer.1.output.dense.bias"]
+    with pytest.raises(ValueError, match=r"bert\.encoder\.layer\.1\.output\.dense\.bias") as err:
+        convert_state_dict(sd, cfg)
+    assert "tensor(s) outside the encoder were set aside: classifier" in str(err.value)
+
+
+def test_legacy_gamma_beta_and_buffers():
+    sd, cfg = hf_state_dict()
+    reference, _ = convert_state_dict(dict(sd), cfg)
+    legacy = {}
+    for k, v in sd.items():
+        k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+        legacy[k] = v
+    legacy["embeddings.position_ids"] = torch.arange(20)[None]
+    legacy["embeddings.token_type_ids"] = torch.zeros(1, 20, dtype=torch.long)
+    assert sum("gamma" in k for k in legacy) == 5
+    weights, head = convert_state_dict(legacy, cfg)
+    assert head == {} and set(weights) == set(reference)
+    assert all(torch.equal(weights[k], reference[k]) for k in reference)
+
+
+def test_duplicate_names_rejected():
+    sd, cfg = hf_state_dict()
+    sd["embeddings.LayerNorm.gamma"] = sd["embeddings.LayerNorm.weight"]
+    with pytest.raises(ValueError, match="embeddings.LayerNorm.gamma.*name the same tensor"):
+        convert_state_dict(sd, cfg)
+
+
+def test_type_vocab_size_zero():
+    sd, cfg = hf_state_dict(type_vocab_size=1)
+    cfg0 = BertConfig(**{**TINY, "type_vocab_size": 0})
+    empty = sd.pop("embeddings.token_type_embeddings.weight")
+    weights, _ = convert_state_dict(dict(sd), cfg0)
+    assert set(weights) == our_names(2, token_type=False)
+    sd["embeddings.token_type_embeddings.weight"] = empty[:0]  # what BertModel(type_vocab_size=0) saves
+    weights, _ = convert_state_dict(dict(sd), cfg0)
+    assert "embeddings.token_type" not in weights
+    sd["embeddings.token_type_embeddings.weight"] = empty
+    with pytest.raises(ValueError, match=r"unexpected \(1\): embeddings.token_type_embeddings.weight"):
+        convert_state_dict(sd, cfg0)
+
+
+def test_one_error_lists_every_problem():
+    sd, cfg = hf_state_dict()
+    del sd["encoder.layer.0.attention.self.key.weight"]
+    del sd["embeddings.LayerNorm.bias"]
+    sd["encoder.layer.1.intermediate.dense.weight"] = torch.zeros(25, 16)
+    sd["encoder.layer.2.output.dense.weight"] = torch.zeros(16, 24)
+    sd["embeddings.extra"] = torch.zeros(3)
+    with pytest.raises(ValueError) as err:
+        convert_state_dict(sd, cfg)
+    msg = str(err.value)
+    assert "missing (2): " in msg
+    assert (
+        "embeddings.LayerNorm.bias [16]" in msg
+        and "encoder.layer.0.attention.self.key.weight [16, 16]" in msg
+    )
+    assert "mis-shaped (1): encoder.layer.1.intermediate.dense.weight: expected [24, 16], got [25, 16]" in msg
+    assert "unexpected (2): " in msg
+    assert "encoder.layer.2.output.dense.weight" in msg and "embeddings.extra" in msg
+    assert "num_hidden_layers=2" in msg
+
+
+def test_wrong_config_for_checkpoint(minilm_path):
+    with pytest.raises(ValueError, match=r"embeddings.word_embeddings.weight: expected \[30522, 768\], got"):
+        load_weights(minilm_path, BertConfig())
+
+
+def test_unrelated_checkpoint_lists_missing():
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)missing \(37\).*1 tensor\(s\) outside the encoder were set aside: transformer.wte.weight",
+    ):
+        convert_state_dict({"transformer.wte.weight": torch.zeros(3, 3)}, BertConfig(**TINY))
+
+
+def test_reads_safetensors_first_then_bin(tmp_path):
+    from safetensors.torch import save_file
+
+    sd, _ = hf_state_dict()
+    torch.save({"a": torch.ones(2)}, tmp_path / "pytorch_model.bin")
+    assert torch.equal(read_state_dict(tmp_path)["a"], torch.ones(2))
+    save_file({"b": torch.zeros(3)}, str(tmp_path / "model.safetensors"))
+    assert set(read_state_dict(tmp_path)) == {"b"}
+    assert set(read_state_dict(tmp_path / "pytorch_model.bin")) == {"a"}
+
+
+def test_sharded_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.ones(2)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({"b": torch.zeros(3)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert set(read_state_dict(tmp_path)) == {"a", "b"}
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors"):
+        read_state_dict(tmp_path)
+
+
+def test_missing_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint folder .*nowhere does not exist"):
+        read_state_dict(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no model.safetensors or pytorch_model.bin in"):
+        read_state_dict(tmp_path)
+
+
+def test_corrupt_and_truncated_files(tmp_path, minilm_path):
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors file"):
+        read_state_dict(tmp_path)
+    whole = (minilm_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(whole[: len(whole) // 3])
+    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors file"):
+        read_state_dict(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+
+    sd, _ = hf_state_dict()
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    data = (tmp_path / "pytorch_model.bin").read_bytes()
+    (tmp_path / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="pytorch_model.bin is not a readable PyTorch checkpoint"):
+        read_state_dict(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not a pickle at all")
+    with pytest.raises(ValueError, match="pytorch_model.bin is not a readable PyTorch checkpoint"):
+        read_state_dict(tmp_path)
+    torch.save([torch.ones(1)], tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="pytorch_model.bin does not hold a state dict"):
+        read_state_dict(tmp_path)
