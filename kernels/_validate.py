@@ -9,9 +9,14 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
 
 
+# triton.jit decides once, when it decorates a kernel, whether the kernel is interpreted; the mode
+# is therefore captured when this package is imported, not re-read from the environment later.
+_INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def is_interpreter() -> bool:
-    """True when Triton runs kernels on the CPU (TRITON_INTERPRET=1, read when triton.jit decorates)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when this package's kernels run on CPU tensors through Triton's interpreter."""
+    return _INTERPRETER
 
 
 def expected_device_type() -> str:
