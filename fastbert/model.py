@@ -1,0 +1,178 @@
+"""FastBertModel: a padding-free BERT encoder.
+
+The data path of one forward pass, top to bottom in `forward`:
+tokens -> validate and pack the real tokens once -> embeddings of real tokens only -> layers on
+packed [T, H] tokens (at most 7 kernel launches each, nothing else) -> scatter back to [B, S, H]
+once (padded positions are zero) -> pooler on each sequence's first real token."""
+
+import math
+from pathlib import Path
+
+import torch
+
+from .backends import make_ops
+from .config import BertConfig
+from .graphs import GraphCache
+from .outputs import EncoderOutput
+from .packing import pack_inputs
+from .weights import load_weights
+
+BACKENDS = ("auto", "triton", "torch")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_device_dtype_backend(device=None, dtype=None, backend="auto"):
+    """Defaults: CUDA in fp16 when a GPU is present, else CPU in fp32; 'auto' = triton on CUDA, torch on CPU."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device is cuda but no CUDA GPU is available")
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    if backend == "auto":
+        backend = "triton" if device.type == "cuda" else "torch"
+    return device, dtype, backend
+
+
+def prepare_weights(weights, config, dtype, device):
+    """Cast to the run dtype, make contiguous on the device, and fold the softmax scale 1/sqrt(head_dim)
+    into the Q rows of the fused QKV projection, so attention needs no scaling of its own."""
+    scale = 1.0 / math.sqrt(config.head_dim)
+    hidden = config.hidden_size
+    prepared = {}
+    for name, tensor in weights.items():
+        if name.endswith(".qkv.weight") or name.endswith(".qkv.bias"):
+            tensor = tensor.detach().to(device=device, dtype=torch.float32, copy=True)
+            tensor[:hidden] *= scale
+        # .to() returns the tensor itself when nothing changes, so weights already in the right dtype
+        # and place (a live transformers model's) are shared, not copied.
+        prepared[name] = tensor.detach().to(device=device, dtype=dtype).contiguous()
+    return prepared
+
+
+class FastBertModel:
+    """BERT encoder on packed variable-length tokens. See `from_pretrained`."""
+
+    def __init__(self, config, weights, *, device=None, dtype=None, backend="auto", cuda_graphs=None,
+                 tokenizer=None, path=None):
+        self.config = config
+        self.device, self.dtype, self.backend = resolve_device_dtype_backend(device, dtype, backend)
+        self.weights = prepare_weights(weights, config, self.dtype, self.device)
+        self.ops = make_ops(self.backend, self.device)
+        self.activation = config.activation
+        self.has_pooler = "pooler.weight" in self.weights
+        self.tokenizer = tokenizer
+        self.path = Path(path) if path is not None else None
+        # CUDA graphs remove the host's per-launch cost (tens of microseconds per Triton launch, which
+        # otherwise dominates small batches); on by default for the triton backend on CUDA.
+        if cuda_graphs is None:
+            cuda_graphs = self.backend == "triton" and self.device.type == "cuda"
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs a CUDA device")
+        self._graphs = GraphCache(self._encode_packed, self.device) if cuda_graphs else None
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, device=None, backend="auto", cuda_graphs=None):
+        """Load a BERT checkpoint folder (config.json + model.safetensors or pytorch_model.bin).
+        Defaults: CUDA with fp16 when a GPU is present, else CPU with fp32; backend 'auto' picks
+        triton on CUDA and torch on CPU ('triton' on CPU runs through Triton's interpreter); cuda_graphs
+        (default: on for triton on CUDA) replays captured CUDA graphs for batches of a shape seen before."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model folder not found: {path}")
+        config = BertConfig.from_pretrained(path)
+        weights, _heads = load_weights(path, config)
+        return cls(config, weights, device=device, dtype=dtype, backend=backend, cuda_graphs=cuda_graphs, path=path)
+
+    def get_tokenizer(self):
+        """The tokenizer of the checkpoint folder this model was loaded from (loaded on first use)."""
+        if self.tokenizer is None:
+            if self.path is None:
+                raise ValueError("this model has no tokenizer: load it with from_pretrained(folder), or set .tokenizer")
+            from .tokenizer import Tokenizer
+
+            self.tokenizer = Tokenizer.from_pretrained(self.path)
+        return self.tokenizer
+
+    def __repr__(self):
+        c = self.config
+        return (f"FastBertModel(layers={c.num_hidden_layers}, hidden={c.hidden_size}, heads={c.num_attention_heads}, "
+                f"backend={self.backend!r}, device={str(self.device)!r}, dtype={self.dtype})")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # no_grad rather than inference_mode: outputs stay ordinary tensors that a transformers head
+    # (after fastbert.optimize) may still use in an autograd-enabled context.
+    @torch.no_grad()
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                output_hidden_states=False):
+        """input_ids [B, S] (+ optional attention_mask, token_type_ids, position_ids [B, S]) ->
+        EncoderOutput(last_hidden_state [B, S, H], pooler_output [B, H], hidden_states).
+        Padded positions of every returned hidden state are zero."""
+        packing, ids, positions, types = pack_inputs(
+            self.config, self.device, input_ids, attention_mask, token_type_ids, position_ids)
+        if packing.num_tokens == 0:
+            return self._empty_output(packing, output_hidden_states)
+        run = self._graphs if self._graphs is not None else self._encode_packed
+        last_hidden_state, pooled, hidden_states = run(packing, ids, positions, types, output_hidden_states)
+        return EncoderOutput(last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states)
+
+    def _encode_packed(self, packing, ids, positions, types, output_hidden_states):
+        """Packed token ids [T] -> (last_hidden_state [B, S, H], pooler_output [B, H], hidden_states).
+        Only kernel launches and views between the embeddings and the final scatter."""
+        config, w, ops = self.config, self.weights, self.ops
+        hidden = ops.embeddings(ids, positions, types, w, config.layer_norm_eps)
+        packed_states = [hidden] if output_hidden_states else None
+        tokens, heads, head_dim = packing.num_tokens, config.num_attention_heads, config.head_dim
+        for i in range(config.num_hidden_layers):
+            p = f"layers.{i}."
+            qkv = ops.linear(hidden, w[p + "qkv.weight"], w[p + "qkv.bias"])
+            # Q, K and V are strided views of the one QKV output: no split, transpose or copy.
+            q, k, v = qkv.view(tokens, 3, heads, head_dim).unbind(1)
+            context = ops.attention(q, k, v, packing).view(tokens, config.hidden_size)
+            attended = ops.linear(context, w[p + "attn_out.weight"], w[p + "attn_out.bias"])
+            hidden = ops.layer_norm(attended, w[p + "attn_norm.weight"], w[p + "attn_norm.bias"],
+                                    config.layer_norm_eps, residual=hidden)
+            intermediate = ops.linear(hidden, w[p + "ffn_in.weight"], w[p + "ffn_in.bias"], self.activation)
+            projected = ops.linear(intermediate, w[p + "ffn_out.weight"], w[p + "ffn_out.bias"])
+            hidden = ops.layer_norm(projected, w[p + "ffn_norm.weight"], w[p + "ffn_norm.bias"],
+                                    config.layer_norm_eps, residual=hidden)
+            if output_hidden_states:
+                packed_states.append(hidden)
+
+        pooled = None
+        if self.has_pooler:
+            # BERT's pooler reads [CLS]: the first *real* token, so left-padded rows pool correctly too.
+            first = packing.first_tokens(hidden)
+            pooled = torch.tanh(torch.nn.functional.linear(first, w["pooler.weight"], w["pooler.bias"]))
+        states = tuple(packing.unpack(s) for s in packed_states) if output_hidden_states else None
+        return packing.unpack(hidden), pooled, states
+
+    def _empty_output(self, packing, output_hidden_states):
+        hidden_size = self.config.hidden_size
+        empty = torch.zeros(packing.batch_size, packing.seq_len, hidden_size, dtype=self.dtype, device=self.device)
+        pooled = torch.zeros(packing.batch_size, hidden_size, dtype=self.dtype, device=self.device)
+        states = (empty,) * (self.config.num_hidden_layers + 1) if output_hidden_states else None
+        return EncoderOutput(last_hidden_state=empty, pooler_output=pooled if self.has_pooler else None,
+                             hidden_states=states)
+
+    def encode(self, texts, **kwargs):
+        """Sentence embeddings [N, H] float32 in input order; see fastbert.embedding.encode."""
+        from .embedding import encode
+
+        return encode(self, texts, **kwargs)

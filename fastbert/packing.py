@@ -1,0 +1,147 @@
+"""Input validation and padding removal, done once per forward pass.
+
+Every check a user's input can fail happens here, before any kernel runs, with one host
+synchronisation for all of them together: a bad token id becomes a ValueError naming the argument,
+not a device-side assert."""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Packing:
+    """Where the real tokens of a padded [B, S] batch live once packed into [T, ...].
+
+    token_indices [T] int64: flat positions (row * S + column) of the real tokens, row-major.
+    cu_seqlens [B+1] int32: packed offsets of each sequence (on the model's device).
+    offsets: the same offsets as a host list; max_seqlen: the longest sequence."""
+
+    batch_size: int
+    seq_len: int
+    token_indices: torch.Tensor
+    cu_seqlens: torch.Tensor
+    offsets: list
+    max_seqlen: int
+
+    @property
+    def num_tokens(self):
+        return self.offsets[-1]
+
+    def unpack(self, packed):
+        """[T, H] -> [B, S, H], zeros at padded positions, in one scatter."""
+        out = packed.new_zeros(self.batch_size * self.seq_len, packed.shape[-1])
+        out.index_copy_(0, self.token_indices, packed)
+        return out.view(self.batch_size, self.seq_len, -1)
+
+    def first_tokens(self, packed):
+        """The first real token of every sequence (BERT's [CLS]) from packed [T, H] -> [B, H]."""
+        return packed[self.cu_seqlens[:-1].long()]
+
+
+def _check_index_tensor(name, tensor, shape, device):
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integers, got dtype {tensor.dtype}")
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)} but input_ids has shape {tuple(shape)}")
+    if tensor.device != device:
+        raise ValueError(
+            f"{name} is on {tensor.device} but the model is on {device}: move it with .to({str(device)!r})"
+        )
+
+
+def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+    """Validate a padded batch and return (Packing, packed input_ids, position_ids, token_type_ids).
+
+    Positions default to the column index, as in transformers (so left-padded rows start at the
+    position of their first column); pass position_ids to choose otherwise."""
+    device = torch.device(device)
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+    _check_index_tensor("input_ids", input_ids, input_ids.shape, device)
+    batch, seq_len = input_ids.shape
+    if seq_len > config.max_position_embeddings:
+        raise ValueError(
+            f"input_ids has sequence length {seq_len}, longer than max_position_embeddings="
+            f"{config.max_position_embeddings}: truncate the input"
+        )
+
+    if attention_mask is None:
+        mask = torch.ones_like(input_ids, dtype=torch.bool)
+        mask_not_binary = None
+    else:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} "
+                f"but input_ids has shape {tuple(input_ids.shape)}"
+            )
+        if attention_mask.device != device:
+            raise ValueError(f"attention_mask is on {attention_mask.device} but the model is on {device}")
+        mask = attention_mask != 0
+        mask_not_binary = ((attention_mask != 0) & (attention_mask != 1)).sum()
+    if token_type_ids is not None:
+        _check_index_tensor("token_type_ids", token_type_ids, input_ids.shape, device)
+    if position_ids is not None:
+        _check_index_tensor("position_ids", position_ids, input_ids.shape, device)
+
+    if batch == 0 or seq_len == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        packing = Packing(batch, seq_len, empty, torch.zeros(batch + 1, dtype=torch.int32, device=device),
+                          [0] * (batch + 1), 0)
+        return packing, empty, empty, empty
+
+    lengths = mask.sum(dim=1)
+    # All statistics in one tensor, read back with a single host synchronisation.
+    zero = torch.zeros((), dtype=torch.long, device=device)
+    stats = [input_ids.min(), input_ids.max(), mask_not_binary if mask_not_binary is not None else zero]
+    for extra in (token_type_ids, position_ids):
+        stats += [extra.min(), extra.max()] if extra is not None else [zero, zero]
+    host = torch.cat([torch.stack([s.long() for s in stats]), lengths.long()]).tolist()
+    ids_min, ids_max, not_binary, type_min, type_max, pos_min, pos_max = host[:7]
+    lengths_host = host[7:]
+
+    if ids_min < 0 or ids_max >= config.vocab_size:
+        raise ValueError(
+            f"input_ids holds token ids in [{ids_min}, {ids_max}] outside [0, vocab_size={config.vocab_size})"
+        )
+    if not_binary:
+        raise ValueError("attention_mask must hold only 0 and 1 (padding and real tokens)")
+    empty_rows = [row for row, length in enumerate(lengths_host) if length == 0]
+    if empty_rows:
+        raise ValueError(f"attention_mask is all zero in row(s) {empty_rows[:8]}: every sequence needs a real token")
+    if token_type_ids is not None and (type_min < 0 or type_max >= max(config.type_vocab_size, 1)):
+        raise ValueError(
+            f"token_type_ids holds values in [{type_min}, {type_max}] "
+            f"outside [0, type_vocab_size={config.type_vocab_size})"
+        )
+    if position_ids is not None and (pos_min < 0 or pos_max >= config.max_position_embeddings):
+        raise ValueError(
+            f"position_ids holds values in [{pos_min}, {pos_max}] outside [0, max_position_embeddings="
+            f"{config.max_position_embeddings})"
+        )
+
+    offsets = [0]
+    for length in lengths_host:
+        offsets.append(offsets[-1] + length)
+    num_tokens = offsets[-1]
+    # nonzero_static knows the result size already, so it needs no second synchronisation.
+    token_indices = torch.nonzero_static(mask.flatten(), size=num_tokens).squeeze(1)
+    cu_seqlens = torch.tensor(offsets, dtype=torch.int32).to(device, non_blocking=True)
+    packing = Packing(batch, seq_len, token_indices, cu_seqlens, offsets, max(lengths_host))
+
+    packed_ids = input_ids.flatten()[token_indices]
+    if position_ids is None:
+        packed_positions = token_indices % seq_len
+    else:
+        packed_positions = position_ids.flatten()[token_indices]
+    if token_type_ids is None:
+        packed_types = torch.zeros_like(packed_ids)
+    else:
+        packed_types = token_type_ids.flatten()[token_indices]
+    return packing, packed_ids, packed_positions, packed_types

@@ -1,0 +1,43 @@
+"""Random-weight BERT checkpoints for tests: a transformers model saved to a folder fastbert loads."""
+
+import torch
+
+BERT_BASE_SHAPES = dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072)
+
+
+def random_bert(folder, *, model_class="BertModel", seed=0, **overrides):
+    """Build a transformers BERT with random weights (eval mode, eager attention), save it to `folder`
+    as model.safetensors + config.json, and return the model. Small by default; `overrides` set any
+    transformers.BertConfig field."""
+    import transformers
+
+    settings = dict(vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=96, max_position_embeddings=80, type_vocab_size=2)
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(**settings)
+    config._attn_implementation = "eager"
+    model = getattr(transformers, model_class)(config).eval()
+    # Random LayerNorm parameters and biases too: default init (ones/zeros) would hide mix-ups.
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    model.save_pretrained(folder)
+    return model
+
+
+def random_batch(vocab_size, lengths, *, seq_len=None, type_vocab_size=2, left_pad=False, seed=0):
+    """input_ids, attention_mask, token_type_ids [B, S] for sequences of the given lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    seq_len = seq_len or max(lengths)
+    ids = torch.randint(1, vocab_size, (len(lengths), seq_len), generator=generator)
+    mask = torch.zeros(len(lengths), seq_len, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        if left_pad:
+            mask[row, seq_len - length:] = 1
+        else:
+            mask[row, :length] = 1
+    ids = ids * mask
+    types = torch.randint(0, type_vocab_size, (len(lengths), seq_len), generator=generator) * mask
+    return ids, mask, types

@@ -1,0 +1,90 @@
+"""Every bad input is rejected with a ValueError/TypeError naming the argument, before any kernel runs."""
+
+import pytest
+import torch
+
+from fastbert import FastBertModel
+from tests.bert_factory import random_batch, random_bert
+
+
+@pytest.fixture(scope="module", params=["torch", "triton"])
+def model(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bert")
+    random_bert(folder, type_vocab_size=2, max_position_embeddings=16)
+    return FastBertModel.from_pretrained(folder, dtype=torch.float32, device="cpu", backend=request.param)
+
+
+def _batch():
+    return random_batch(211, [4, 6], seq_len=6)
+
+
+def test_ids_out_of_range(model):
+    ids, mask, types = _batch()
+    ids[0, 0] = 211
+    with pytest.raises(ValueError, match=r"input_ids holds token ids in \[.*211\] outside \[0, vocab_size=211\)"):
+        model(ids, mask, types)
+    ids[0, 0] = -1
+    with pytest.raises(ValueError, match="input_ids"):
+        model(ids, mask, types)
+
+
+def test_token_types_out_of_range(model):
+    ids, mask, types = _batch()
+    types[1, 1] = 2
+    with pytest.raises(ValueError, match="token_type_ids .* type_vocab_size=2"):
+        model(ids, mask, types)
+
+
+def test_too_long(model):
+    ids = torch.ones(1, 17, dtype=torch.long)
+    with pytest.raises(ValueError, match="sequence length 17, longer than max_position_embeddings=16"):
+        model(ids)
+
+
+def test_mask_shape_values_and_empty_rows(model):
+    ids, mask, types = _batch()
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model(ids, mask[:, :3])
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        model(ids, mask.float() * 0.5)
+    mask[1] = 0
+    with pytest.raises(ValueError, match=r"all zero in row\(s\) \[1\]"):
+        model(ids, mask)
+    float_mask = _batch()[1].float()  # 0./1. floats are a valid mask
+    assert model(ids, float_mask).last_hidden_state.shape == (2, 6, 64)
+
+
+def test_types_and_devices(model):
+    ids, mask, types = _batch()
+    with pytest.raises(TypeError, match="input_ids must hold integers"):
+        model(ids.float())
+    with pytest.raises(TypeError, match="input_ids must be a torch.Tensor"):
+        model([[1, 2]])
+    with pytest.raises(ValueError, match=r"input_ids must be \[batch, seq_len\]"):
+        model(ids[0])
+    with pytest.raises(ValueError, match="token_type_ids has shape"):
+        model(ids, mask, types[:1])
+    with pytest.raises(ValueError, match="input_ids is on meta"):
+        model(ids.to("meta"))
+
+
+def test_empty_batch_returns_empty(model):
+    out = model(torch.zeros(0, 5, dtype=torch.long))
+    assert out.last_hidden_state.shape == (0, 5, 64) and out.pooler_output.shape == (0, 64)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(backend="jax"), ValueError, "backend must be one of"),
+    (dict(dtype="float64"), ValueError, "dtype must be one of"),
+    (dict(dtype=torch.int8), TypeError, "dtype must be float32"),
+    (dict(device="mps"), ValueError, "device must be cpu or cuda"),
+])
+def test_bad_model_options(tmp_path, kwargs, error, match):
+    random_bert(tmp_path)
+    with pytest.raises(error, match=match):
+        FastBertModel.from_pretrained(tmp_path, **kwargs)
+
+
+def test_missing_folder():
+    with pytest.raises(FileNotFoundError, match="model folder not found: /nonexistent"):
+        FastBertModel.from_pretrained("/nonexistent")
