@@ -24,7 +24,8 @@ def compile_case(case):
     module = importlib.import_module(case["module"])
     kernel = _jit_function(getattr(module, case["kernel"]))
     constexprs = {(kernel.arg_names.index(name),): value for name, value in case["constexprs"].items()}
-    source = ASTSource(kernel, case["signature"], constexprs=constexprs)
+    attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in case.get("divisible_by_16", [])}
+    source = ASTSource(kernel, case["signature"], constexprs=constexprs, attrs=attrs)
     target = GPUTarget("cuda", case["arch"], 32)
     compiled = triton.compile(source, target=target,
                               options={"num_warps": case["num_warps"], "num_stages": case["num_stages"]})

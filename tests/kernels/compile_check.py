@@ -27,6 +27,10 @@ class CompileCase:
     num_warps: int = 4
     num_stages: int = 3
     arch: int = 90
+    # Arguments a real launch specialises as multiples of 16 (16-byte aligned pointers, strides and sizes
+    # divisible by 16). Without them loads cannot be vectorised, the async-copy pipeline is not built and
+    # the reported shared memory is a single stage's, not what a GPU run uses.
+    divisible_by_16: list = field(default_factory=list)
 
 
 def compile_cases(cases):

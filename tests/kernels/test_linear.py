@@ -1,0 +1,260 @@
+"""kernels/linear.py: GEMM + bias + activation against the fp32 reference, edge shapes, strided and
+NaN-padded inputs, argument validation, and compilation of every GPU config for sm_80 and sm_90."""
+
+import importlib
+import math
+
+import pytest
+import torch
+from fastbert.kernels.linear import fits_shared_memory, linear, linear_configs, shared_bytes_estimate
+
+from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
+from tests.kernels.references import linear_ref
+from tests.tolerances import assert_close, nan_padded, nan_row_padded, tolerance
+
+# The module itself: fastbert.kernels re-exports the function under the same name `linear`.
+linear_module = importlib.import_module("fastbert.kernels.linear")
+ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu")
+# Odd sizes that are multiples of no tile (K=45 and 129 also exercise the masked K loop), then hidden
+# sizes of MiniLM (384) and BERT-base (768) kept small enough for the interpreter.
+ODD_SHAPES = [(67, 45), (130, 96), (384, 129)]
+HIDDEN_SHAPES = [(1152, 384), (384, 1536), (768, 768)]
+# The smallest GPU tile: it fits every dtype's shared memory on A100 and H100.
+SMALL_CONFIG = min(linear_configs(True), key=lambda c: shared_bytes_estimate(c, 4))
+
+
+@pytest.fixture(autouse=True)
+def _one_config(request, backend, monkeypatch):
+    """On a GPU, pin the autotuner to one small config unless a test asks for `autotuned`: autotuning
+    every odd shape would compile and time the whole list each time. test_every_gpu_config checks the
+    other configs' results, the BERT-shape tests the autotuner itself."""
+    if backend == "cuda" and "autotuned" not in request.fixturenames:
+        monkeypatch.setattr(linear_module._linear, "configs", [SMALL_CONFIG])
+        monkeypatch.setattr(linear_module._linear, "cache", {})
+
+
+@pytest.fixture
+def autotuned():
+    """Requested by tests that run the real autotuner over linear_configs(True)."""
+
+
+def make_inputs(M, N, K, dtype, device, bias=True):
+    """Weights scaled by 1/sqrt(K) keep outputs O(1), where GELU and ReLU are not trivially linear."""
+    x = torch.randn(M, K, device=device).to(dtype)
+    weight = (torch.randn(N, K, device=device) / math.sqrt(K)).to(dtype)
+    b = torch.randn(N, device=device).to(dtype) if bias else None
+    return x, weight, b
+
+
+def check(out, x, weight, bias, activation, backend):
+    expected = linear_ref(x, weight, bias, activation)
+    same_dtype = None
+    if x.dtype != torch.float32:
+        same_dtype = linear_ref(x, weight, bias, activation, upcast=False)
+    assert out.dtype == x.dtype and out.is_contiguous()
+    assert_close(out, expected, x.dtype, backend, torch_same_dtype=same_dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("N, K", ODD_SHAPES + HIDDEN_SHAPES)
+@pytest.mark.parametrize("M", [1, 7, 129])
+def test_linear_shapes(M, N, K, dtype, device, backend):
+    x, weight, bias = make_inputs(M, N, K, dtype, device)
+    check(linear(x, weight, bias, "gelu"), x, weight, bias, "gelu", backend)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("has_bias", [False, True])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_linear_epilogue(activation, has_bias, dtype, device, backend):
+    x, weight, bias = make_inputs(65, 130, 96, dtype, device, bias=has_bias)
+    check(linear(x, weight, bias, activation), x, weight, bias, activation, backend)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the interpreter's numpy exp; 1/(1+inf) = 0
+def test_gelu_tanh_saturates(device, backend):
+    """Large |x| must give x (or 0), not NaN from an overflowing exp."""
+    x = torch.tensor([[-200.0, -30.0, -1.0, 0.0, 1.0, 30.0, 200.0]], device=device)
+    weight = torch.eye(7, device=device)
+    out = linear(x, weight, activation="gelu_tanh")
+    assert_close(out, linear_ref(x, weight, None, "gelu_tanh"), torch.float32, backend)
+
+
+def test_fp16_accumulates_in_fp32(device):
+    """2050 ones: an fp16 running sum sticks at 2048 (its spacing there is 2); fp32 gives 2050 exactly."""
+    x = torch.ones(1, 2050, dtype=torch.float16, device=device)
+    weight = torch.ones(1, 2050, dtype=torch.float16, device=device)
+    assert linear(x, weight).item() == 2050.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("pad", [nan_padded, nan_row_padded])
+def test_nan_padded_inputs(pad, dtype, device, backend):
+    x, weight, bias = make_inputs(67, 130, 45, dtype, device)
+    out = linear(pad(x), pad(weight), nan_padded(bias), "gelu")
+    check(out, x, weight, bias, "gelu", backend)
+
+
+def test_row_strided_x(device, backend):
+    """x as a column slice of a wider buffer (as Q, K or V sit inside a fused QKV output): row stride
+    3*K, and a data pointer that starts mid-row."""
+    M, N, K = 129, 67, 96
+    buffer = torch.randn(M, 3 * K, device=device)
+    weight = torch.randn(N, K, device=device) / math.sqrt(K)
+    for x in (buffer[:, :K], buffer[:, K : 2 * K], buffer[:, 2 * K + 1 :][:, : K - 1]):
+        assert x.stride(0) > x.shape[1]
+        out = linear(x, weight[:, : x.shape[1]].contiguous(), None, "relu")
+        assert_close(out, linear_ref(x, weight[:, : x.shape[1]], None, "relu"), torch.float32, backend)
+
+
+def test_empty_m_returns_without_launch(device, monkeypatch):
+    monkeypatch.setattr(linear_module, "_linear", None)  # a launch would fail on None[grid]
+    x, weight, bias = make_inputs(0, 67, 45, torch.float16, device)
+    out = linear(x, weight, bias, "gelu")
+    assert out.shape == (0, 67) and out.dtype == torch.float16 and out.device == x.device
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda x, w, b: (x[None], w, b), ValueError, "x must have 2 dimensions"),
+        (lambda x, w, b: (x, w[0], b), ValueError, "weight must have 2 dimensions"),
+        (lambda x, w, b: (x, w, b[None]), ValueError, "bias must have 1 dimensions"),
+        (lambda x, w, b: (x, w[:, :-1].contiguous(), b), ValueError, r"weight has shape \(67, 44\).*x's K=45"),
+        (lambda x, w, b: (x, w, b[:-1]), ValueError, r"bias has shape \(66,\)"),
+        (lambda x, w, b: (x.t().contiguous().t(), w, b), ValueError, "x must have stride 1"),
+        (lambda x, w, b: (x, w.t().contiguous().t(), b), ValueError, "weight must have stride 1"),
+        (lambda x, w, b: (x, w.half(), b), TypeError, "weight has dtype"),
+        (lambda x, w, b: (x, w, b.half()), TypeError, "bias has dtype"),
+        (lambda x, w, b: (x.int(), w, b), TypeError, "x has dtype int32"),
+        (lambda x, w, b: (x.tolist(), w, b), TypeError, "x must be a torch.Tensor"),
+        (lambda x, w, b: (x, w.to("meta"), b), ValueError, "weight is on meta"),
+        (lambda x, w, b: (x, w, b.to("meta")), ValueError, "bias is on meta"),
+    ],
+)
+def test_validation(change, error, match, device):
+    x, weight, bias = make_inputs(7, 67, 45, torch.float32, device)
+    with pytest.raises(error, match=match):
+        linear(*change(x, weight, bias))
+
+
+@pytest.mark.parametrize("activation", ["silu", "GELU", ""])
+def test_unknown_activation(activation, device):
+    x, weight, bias = make_inputs(7, 67, 45, torch.float32, device)
+    with pytest.raises(ValueError, match="activation"):
+        linear(x, weight, bias, activation)
+
+
+# ---- GPU only ----------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("N, K", ODD_SHAPES + HIDDEN_SHAPES)
+@pytest.mark.parametrize("M", [1, 7, 129])
+def test_linear_bf16(M, N, K, activation, device, backend):
+    x, weight, bias = make_inputs(M, N, K, torch.bfloat16, device)
+    check(linear(x, weight, bias, activation), x, weight, bias, activation, backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("allow_tf32", [False, True])
+@pytest.mark.parametrize("N, K", ODD_SHAPES + HIDDEN_SHAPES)
+def test_linear_fp32_precision(N, K, allow_tf32, device, backend, monkeypatch):
+    """fp32 follows torch.backends.cuda.matmul.allow_tf32: without it the products are IEEE fp32 and
+    must meet the interpreter's (IEEE) fp32 row of the tolerance table, not the looser TF32 row."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
+    x, weight, bias = make_inputs(129, N, K, torch.float32, device)
+    out = linear(x, weight, bias, "gelu")
+    expected = linear_ref(x.double(), weight.double(), bias.double(), "gelu")
+    if allow_tf32:
+        assert_close(out, expected, torch.float32, backend)
+    else:
+        atol, rtol = tolerance(torch.float32, "interpreter")
+        torch.testing.assert_close(out, expected.float(), atol=atol, rtol=rtol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("config", linear_configs(True), ids=str)
+def test_every_gpu_config(config, dtype, device, backend, monkeypatch):
+    """Each config alone, on a shape that leaves partial tiles in M, N and K."""
+    if not fits_shared_memory(config, dtype.itemsize, linear_module._max_shared_bytes(device.index or 0)):
+        pytest.skip("pruned on this GPU: does not fit shared memory")
+    monkeypatch.setattr(linear_module._linear, "configs", [config])
+    x, weight, bias = make_inputs(300, 270, 200, dtype, device)
+    check(linear(x, weight, bias, "gelu"), x, weight, bias, "gelu", backend)
+
+
+# The projections of BERT-base (QKV, attention output, FFN in and out) and MiniLM, with the epilogue each
+# one uses; M=4099 leaves a partial row tile.
+BERT_SHAPES = [
+    (2304, 768, None), (768, 768, None), (3072, 768, "gelu"), (768, 3072, None),
+    (1152, 384, None), (384, 384, None), (1536, 384, "gelu"), (384, 1536, None),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("N, K, activation", BERT_SHAPES)
+@pytest.mark.parametrize("M", [4096, 4099])
+def test_linear_bert_shapes(M, N, K, activation, dtype, device, backend, autotuned):
+    x, weight, bias = make_inputs(M, N, K, dtype, device)
+    check(linear(x, weight, bias, activation), x, weight, bias, activation, backend)
+
+
+# ---- compilation for real GPUs, without one ------------------------------------------------------------
+
+# What a BERT launch specialises as multiples of 16: fresh tensors (16-byte aligned) and hidden sizes.
+ALIGNED_ARGS = ["x_ptr", "w_ptr", "b_ptr", "out_ptr", "N", "K", "stride_xm", "stride_wn", "stride_om"]
+
+
+def _compile_case(config, dtype, activation, arch):
+    tiles, num_warps, num_stages = config_constexprs(config)
+    pointer = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp32-tf32": "*fp32"}[dtype]
+    signature = {
+        "x_ptr": pointer, "w_ptr": pointer, "b_ptr": pointer, "out_ptr": pointer,
+        "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32",
+        "stride_xm": "i32", "stride_wn": "i32", "stride_om": "i32",
+        "HAS_BIAS": "constexpr", "ACTIVATION": "constexpr", "INPUT_PRECISION": "constexpr", "EVEN_K": "constexpr",
+        "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "GROUP_M": "constexpr",
+    }
+    constexprs = {"HAS_BIAS": True, "ACTIVATION": activation or "none",
+                  "INPUT_PRECISION": "ieee" if dtype == "fp32" else "tf32", "EVEN_K": True, **tiles}
+    return CompileCase(label=f"{tiles} w{num_warps} s{num_stages} {dtype} {activation} sm_{arch}",
+                       module="fastbert.kernels.linear", kernel="_linear_kernel", signature=signature,
+                       constexprs=constexprs, num_warps=num_warps, num_stages=num_stages, arch=arch,
+                       divisible_by_16=ALIGNED_ARGS)
+
+
+def test_gpu_configs_compile():
+    """Every GPU config compiles for sm_80 and sm_90 within the shared-memory limit, with tensor-core
+    instructions (wgmma on sm_90) for fp16 and bf16. One subprocess compiles all cases in sequence, so
+    the cross product is sampled: every config in fp16 on both GPUs (gelu epilogue on sm_90, none on
+    sm_80), then the other dtypes, activations and fp32 precisions on the smallest and largest tiles."""
+    configs = linear_configs(True)
+    largest = max(configs, key=lambda c: shared_bytes_estimate(c, 2))
+    plan = [(config, "fp16", "gelu", 90) for config in configs]
+    plan += [(config, "fp16", None, 80) for config in configs]
+    plan += [
+        (largest, "bf16", "gelu", 90), (largest, "bf16", None, 80),
+        (SMALL_CONFIG, "bf16", "gelu_tanh", 90), (SMALL_CONFIG, "fp16", "relu", 90),
+        (SMALL_CONFIG, "fp32", "relu", 90), (SMALL_CONFIG, "fp32", "gelu", 80),
+        (SMALL_CONFIG, "fp32-tf32", None, 90),
+    ]
+    element_size = {"fp16": 2, "bf16": 2, "fp32": 4, "fp32-tf32": 4}
+    # The pruning rule keeps every planned case: none is silently dropped.
+    assert all(fits_shared_memory(c, element_size[d], MAX_SHARED_BYTES[arch]) for c, d, _, arch in plan)
+    cases = [_compile_case(c, dtype, activation, arch) for c, dtype, activation, arch in plan]
+    failures = []
+    for case, result in zip(cases, compile_cases(cases)):
+        if not result["ok"]:
+            failures.append(f"{case.label}: {result['error']}")
+            continue
+        if result["shared"] > MAX_SHARED_BYTES[case.arch]:
+            failures.append(f"{case.label}: shared {result['shared']} > {MAX_SHARED_BYTES[case.arch]}")
+        tensor_cores = case.signature["x_ptr"] != "*fp32" or case.constexprs["INPUT_PRECISION"] == "tf32"
+        if tensor_cores and not result["mma"]:
+            failures.append(f"{case.label}: no mma")
+        if case.signature["x_ptr"] != "*fp32" and case.arch == 90 and not result["wgmma"]:
+            failures.append(f"{case.label}: no wgmma")
+    assert not failures, "\n".join(failures)
