@@ -9,6 +9,7 @@ kernels from device buffers that are refilled before each replay. A shape is cap
 time it is seen (the first run also warms Triton's autotuner, which must not run during capture);
 the least recently used graphs are dropped beyond `max_graphs`."""
 
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -29,15 +30,23 @@ class GraphCache:
         self.graphs = OrderedDict()
         self.seen = set()
         self.pool = None
+        self.disabled = False
 
     def __call__(self, packing, ids, positions, types, output_hidden_states):
         key = (packing.batch_size, packing.seq_len, packing.num_tokens, packing.max_seqlen, output_hidden_states)
         captured = self.graphs.get(key)
         if captured is None:
-            if key not in self.seen:
+            if self.disabled or key not in self.seen:
                 self.seen.add(key)
                 return self.encode_packed(packing, ids, positions, types, output_hidden_states)
-            captured = self._capture(key, packing, ids, positions, types, output_hidden_states)
+            try:
+                captured = self._capture(key, packing, ids, positions, types, output_hidden_states)
+            except RuntimeError as error:
+                # A capture can fail where the driver or a library refuses it; running without graphs
+                # is slower but exactly as correct, so fall back rather than fail the user's call.
+                warnings.warn(f"fastbert: CUDA graph capture failed, running without graphs: {error}", stacklevel=3)
+                self.disabled = True
+                return self.encode_packed(packing, ids, positions, types, output_hidden_states)
         self.graphs.move_to_end(key)
         static = captured.packing
         for buffer, value in zip(captured.inputs, (ids, positions, types)):

@@ -11,7 +11,7 @@ def random_bert(folder, *, model_class="BertModel", seed=0, **overrides):
     transformers.BertConfig field."""
     import transformers
 
-    settings = dict(vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    settings = dict(vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                     intermediate_size=96, max_position_embeddings=80, type_vocab_size=2)
     settings.update(overrides)
     torch.manual_seed(seed)

@@ -1,0 +1,66 @@
+"""The layer loop of the triton backend is kernel launches and views, nothing else."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fastbert import FastBertModel
+from tests.bert_factory import random_batch, random_bert
+
+# Metadata-only aten ops: they create views and launch nothing.
+VIEW_OPS = {"view", "_unsafe_view", "unbind", "select", "slice", "as_strided", "alias", "detach"}
+
+
+class _Recorder(TorchDispatchMode):
+    """Records aten ops issued outside kernel launchers, in order with the launches themselves."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+        self.inside_launcher = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.inside_launcher:
+            self.events.append(("op", func.overloadpacket.__name__))
+        return func(*args, **(kwargs or {}))
+
+
+def _counting(recorder, name, launcher):
+    def launch(*args, **kwargs):
+        recorder.events.append(("launch", name))
+        recorder.inside_launcher = True
+        try:
+            return launcher(*args, **kwargs)
+        finally:
+            recorder.inside_launcher = False
+
+    return launch
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_at_most_seven_launches_per_layer_and_no_other_ops(tmp_path, layers):
+    random_bert(tmp_path, num_hidden_layers=layers)
+    model = FastBertModel.from_pretrained(tmp_path, dtype=torch.float32, device="cpu", backend="triton",
+                                          cuda_graphs=False)
+    recorder = _Recorder()
+    kernels = model.ops.kernels
+
+    class CountingKernels:
+        pass
+
+    counting = CountingKernels()
+    for name in ("embeddings", "linear", "attention", "layer_norm"):
+        setattr(counting, name, _counting(recorder, name, getattr(kernels, name)))
+    model.ops.kernels = counting
+    ids, mask, types = random_batch(211, [5, 9, 2], seq_len=9)
+    with recorder:
+        model(ids, mask, types)
+
+    launches = [i for i, (kind, _) in enumerate(recorder.events) if kind == "launch"]
+    assert recorder.events[launches[0]] == ("launch", "embeddings")
+    layer_events = recorder.events[launches[0] + 1: launches[-1] + 1]
+    layer_launches = [name for kind, name in layer_events if kind == "launch"]
+    assert len(layer_launches) == 7 * layers
+    assert layer_launches[:7] == ["linear", "attention", "linear", "layer_norm", "linear", "linear", "layer_norm"]
+    other_ops = {name for kind, name in layer_events if kind == "op"} - VIEW_OPS
+    assert not other_ops, f"the layer loop issued tensor ops besides kernel launches: {other_ops}"
