@@ -34,13 +34,23 @@ class TorchOps:
         return _TORCH_ACTIVATIONS[activation](F.linear(x, weight, bias))
 
     def attention(self, q, k, v, packing):
-        # One SDPA call per sequence: padding-free, and SDPA picks the fastest CPU/GPU path for each.
-        out = torch.empty_like(q)
-        for start, end in zip(packing.offsets[:-1], packing.offsets[1:]):
-            qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))  # [heads, L, head_dim]
-            # scale=1.0: the softmax scale is folded into the Q projection at load.
-            out[start:end] = F.scaled_dot_product_attention(qs, ks, vs, scale=1.0).transpose(0, 1)
-        return out
+        # Attention alone runs on a [B, max_seqlen] grid, so that one batched SDPA call serves every
+        # sequence; the GEMMs around it stay padding-free. scale=1.0: the softmax scale is folded into
+        # the Q projection at load.
+        batch, longest = packing.batch_size, packing.max_seqlen
+        tokens, heads, head_dim = q.shape
+        if packing.num_tokens == batch * longest:  # equal lengths: the packed tokens already form the grid
+            grid = [t.reshape(batch, longest, heads, head_dim).transpose(1, 2) for t in (q, k, v)]
+            out = F.scaled_dot_product_attention(*grid, scale=1.0)
+            return out.transpose(1, 2).reshape(tokens, heads, head_dim)
+        positions, key_mask = packing.padded_layout
+        grid = []
+        for t in (q, k, v):
+            padded = t.new_zeros(batch * longest, heads, head_dim)
+            padded.index_copy_(0, positions, t)
+            grid.append(padded.view(batch, longest, heads, head_dim).transpose(1, 2))
+        out = F.scaled_dot_product_attention(*grid, attn_mask=key_mask, scale=1.0)
+        return out.transpose(1, 2).reshape(batch * longest, heads, head_dim)[positions]
 
     def layer_norm(self, x, weight, bias, eps, residual=None):
         if residual is not None:

@@ -29,12 +29,12 @@ def resolve_device_dtype_backend(device=None, dtype=None, backend="auto"):
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device is cuda but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -45,6 +45,10 @@ def resolve_device_dtype_backend(device=None, dtype=None, backend="auto"):
         raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
     if backend == "auto":
         backend = "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
+        # Triton's interpreter computes bf16 arithmetic wrongly (silently); refuse rather than mislead.
+        raise ValueError("the triton backend on CPU (Triton's interpreter) cannot run bfloat16: use "
+                         "backend='torch', or float32/float16")
     return device, dtype, backend
 
 

@@ -4,6 +4,7 @@ Every check a user's input can fail happens here, before any kernel runs, with o
 synchronisation for all of them together: a bad token id becomes a ValueError naming the argument,
 not a device-side assert."""
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,17 @@ class Packing:
         out = packed.new_zeros(self.batch_size * self.seq_len, packed.shape[-1])
         out.index_copy_(0, self.token_indices, packed)
         return out.view(self.batch_size, self.seq_len, -1)
+
+    @functools.cached_property
+    def padded_layout(self):
+        """(flat positions of the packed tokens in a [B, max_seqlen] grid, key mask [B, 1, 1, max_seqlen]):
+        lets the torch backend run attention for the whole batch in one call."""
+        device = self.cu_seqlens.device
+        lengths = torch.tensor([end - start for start, end in zip(self.offsets[:-1], self.offsets[1:])])
+        columns = torch.arange(self.max_seqlen)
+        key_mask = columns[None, :] < lengths[:, None]
+        positions = torch.nonzero(key_mask.flatten()).squeeze(1)
+        return positions.to(device), key_mask[:, None, None, :].to(device)
 
     def first_tokens(self, packed):
         """The first real token of every sequence (BERT's [CLS]) from packed [T, H] -> [B, H]."""

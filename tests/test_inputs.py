@@ -88,3 +88,12 @@ def test_bad_model_options(tmp_path, kwargs, error, match):
 def test_missing_folder():
     with pytest.raises(FileNotFoundError, match="model folder not found: /nonexistent"):
         FastBertModel.from_pretrained("/nonexistent")
+
+
+def test_no_cuda_and_no_interpreted_bf16(tmp_path):
+    random_bert(tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device is cuda but no CUDA GPU is available"):
+            FastBertModel.from_pretrained(tmp_path, device="cuda")
+    with pytest.raises(ValueError, match="cannot run bfloat16"):
+        FastBertModel.from_pretrained(tmp_path, device="cpu", dtype=torch.bfloat16, backend="triton")
