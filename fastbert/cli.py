@@ -44,6 +44,13 @@ def _positive_int(text):
     return value
 
 
+def _max_length(text):
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (room for [CLS] and [SEP]), got {text!r}")
+    return value
+
+
 def _one_line(text):
     return " ".join(str(text).split())
 
@@ -98,11 +105,6 @@ def _resolve_runtime(device, dtype, backend):
         device, dtype, backend = resolve_device_dtype_backend(device, dtype, backend)
     except (ValueError, TypeError) as err:
         raise CliError(_one_line(err)) from err
-    if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
-        # Triton's interpreter computes bf16 through numpy, which has no bfloat16: the numbers come out
-        # wrong without any error, so refuse rather than hand back silent garbage.
-        raise CliError("--dtype bfloat16 with the triton backend on CPU runs through Triton's interpreter, "
-                       "which computes bf16 wrongly; use --backend torch, float32/float16, or a GPU")
     return device, dtype, backend
 
 
@@ -139,7 +141,9 @@ def _decode(data, name):
 
 def _parse_texts(content, name, jsonl):
     """One text per non-blank line, or with jsonl each non-blank line an object with a string "text"."""
-    lines = [(number, line) for number, line in enumerate(content.splitlines(), 1) if line.strip()]
+    # Split on newlines only: str.splitlines would also cut at U+2028, form feeds and the like inside a text.
+    rows = enumerate((line.removesuffix("\r") for line in content.split("\n")), 1)
+    lines = [(number, line) for number, line in rows if line.strip()]
     if not jsonl and lines and lines[0][1].lstrip().startswith("{"):
         try:
             jsonl = isinstance(json.loads(lines[0][1]), dict)
@@ -198,6 +202,13 @@ def _output_format(option):
     return path, suffix
 
 
+def _json_text(text):
+    """JSON string, readable (non-ASCII kept), with the characters str.splitlines breaks at escaped too,
+    so that every reader sees one row per line."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    return quoted.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
 def _write_output(path, suffix, texts, embeddings):
     """Write to a temporary file beside `path`, then rename: a failed run leaves no half-written file."""
     import numpy as np
@@ -212,7 +223,7 @@ def _write_output(path, suffix, texts, embeddings):
                 for text, row in zip(texts, embeddings, strict=True):
                     # %.9g round-trips float32 exactly and keeps the file half the size of repr(float64).
                     numbers = ",".join(f"{value:.9g}" for value in row.tolist())
-                    f.write(f'{{"text": {json.dumps(text, ensure_ascii=False)}, "embedding": [{numbers}]}}\n')
+                    f.write(f'{{"text": {_json_text(text)}, "embedding": [{numbers}]}}\n')
         else:
             import csv
 
@@ -237,7 +248,7 @@ def _print_embeddings(texts, embeddings):
         numbers = " ".join(f"{value:+.4f}" for value in row[:PREVIEW_NUMBERS])
         more = f" ... ({row.shape[0]} dims)" if row.shape[0] > PREVIEW_NUMBERS else ""
         preview = text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
-        quoted = json.dumps(preview, ensure_ascii=False)
+        quoted = _json_text(preview)
         print(f"{index:>{width}}  norm {norm:.4f}  [{numbers}{more}]  {quoted}")
 
 
@@ -251,13 +262,10 @@ def cmd_encode(args):
     if progress is None:
         progress = len(texts) >= PROGRESS_MIN_TEXTS and sys.stderr.isatty()
     start = time.perf_counter()
-    try:
-        embeddings = model.encode(texts, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                                  pooling=args.pooling, normalize=args.normalize, max_length=args.max_length,
-                                  show_progress_bar=progress)
-    except (ValueError, TypeError) as err:  # encode validates its options and texts with these
-        raise CliError(_one_line(err)) from err
-    embeddings = embeddings.numpy()
+    # Every option was checked above: an exception from here on is a fastbert failure (exit 1).
+    embeddings = model.encode(texts, batch_size=args.batch_size, max_tokens=args.max_tokens, pooling=args.pooling,
+                              normalize=args.normalize, max_length=args.max_length,
+                              show_progress_bar=progress).numpy()
     seconds = time.perf_counter() - start
     if output is None:
         _print_embeddings(texts, embeddings)
@@ -298,11 +306,20 @@ def _benchmarks_folder():
     return Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def _run(command, cwd):
+def _run(command, cwd, env):
     print(f"$ {' '.join(str(part) for part in command)}", file=sys.stderr, flush=True)
     import subprocess
 
-    return subprocess.run([str(part) for part in command], cwd=cwd).returncode
+    return subprocess.run([str(part) for part in command], cwd=cwd, env=env).returncode
+
+
+def _device_slug(root, env):
+    """The results sub-folder the benchmark suite names after this machine's device."""
+    import subprocess
+
+    code = "from benchmarks.timing import device_slug; print(device_slug())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
 
 
 def cmd_bench(args):
@@ -310,38 +327,49 @@ def cmd_bench(args):
 
     folder = _benchmarks_folder()
     gpu = torch.cuda.is_available()
-    suites = sorted(folder.glob("test_bench_*.py"))
-    needed = [folder / "gpu_check.sh"] if gpu else [folder / "report.py"]
-    if not folder.is_dir() or any(not p.is_file() for p in needed) or (not gpu and not suites):
+    needed = ("gpu_check.sh",) if gpu else ("test_bench_encoder.py", "report.py", "timing.py")
+    if not all((folder / name).is_file() for name in needed):
         raise CliError(f"no benchmark suite in {folder}: `fastbert bench` needs the benchmarks/ folder of a "
                        "source checkout (pip install -e .), or FASTBERT_BENCHMARKS=<checkout>/benchmarks")
-    if args.out is None:
-        out = folder / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{'gpu' if gpu else 'cpu'}"
-    else:
-        out = Path(args.out).expanduser().resolve()
+    out_root = Path(args.out).expanduser().resolve() if args.out else folder / "results"
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out_root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CliError(f"cannot create --out {out}: {err.strerror or err}") from err
+        raise CliError(f"cannot create --out {out_root}: {err.strerror or err}") from err
     root = folder.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    env.setdefault("PYTHON", sys.executable)  # gpu_check.sh runs $PYTHON: this interpreter, not python3
+    size = "quick" if args.quick else "full"
     if gpu:
-        command = ["bash", folder / "gpu_check.sh", "--out", out] + (["--quick"] if args.quick else [])
-        if _run(command, root) != 0:
-            print(f"fastbert bench: {folder / 'gpu_check.sh'} failed", file=sys.stderr)
+        # gpu_check.sh's settings, unless the user set them: benchmarks only (correctness is `fastbert
+        # verify` and the test suite), sized by --quick; a full run gets budgets that fit the full grid.
+        env.setdefault("FASTBERT_CHECK_SIZE", size)
+        env.setdefault("FASTBERT_CHECK_TESTS_S", "0")
+        if args.quick:  # the script's own budgets, without the slow torch.compile baseline
+            budgets = {"KERNELS": "70", "ENCODER": "110", "COMPILE": "0"}
+        else:
+            budgets = {"KERNELS": "300", "ENCODER": "600", "COMPILE": "150"}
+        for stage, seconds in budgets.items():
+            env.setdefault(f"FASTBERT_CHECK_{stage}_S", seconds)
+        if _run(["bash", folder / "gpu_check.sh", "--out", out_root], root, env) != 0:
+            print(f"fastbert bench: {folder / 'gpu_check.sh'} reported a failing stage (see its log)",
+                  file=sys.stderr)
             return 1
-    else:
-        data = out / "bench_cpu.json"
-        command = [sys.executable, "-m", "pytest", *suites, "-q", "-p", "no:cacheprovider",
-                   "--benchmark-enable", f"--benchmark-json={data}"]
-        if args.quick:
-            command += ["--benchmark-min-rounds=1", "--benchmark-max-time=0.05", "--benchmark-warmup=off",
-                        "-m", "not slow"]
-        if _run(command, root) != 0:
-            print("fastbert bench: the CPU benchmark suite failed", file=sys.stderr)
-            return 1
-        if _run([sys.executable, "-m", "benchmarks.report", "--input", data, "--out", out], root) != 0:
-            print("fastbert bench: writing the report failed", file=sys.stderr)
-            return 1
+        print(f"benchmark report in {out_root / _device_slug(root, env)}", file=sys.stderr)
+        return 0
+    out = out_root / _device_slug(root, env)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "cpu.json"
+    command = [sys.executable, "-m", "pytest", folder / "test_bench_encoder.py", "-q", "-p", "no:cacheprovider",
+               "--benchmark-enable", "--bench-size", size, "--benchmark-sort=name",
+               "--benchmark-columns=median,iqr,rounds", f"--benchmark-json={data}"]
+    if _run(command, root, env) != 0:
+        print("fastbert bench: the CPU benchmark suite failed", file=sys.stderr)
+        return 1
+    if _run([sys.executable, "-m", "benchmarks.report", "--input", data, "--out", out], root, env) != 0:
+        print("fastbert bench: writing the report failed", file=sys.stderr)
+        return 1
     print(f"benchmark report in {out}", file=sys.stderr)
     return 0
 
@@ -468,7 +496,7 @@ def build_parser():
                         help="padded tokens per batch (default 16384)")
     encode.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
                         help="texts per batch (default 32)")
-    encode.add_argument("--max-length", type=_positive_int, metavar="N",
+    encode.add_argument("--max-length", type=_max_length, metavar="N",
                         help="truncate texts to N tokens (default: the model folder's max_seq_length)")
     encode.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help=f"progress bar on stderr (default: {PROGRESS_MIN_TEXTS}+ texts on a terminal)")
@@ -486,9 +514,10 @@ def build_parser():
         "bench", parents=[common], help="run the benchmark suite and write its report",
         description="Run the benchmarks for this machine (GPU suite when a GPU is present, else the CPU "
                     "suite) and write the report. Needs a source checkout's benchmarks/ folder.")
-    bench.add_argument("--quick", action="store_true", help="fewer sizes and rounds")
+    bench.add_argument("--quick", action="store_true",
+                       help="the quick grid (GPU: without the torch.compile baseline)")
     bench.add_argument("--out", metavar="DIR",
-                       help="report folder (default: benchmarks/results/<time>-<cpu|gpu>)")
+                       help="results root; the report lands in DIR/<device> (default: benchmarks/results)")
     bench.set_defaults(handler=cmd_bench)
 
     info = commands.add_parser("info", parents=[common],
