@@ -1,0 +1,302 @@
+"""Turn pytest-benchmark JSON into REPORT.md and plots. Generated from data; never edit the output.
+
+    python -m benchmarks.report --input kernels.json --input encoder.json \
+        --out benchmarks/results/<device-slug>/
+
+Every number is derived here from the recorded median time and the work model stored with each result
+(benchmarks/flops.py): TFLOP/s = flops / median, GB/s = bytes / median, % of peak against the device's
+datasheet peak, and "ours x" = this implementation's median / fastbert's median on the same case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.flops import peak_gbps, peak_tflops
+
+
+def load(paths: list[Path]) -> tuple[list[dict], list[dict]]:
+    """(environments, records): one environment per input file, one flat record per benchmark."""
+    envs, records = [], []
+    for index, path in enumerate(paths):
+        data = json.loads(Path(path).read_text())
+        env = dict(data.get("machine_info", {}).get("fastbert", {}))
+        env.update(file=Path(path).name, datetime=data.get("datetime"), partial=bool(data.get("partial")))
+        envs.append(env)
+        for bench in data.get("benchmarks", []):
+            info, stats = bench.get("extra_info", {}), bench["stats"]
+            if "case" not in info:
+                continue
+            rec = {**info, "name": bench["name"], "env": index, "device_name": env.get("device")}
+            rec.update({k: stats[k] for k in ("median", "q1", "q3", "iqr", "rounds", "iterations")})
+            rec.setdefault("params", {})
+            _derive(rec)
+            records.append(rec)
+    _speedups(records)
+    return envs, records
+
+
+def _derive(rec: dict) -> None:
+    median = rec["median"]
+    rec["tflops"] = rec["flops"] / median / 1e12 if rec.get("flops") else None
+    rec["gbps"] = rec["bytes"] / median / 1e9 if rec.get("bytes") else None
+    if rec.get("bound") == "memory":
+        peak = peak_gbps(rec["device_name"])
+        rec["pct_peak"] = rec["gbps"] / peak if peak and rec["gbps"] else None
+    else:
+        peak = peak_tflops(rec["device_name"], rec.get("dtype", ""))
+        rec["pct_peak"] = rec["tflops"] / peak if peak and rec["tflops"] else None
+    rec["tokens_s"] = rec["tokens"] / median if rec.get("tokens") else None
+    rec["seqs_s"] = rec["sequences"] / median if rec.get("sequences") else None
+
+
+def _speedups(records: list[dict]) -> None:
+    """rec["ours_x"]: how many times faster fastbert is than this record's implementation, same case."""
+    ours = {(r["device_name"], r["case"]): r["median"] for r in records if r.get("ours")}
+    for r in records:
+        mine = ours.get((r["device_name"], r["case"]))
+        r["ours_x"] = r["median"] / mine if mine else None
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    op: str
+    baseline: str | None  # impl compared against (ratio = baseline median / ours median), or None: % of peak
+    threshold: float
+    where: dict  # params (or record fields) a case must match
+
+    def matches(self, rec: dict) -> bool:
+        if rec.get("op") != self.op:
+            return False
+        fields = {**rec, **rec.get("params", {})}
+        return all(fields.get(k) == v for k, v in self.where.items())
+
+
+HEADLINE = {"batch": 32, "seq": 128, "padding_target": 0.0, "dtype": "float16"}
+TARGETS = [
+    Target("GEMM+epilogue >= 90% of cuBLAS matmul", "linear", "torch_matmul", 0.9, {}),
+    Target("GEMM+epilogue faster than matmul + separate bias/GELU", "linear", "torch_unfused", 1.0, {}),
+    Target("attention >= SDPA flash", "attention", "sdpa_flash", 1.0, {}),
+    Target("LayerNorm+residual >= 80% of HBM bandwidth", "layer_norm", None, 0.8, {"residual": True}),
+    Target("encoder >= 3x HF eager (batch 32 x seq 128, fp16)", "encoder", "hf_eager", 3.0, HEADLINE),
+    Target("encoder >= 1.3x torch.compile max-autotune (32 x 128, fp16)", "encoder", "hf_compile", 1.3,
+           HEADLINE),
+    Target("encoder >= 1.7x own padded run at 50% padding", "encoder", "fastbert_padded", 1.7,
+           {"padding_target": 0.5}),
+    Target("CPU: fastbert torch backend no slower than sentence-transformers (MiniLM)", "encode_cpu",
+           "st_encode", 1.0, {}),
+]
+
+
+def evaluate(targets: list[Target], records: list[dict]) -> list[dict]:
+    """Per target: every matching case's measured value and met / not met / not measured."""
+    results = []
+    for target in targets:
+        values = []
+        for rec in records:
+            if not target.matches(rec):
+                continue
+            if target.baseline is None and rec.get("ours") and rec.get("pct_peak") is not None:
+                values.append((rec["case"], rec["pct_peak"]))
+            elif target.baseline is not None and rec.get("impl") == target.baseline and rec.get("ours_x"):
+                values.append((rec["case"], rec["ours_x"]))
+        if values:
+            status = "met" if all(v >= target.threshold for _, v in values) else "NOT MET"
+        else:
+            status = "not measured"
+        results.append({"target": target, "values": values, "status": status})
+    return results
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def fmt_num(value: float | None) -> str:
+    """3 significant figures without exponents for the usual ranges (0.00123, 4.56, 789)."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.3g}"
+
+
+def _target_value(target, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 100:.0f}%" if target.baseline is None else f"{value:.2f}x"
+
+
+def fmt_rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return f"{value:.1f}"
+
+
+def fmt_ratio(rec: dict) -> str:
+    if rec.get("ours"):
+        return "(ours)"
+    return fmt(rec.get("ours_x"), ".2f", "x")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _ordered(records: list[dict]) -> list[dict]:
+    return sorted(records, key=lambda r: (r["case"], not r.get("ours"), r["median"]))
+
+
+def environment_section(envs: list[dict]) -> list[str]:
+    keys = ["device", "compute_capability", "sm_count", "memory_gib", "torch", "cuda", "triton",
+            "transformers", "sentence_transformers", "pytest_benchmark", "python", "os", "cpu_threads",
+            "triton_interpret", "tf32_matmul", "git_commit", "git_dirty", "bench_size", "bench_models",
+            "bench_dtypes", "datetime", "partial"]
+    rows = [[k] + [str(env.get(k, "-")) for env in envs] for k in keys if any(k in env for env in envs)]
+    peak = envs[0].get("peak", {}) if envs else {}
+    lines = ["## Environment", ""] + _table(["", *[env["file"] for env in envs]], rows)
+    lines += ["", f"Device peak used for % of peak: {peak.get('name', 'unknown')} - fp16 "
+              f"{peak.get('fp16_tflops')} / bf16 {peak.get('bf16_tflops')} / fp32 {peak.get('fp32_tflops')} "
+              f"TFLOP/s dense, HBM {peak.get('hbm_gbps')} GB/s (benchmarks/flops.py DEVICE_PEAKS).", ""]
+    if any(env.get("partial") for env in envs):
+        lines += ["**Partial results**: a stage ended at its time budget; only finished cases are shown.", ""]
+    return lines
+
+
+def targets_section(results: list[dict]) -> list[str]:
+    rows = []
+    for res in results:
+        target, values = res["target"], res["values"]
+        unit = "of peak" if target.baseline is None else f"vs {target.baseline}"
+        shown = _target_value(target, min((v for _, v in values), default=None))
+        threshold = f"{target.threshold * 100:.0f}% {unit}" if target.baseline is None else \
+            f">= {target.threshold:g}x {unit}"
+        detail = "; ".join(f"{case}: {_target_value(target, v)}" for case, v in values)
+        rows.append([target.name, threshold, shown, res["status"], detail or "-"])
+    return ["## Targets", "", "Worst case over every matching case; all must pass.", ""] + \
+        _table(["target", "threshold", "measured (worst)", "status", "cases"], rows) + [""]
+
+
+def kernels_section(records: list[dict]) -> list[str]:
+    kernels = [r for r in records if r.get("op") in ("linear", "attention", "layer_norm", "embeddings")]
+    if not kernels:
+        return []
+    rows = [[r["case"], r["impl"], fmt_time(r["median"]), fmt_time(r["iqr"]), fmt_num(r["tflops"]),
+             fmt_num(r["gbps"]), fmt(r["pct_peak"] and r["pct_peak"] * 100, ".0f", "%"), fmt_ratio(r)]
+            for r in _ordered(kernels)]
+    return ["## Kernels", ""] + _table(
+        ["case", "impl", "median", "IQR", "TFLOP/s", "GB/s", "% peak", "ours x"], rows) + [""]
+
+
+def encoder_section(records: list[dict], title: str, ops: tuple[str, ...]) -> list[str]:
+    enc = [r for r in records if r.get("op") in ops]
+    if not enc:
+        return []
+    enc.sort(key=lambda r: (r["params"].get("model", ""), r.get("dtype", ""),
+                            r["params"].get("padding_target") or 0, r["params"].get("seq", 0),
+                            r["params"].get("batch", 0), not r.get("ours"), r["median"]))
+    rows = []
+    for r in enc:
+        p = r["params"]
+        pad = "-" if p.get("padding_ratio") is None else f"{p['padding_ratio'] * 100:.0f}%"
+        extra = f" (compile {r['compile_s']:.0f} s)" if r.get("compile_s") is not None else ""
+        extra += " (CUDA graphs)" if r.get("cuda_graphs") else ""
+        rows.append([p.get("model", "-"), r.get("dtype", "-"), f"{p.get('batch')}x{p.get('seq')}", pad,
+                     r["impl"] + extra, fmt_time(r["median"]), fmt_time(r["iqr"]), fmt_rate(r["tokens_s"]),
+                     fmt_rate(r["seqs_s"]), fmt_num(r["tflops"]),
+                     fmt(r["pct_peak"] and r["pct_peak"] * 100, ".0f", "%"), fmt_ratio(r)])
+    return [f"## {title}", ""] + _table(
+        ["model", "dtype", "batch x seq", "padding", "impl", "median", "IQR", "tokens/s", "seq/s", "TFLOP/s",
+         "% peak", "fastbert x"], rows) + [""]
+
+
+def headline(envs: list[dict], records: list[dict], results: list[dict]) -> list[str]:
+    """A few lines for the terminal and the top of the report."""
+    lines = [f"device: {envs[0].get('device') if envs else 'unknown'}"]
+    for r in records:
+        p = r["params"]
+        if r.get("op") == "encoder" and r.get("ours") and all(
+                {**r, **p}.get(k) == v for k, v in HEADLINE.items()):
+            others = sorted((o for o in records if o["case"] == r["case"] and not o.get("ours")),
+                            key=lambda o: o["impl"])
+            vs = ", ".join(f"{o['impl']} {o['ours_x']:.2f}x" for o in others if o.get("ours_x"))
+            lines.append(f"{p['model']} 32x128 fp16: {fmt_time(r['median'])}, {fmt_rate(r['tokens_s'])} "
+                         f"tokens/s, {fmt_num(r['tflops'])} TFLOP/s; fastbert vs {vs or 'no baselines'}")
+    for res in results:
+        worst = min((v for _, v in res["values"]), default=None)
+        lines.append(f"[{res['status']}] {res['target'].name}: {_target_value(res['target'], worst)}")
+    return lines
+
+
+COLUMNS = """## Columns and work model
+
+- **median / IQR**: seconds per call over the timed rounds (each round many back-to-back calls, the
+  clock read only after the device is idle); IQR = spread between the 25th and 75th percentiles.
+- **TFLOP/s**: useful FLOPs / median. Matrix products only, 2 FLOPs per multiply-accumulate: GEMM 2MNK;
+  attention 4 L^2 x hidden per sequence of length L (QK^T and PV); encoder per layer
+  8 T H^2 + 4 T H I + 4 H sum(L_i^2) over real tokens T only (padding never counts). Excluded: softmax,
+  GELU, biases, residual adds, LayerNorm, embeddings, pooler.
+- **GB/s**: minimum bytes (each input read once, output written once) / median; embeddings count every
+  gathered table row per token.
+- **% peak**: TFLOP/s against the datasheet dense tensor-core peak of the dtype (compute-bound cases), GB/s
+  against HBM bandwidth (memory-bound cases); "-" when the device is not in the table.
+- **ours x / fastbert x**: this row's median / fastbert's median on the same case: > 1 means fastbert is
+  faster. **padding**: realised fraction of the [batch, seq] grid that is padding.
+"""
+
+
+def write_report(paths: list[Path], out: Path) -> list[str]:
+    from benchmarks.plots import write_plots
+
+    envs, records = load(paths)
+    results = evaluate(TARGETS, records)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(records, out)
+    summary = headline(envs, records, results)
+    sources = ", ".join(f"`{Path(p).name}`" for p in paths)
+    lines = ["# fastbert benchmark report", "",
+             f"Generated by `python -m benchmarks.report` from {sources}; do not edit by hand.", "",
+             "```", *summary, "```", ""]
+    lines += environment_section(envs) + targets_section(results) + kernels_section(records)
+    lines += encoder_section(records, "Encoder", ("encoder",))
+    lines += encoder_section(records, "CPU (real all-MiniLM-L6-v2, fp32)", ("encoder_cpu", "encode_cpu"))
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + ["", COLUMNS]
+    (out / "REPORT.md").write_text("\n".join(lines))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", action="append", required=True, type=Path, help="pytest-benchmark JSON")
+    parser.add_argument("--out", required=True, type=Path, help="folder for REPORT.md and the plots")
+    args = parser.parse_args(argv)
+    present = [p for p in args.input if p.is_file() and p.stat().st_size > 0]
+    for missing in sorted(set(args.input) - set(present)):
+        print(f"report: skipping missing input {missing}", file=sys.stderr)
+    if not present:
+        print("report: no input files", file=sys.stderr)
+        return 1
+    for line in write_report(present, args.out):
+        print(line)
+    print(f"report: wrote {args.out / 'REPORT.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
