@@ -1,0 +1,279 @@
+"""Bidirectional flash-style attention over packed variable-length sequences (the varlen layout of
+flash_attn_varlen_func): out[t] = softmax(scale * q[t] @ k[s].T) @ v[s] over the tokens s of t's sequence.
+
+q, k, v [T, heads, head_dim] hold B sequences back to back; sequence b is rows cu_seqlens[b] to
+cu_seqlens[b+1]. Each may be a strided view (fastbert passes views of the fused QKV GEMM output
+[T, 3, heads, head_dim]); only the last stride must be 1. fp32, fp16 and bf16, all three the same dtype; the
+output is a new contiguous [T, heads, head_dim] tensor in that dtype. head_dim 32, 64, 80, 96 or 128.
+
+Keys stream through in BLOCK_N tiles with an online softmax (running max and running sum in fp32, exp2
+with log2(e) folded into the scale), so no [S, S] score matrix ever exists. Q @ K^T and P @ V run on tensor
+cores with operands in the input dtype and fp32 accumulation; fp32 inputs use IEEE fp32 products unless
+torch.backends.cuda.matmul.allow_tf32 is set, as torch.matmul does.
+
+cu_seqlens is trusted: the launcher checks its dtype, shape and device but never reads its contents,
+because that would synchronise the host with the GPU on every layer. It must start at 0, never decrease
+and end at T, and max_seqlen must be at least every sequence length; otherwise the output is undefined.
+Limits: inference only (no autograd); at most 65535 sequences and 65535 heads (CUDA grid limits);
+offsets are int64, so T * token stride may exceed 2**31.
+"""
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._validate import check_same, check_tensor, is_interpreter
+
+HEAD_DIMS = (32, 64, 80, 96, 128)
+_LOG2E = 1.4426950408889634
+_MAX_GRID_YZ = 65535
+
+
+@triton.jit
+def _load_tile(ptrs, rows, row_limit, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               MASK_ROWS: tl.constexpr):
+    """Load a [rows, BLOCK_D] tile in its storage dtype, zero past HEAD_DIM and (if MASK_ROWS) past
+    row_limit. Zeros in the padded head-dim columns leave both products exact."""
+    if MASK_ROWS:
+        if BLOCK_D == HEAD_DIM:
+            tile = tl.load(ptrs, mask=(rows < row_limit)[:, None], other=0.0)
+        else:
+            tile = tl.load(ptrs, mask=(rows < row_limit)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    else:
+        if BLOCK_D == HEAD_DIM:
+            tile = tl.load(ptrs)
+        else:
+            tile = tl.load(ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+    return tile
+
+
+@triton.jit
+def _attend_key_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_start, seqlen, offs_n, offs_d, scale_log2e,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KEYS: tl.constexpr,
+                     INPUT_PRECISION: tl.constexpr):
+    """Fold keys key_start .. key_start + BLOCK_N of one sequence into the running softmax state.
+
+    m_i: running max of scale*log2(e)*score per query row; l_i: running sum of exp2(score - m_i);
+    acc: running sum of exp2(score - m_i) * v. Every tile holds at least one valid key (the caller never
+    starts a tile at or past seqlen), so the new max is finite and exp2(m_i - m_new) never sees -inf - -inf.
+    """
+    keys = key_start + offs_n
+    k = _load_tile(k_ptrs, keys, seqlen, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
+    scores = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)  # [BLOCK_M, BLOCK_N], fp32
+    if MASK_KEYS:
+        scores = tl.where((keys < seqlen)[None, :], scores, float("-inf"))
+    # The scale is positive, so max(scores) * scale is the max of the scaled scores; scaling inside the
+    # exponent's argument lets the compiler fuse it into one FMA per score.
+    m_new = tl.maximum(m_i, tl.max(scores, 1) * scale_log2e)
+    p = tl.math.exp2(scores * scale_log2e - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)  # 0 on the first tile, where m_i is -inf and m_new finite
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = _load_tile(v_ptrs, keys, seqlen, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
+    # P is rounded to the input dtype for the tensor-core product, as flash attention does; its entries
+    # lie in [0, 1] and the sum l_i stays fp32, so the rounding costs one ulp of the dtype per weight.
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=INPUT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _attention_kernel(
+    q_ptr,  # [T, heads, HEAD_DIM], token stride stride_qt, head stride stride_qh, unit last stride
+    k_ptr,  # [T, heads, HEAD_DIM], strides stride_kt, stride_kh, 1
+    v_ptr,  # [T, heads, HEAD_DIM], strides stride_vt, stride_vh, 1
+    out_ptr,  # [T, heads, HEAD_DIM], strides stride_ot, stride_oh, 1
+    cu_seqlens_ptr,  # [B + 1] int32: sequence b is tokens cu_seqlens[b] .. cu_seqlens[b+1]
+    scale_log2e,  # fp32: softmax scale times log2(e), so the kernel exponentiates with exp2
+    SEQLEN_BUCKET,  # next power of two of max_seqlen: unused in the body, only the autotuner's key
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    HEAD_DIM: tl.constexpr,  # 32, 64, 80, 96 or 128
+    BLOCK_D: tl.constexpr,  # next power of two of HEAD_DIM (tl.arange needs one)
+    INPUT_PRECISION: tl.constexpr,  # tl.dot precision for fp32 inputs: "ieee" or "tf32"
+    BLOCK_M: tl.constexpr,  # query rows per program
+    BLOCK_N: tl.constexpr,  # keys per inner-loop tile
+):
+    # Grid (query tiles, sequences, heads): query tiles of one (sequence, head) are neighbours in launch
+    # order, so they read the same keys and values while those are still in L2.
+    pid_m = tl.program_id(0)
+    seq = tl.program_id(1)
+    head = tl.program_id(2).to(tl.int64)
+    first_token = tl.load(cu_seqlens_ptr + seq)
+    seqlen = tl.load(cu_seqlens_ptr + seq + 1) - first_token
+    start = first_token.to(tl.int64)
+    if pid_m * BLOCK_M >= seqlen:
+        # The grid is sized for max_seqlen: shorter (and empty) sequences have spare query tiles.
+        return
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # int64 row offsets: a long sequence times a fused-QKV token stride can pass 2**31 elements.
+    rows = offs_m.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_ptrs = q_ptr + (start * stride_qt + head * stride_qh) + rows[:, None] * stride_qt + offs_d[None, :]
+    k_ptrs = k_ptr + (start * stride_kt + head * stride_kh) + offs_n[:, None] * stride_kt + offs_d[None, :]
+    v_ptrs = v_ptr + (start * stride_vt + head * stride_vh) + offs_n[:, None] * stride_vt + offs_d[None, :]
+    # Rows past seqlen load as zeros: their scores are 0, finite, and their results are never stored.
+    q = _load_tile(q_ptrs, offs_m, seqlen, offs_d, HEAD_DIM, BLOCK_D, True)
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    # Full key tiles need no key mask; only the last, partial tile (if any) pays for one.
+    full_end = (seqlen // BLOCK_N) * BLOCK_N
+    for key_start in range(0, full_end, BLOCK_N):
+        acc, m_i, l_i = _attend_key_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_start, seqlen, offs_n, offs_d,
+                                         scale_log2e, HEAD_DIM, BLOCK_D, False, INPUT_PRECISION)
+        k_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
+    if full_end < seqlen:
+        acc, m_i, l_i = _attend_key_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, full_end, seqlen, offs_n, offs_d,
+                                         scale_log2e, HEAD_DIM, BLOCK_D, True, INPUT_PRECISION)
+
+    # l_i >= 1 for every row that saw a key (its max term is exp2(0)); the guard keeps a row with no key
+    # at zeros rather than 0/0.
+    acc = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    out_ptrs = out_ptr + (start * stride_ot + head * stride_oh) + rows[:, None] * stride_ot + offs_d[None, :]
+    mask = (offs_m < seqlen)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def attention_configs(gpu: bool) -> list[triton.Config]:
+    """Tile configurations the autotuner chooses from.
+
+    gpu=True: a short list for Hopper/Ampere tensor cores. 128-row query tiles with 8 warps suit long
+    sequences (more reuse of each key tile); 64-row tiles give short sequences (BERT's 128) enough programs
+    to fill every SM. gpu=False: one large tile for the interpreter, whose time grows with the number of
+    programs; 64 keys per tile still exercise both the full-tile loop and the masked tail tile in tests.
+    """
+    if not gpu:
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
+
+    def config(block_m, block_n, num_warps, num_stages):
+        return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
+
+    return [
+        config(128, 64, 8, 3),
+        config(128, 128, 8, 2),
+        config(128, 64, 4, 3),
+        config(128, 32, 4, 3),
+        config(64, 64, 4, 3),
+        config(64, 128, 4, 2),
+        config(64, 32, 4, 3),
+        config(128, 128, 8, 3),
+    ]
+
+
+def shared_bytes_estimate(config: triton.Config, head_dim: int, element_size: int) -> int:
+    """Shared memory of one program: the Q tile, num_stages buffers of a K and a V tile, and one
+    BLOCK_M x BLOCK_N staging buffer for P on its way from registers into the second product."""
+    tiles = config.kwargs
+    block_d = triton.next_power_of_2(head_dim)
+    q_tile = tiles["BLOCK_M"] * block_d
+    kv_tiles = config.num_stages * 2 * tiles["BLOCK_N"] * block_d
+    p_tile = tiles["BLOCK_M"] * tiles["BLOCK_N"]
+    return (q_tile + kv_tiles + p_tile) * element_size
+
+
+def fits_shared_memory(config: triton.Config, head_dim: int, element_size: int, max_shared_bytes: int) -> bool:
+    """The pruning rule: the footprint grows with head_dim and doubles for fp32, and an A100 offers less
+    shared memory than an H100, so not every entry of attention_configs(True) launches everywhere."""
+    return shared_bytes_estimate(config, head_dim, element_size) <= max_shared_bytes
+
+
+@functools.cache
+def _max_shared_bytes(device_index: int) -> int:
+    properties = triton.runtime.driver.active.utils.get_device_properties(device_index)
+    return properties["max_shared_mem"]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    if is_interpreter():
+        return configs
+    q = named_args["q_ptr"]
+    head_dim = kwargs["HEAD_DIM"]
+    limit = _max_shared_bytes(q.device.index if q.device.index is not None else torch.cuda.current_device())
+    kept = [c for c in configs if fits_shared_memory(c, head_dim, q.element_size(), limit)]
+    return kept or [min(configs, key=lambda c: shared_bytes_estimate(c, head_dim, q.element_size()))]
+
+
+_attention = triton.autotune(
+    configs=attention_configs(not is_interpreter()),
+    # max_seqlen enters only as a power-of-two bucket: varlen batches change T and max_seqlen every call.
+    key=["SEQLEN_BUCKET", "HEAD_DIM", "INPUT_PRECISION"],
+    prune_configs_by={"early_config_prune": _prune_configs},
+)(_attention_kernel)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def attention(q, k, v, cu_seqlens, max_seqlen, scale=None) -> torch.Tensor:
+    """Bidirectional attention within each packed sequence.
+
+    q, k, v: [T, heads, head_dim], unit last stride, any other strides; one float dtype, one device.
+    cu_seqlens: int32 [B + 1] on that device (contents trusted, never read on the host).
+    max_seqlen: Python int, at least every sequence length. scale: positive float, default
+    1/sqrt(head_dim). Returns a contiguous [T, heads, head_dim] tensor in q's dtype.
+    """
+    check_tensor("q", q, ndim=3)
+    check_tensor("k", k, ndim=3)
+    check_tensor("v", v, ndim=3)
+    check_same("k", k, "q", q)
+    check_same("v", v, "q", q)
+    for name, tensor in (("k", k), ("v", v)):
+        if tensor.shape != q.shape:
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)} but q has {tuple(q.shape)}: "
+                             "tokens, heads and head_dim must match")
+    T, heads, head_dim = q.shape
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"q has head_dim {head_dim}; supported: {HEAD_DIMS}")
+    check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32,), unit_last_stride=False)
+    check_same("cu_seqlens", cu_seqlens, "q", q, dtype=False)
+    if cu_seqlens.shape[0] < 1:
+        raise ValueError("cu_seqlens must hold at least one entry (B + 1 for B sequences)")
+    if not _is_int(max_seqlen):
+        raise TypeError(f"max_seqlen must be a Python int, got {type(max_seqlen).__name__}")
+    if max_seqlen < 0 or (T > 0 and max_seqlen < 1):
+        raise ValueError(f"max_seqlen must be at least the longest sequence's length, got {max_seqlen} for T={T}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+        raise TypeError(f"scale must be a Python float or None, got {type(scale).__name__}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite positive number, got {scale}")
+    batch = cu_seqlens.shape[0] - 1
+    if batch == 0 and T != 0:
+        raise ValueError(f"cu_seqlens describes no sequence but q holds T={T} tokens")
+    if batch > _MAX_GRID_YZ or heads > _MAX_GRID_YZ:
+        raise ValueError(f"at most {_MAX_GRID_YZ} sequences and heads per call, got {batch} and {heads}")
+
+    out = torch.empty((T, heads, head_dim), dtype=q.dtype, device=q.device)
+    if T == 0 or batch == 0 or heads == 0:
+        return out
+
+    allow_tf32 = q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    input_precision = "tf32" if q.dtype != torch.float32 or allow_tf32 else "ieee"
+    grid = lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), batch, heads)
+    _attention[grid](
+        q, k, v, out, cu_seqlens,
+        float(scale) * _LOG2E,
+        max(triton.next_power_of_2(max_seqlen), 16),
+        q.stride(0), q.stride(1),
+        k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim),
+        INPUT_PRECISION=input_precision,
+    )
+    return out
