@@ -64,8 +64,14 @@ class TritonOps:
 
     name = "triton"
 
-    def __init__(self, device):
+    def __init__(self, device, config):
         self.kernels = load_kernels(device)
+        if config.head_dim not in self.kernels.ATTENTION_HEAD_DIMS:
+            raise ValueError(
+                f"head_dim={config.head_dim} (hidden_size {config.hidden_size} / {config.num_attention_heads} heads) "
+                f"is not supported by the triton attention kernel {self.kernels.ATTENTION_HEAD_DIMS}: "
+                "use backend='torch'"
+            )
 
     def embeddings(self, input_ids, position_ids, token_type_ids, weights, eps):
         return self.kernels.embeddings(
@@ -112,5 +118,5 @@ def load_kernels(device):
     return loaded
 
 
-def make_ops(backend, device):
-    return TritonOps(device) if backend == "triton" else TorchOps()
+def make_ops(backend, device, config):
+    return TritonOps(device, config) if backend == "triton" else TorchOps()

@@ -76,7 +76,7 @@ class FastBertModel:
         self.config = config
         self.device, self.dtype, self.backend = resolve_device_dtype_backend(device, dtype, backend)
         self.weights = prepare_weights(weights, config, self.dtype, self.device)
-        self.ops = make_ops(self.backend, self.device)
+        self.ops = make_ops(self.backend, self.device, config)
         self.activation = config.activation
         self.has_pooler = "pooler.weight" in self.weights
         self.tokenizer = tokenizer

@@ -97,3 +97,10 @@ def test_no_cuda_and_no_interpreted_bf16(tmp_path):
             FastBertModel.from_pretrained(tmp_path, device="cuda")
     with pytest.raises(ValueError, match="cannot run bfloat16"):
         FastBertModel.from_pretrained(tmp_path, device="cpu", dtype=torch.bfloat16, backend="triton")
+
+
+def test_unsupported_head_dim_names_the_fix(tmp_path):
+    random_bert(tmp_path, hidden_size=64, num_attention_heads=4)  # head_dim 16
+    with pytest.raises(ValueError, match="head_dim=16 .* use backend='torch'"):
+        FastBertModel.from_pretrained(tmp_path, device="cpu", backend="triton")
+    assert FastBertModel.from_pretrained(tmp_path, device="cpu", backend="torch").config.head_dim == 16
