@@ -97,6 +97,8 @@ def load_kernels(device):
     triton.jit decides at decoration time whether a kernel runs on the GPU or through the CPU
     interpreter, so the choice is made here, at first use, instead of at `import fastbert`."""
     device = torch.device(device)
+    if device.type == "cpu":
+        check_interpreter_support()
     loaded = sys.modules.get("fastbert.kernels")
     if loaded is None:
         if device.type == "cpu":
@@ -116,6 +118,23 @@ def load_kernels(device):
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {device} is not supported by the triton backend (cuda or cpu)")
     return loaded
+
+
+def _version_tuple(version):
+    return tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+
+
+def check_interpreter_support():
+    """Triton 3.6's interpreter converts 1-element arrays to ints, which NumPy 2.4 made an error: every
+    kernel loop then fails deep inside Triton. Say so plainly instead (checked: 3.6 fails, 3.7 and 3.9 work)."""
+    import numpy
+    import triton
+
+    if _version_tuple(triton.__version__) < (3, 7) and _version_tuple(numpy.__version__) >= (2, 4):
+        raise RuntimeError(
+            f"Triton {triton.__version__}'s CPU interpreter does not work with NumPy {numpy.__version__}: "
+            "install 'numpy<2.4' or 'triton>=3.7', or use backend='torch' on CPU"
+        )
 
 
 def make_ops(backend, device, config):

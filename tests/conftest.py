@@ -44,3 +44,15 @@ def minilm_path():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_configure(config):
+    if not HAS_CUDA:
+        # The kernel tests run through Triton's interpreter: stop at once, with the reason, where this
+        # Triton/NumPy pair cannot run it, instead of failing hundreds of tests deep inside Triton.
+        from fastbert.backends import check_interpreter_support
+
+        try:
+            check_interpreter_support()
+        except RuntimeError as error:
+            raise pytest.UsageError(str(error)) from error
