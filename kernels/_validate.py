@@ -1,6 +1,7 @@
 """Argument checks shared by every launcher: they run before any kernel, so bad input fails with a
 message that names the argument instead of a device-side assert or a silent wrong answer."""
 
+import functools
 import os
 
 import torch
@@ -45,3 +46,16 @@ def check_same(name, tensor, reference_name, reference, *, dtype=True, device=Tr
         raise TypeError(f"{name} has dtype {tensor.dtype} but {reference_name} has {reference.dtype}")
     if device and tensor.device != reference.device:
         raise ValueError(f"{name} is on {tensor.device} but {reference_name} is on {reference.device}")
+
+
+@functools.cache
+def _max_shared_bytes(device_index: int) -> int:
+    import triton
+
+    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+
+
+def max_shared_bytes(tensor) -> int:
+    """Shared memory one block may use on `tensor`'s GPU: the limit configs are pruned against."""
+    index = tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
+    return _max_shared_bytes(index)

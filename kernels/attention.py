@@ -18,14 +18,13 @@ Limits: inference only (no autograd); at most 65535 sequences and 65535 heads (C
 offsets are int64, so T * token stride may exceed 2**31.
 """
 
-import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from ._validate import check_same, check_tensor, is_interpreter
+from ._validate import check_same, check_tensor, is_interpreter, max_shared_bytes
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
 _LOG2E = 1.4426950408889634
@@ -189,18 +188,12 @@ def fits_shared_memory(config: triton.Config, head_dim: int, element_size: int, 
     return shared_bytes_estimate(config, head_dim, element_size) <= max_shared_bytes
 
 
-@functools.cache
-def _max_shared_bytes(device_index: int) -> int:
-    properties = triton.runtime.driver.active.utils.get_device_properties(device_index)
-    return properties["max_shared_mem"]
-
-
 def _prune_configs(configs, named_args, **kwargs):
     if is_interpreter():
         return configs
     q = named_args["q_ptr"]
     head_dim = kwargs["HEAD_DIM"]
-    limit = _max_shared_bytes(q.device.index if q.device.index is not None else torch.cuda.current_device())
+    limit = max_shared_bytes(q)
     kept = [c for c in configs if fits_shared_memory(c, head_dim, q.element_size(), limit)]
     return kept or [min(configs, key=lambda c: shared_bytes_estimate(c, head_dim, q.element_size()))]
 

@@ -11,13 +11,12 @@ Activations: None, "gelu" (exact, erf), "gelu_tanh" (tanh approximation), "relu"
 Limits: inference only (no autograd); M*row_stride and N*K may exceed 2**31 (offsets are int64).
 """
 
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from ._validate import check_same, check_tensor, is_interpreter
+from ._validate import check_same, check_tensor, is_interpreter, max_shared_bytes
 
 ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu")
 
@@ -149,17 +148,11 @@ def fits_shared_memory(config: triton.Config, element_size: int, max_shared_byte
     return shared_bytes_estimate(config, element_size) <= max_shared_bytes
 
 
-@functools.cache
-def _max_shared_bytes(device_index: int) -> int:
-    properties = triton.runtime.driver.active.utils.get_device_properties(device_index)
-    return properties["max_shared_mem"]
-
-
 def _prune_configs(configs, named_args, **kwargs):
     if is_interpreter():
         return configs
     x = named_args["x_ptr"]
-    limit = _max_shared_bytes(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    limit = max_shared_bytes(x)
     kept = [c for c in configs if fits_shared_memory(c, x.element_size(), limit)]
     # linear_configs(True) always holds a config that fits a 163 KB A100 in fp32; fall back to the smallest.
     return kept or [min(configs, key=lambda c: shared_bytes_estimate(c, x.element_size()))]
