@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from fastbert.kernels._validate import max_shared_bytes
 from fastbert.kernels.linear import fits_shared_memory, linear, linear_configs, shared_bytes_estimate
 
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
@@ -178,7 +179,7 @@ def test_linear_fp32_precision(N, K, allow_tf32, device, backend, monkeypatch):
 @pytest.mark.parametrize("config", linear_configs(True), ids=str)
 def test_every_gpu_config(config, dtype, device, backend, monkeypatch):
     """Each config alone, on a shape that leaves partial tiles in M, N and K."""
-    if not fits_shared_memory(config, dtype.itemsize, linear_module._max_shared_bytes(device.index or 0)):
+    if not fits_shared_memory(config, dtype.itemsize, max_shared_bytes(torch.empty(0, device=device))):
         pytest.skip("pruned on this GPU: does not fit shared memory")
     monkeypatch.setattr(linear_module._linear, "configs", [config])
     x, weight, bias = make_inputs(300, 270, 200, dtype, device)
