@@ -30,7 +30,9 @@ class Packing:
         return self.offsets[-1]
 
     def unpack(self, packed):
-        """[T, H] -> [B, S, H], zeros at padded positions, in one scatter."""
+        """[T, H] -> [B, S, H], zeros at padded positions, in one scatter (a free view without padding)."""
+        if self.num_tokens == self.batch_size * self.seq_len:
+            return packed.view(self.batch_size, self.seq_len, -1)
         out = packed.new_zeros(self.batch_size * self.seq_len, packed.shape[-1])
         out.index_copy_(0, self.token_indices, packed)
         return out.view(self.batch_size, self.seq_len, -1)
@@ -147,13 +149,12 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
     cu_seqlens = torch.tensor(offsets, dtype=torch.int32).to(device, non_blocking=True)
     packing = Packing(batch, seq_len, token_indices, cu_seqlens, offsets, max(lengths_host))
 
-    packed_ids = input_ids.flatten()[token_indices]
-    if position_ids is None:
-        packed_positions = token_indices % seq_len
-    else:
-        packed_positions = position_ids.flatten()[token_indices]
-    if token_type_ids is None:
-        packed_types = torch.zeros_like(packed_ids)
-    else:
-        packed_types = token_type_ids.flatten()[token_indices]
+    def packed(tensor):
+        # Without padding the flat tensor is already packed: skip the gather.
+        flat = tensor.reshape(-1)
+        return flat if num_tokens == batch * seq_len else flat[token_indices]
+
+    packed_ids = packed(input_ids)
+    packed_positions = token_indices % seq_len if position_ids is None else packed(position_ids)
+    packed_types = torch.zeros_like(packed_ids) if token_type_ids is None else packed(token_type_ids)
     return packing, packed_ids, packed_positions, packed_types
