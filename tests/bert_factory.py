@@ -41,3 +41,40 @@ def random_batch(vocab_size, lengths, *, seq_len=None, type_vocab_size=2, left_p
     ids = ids * mask
     types = torch.randint(0, type_vocab_size, (len(lengths), seq_len), generator=generator) * mask
     return ids, mask, types
+
+
+def device_for(backend):
+    """Where a backend's tests run: triton on the GPU when there is one (else the interpreter on CPU),
+    torch on CPU."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+class OnItsDevice:
+    """A FastBertModel called with CPU tensors that runs on its own device and answers on CPU, so one
+    test body serves the interpreter on a CPU machine and the kernels on a GPU."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, *args, **kwargs):
+        from fastbert.outputs import EncoderOutput
+
+        def move(value):
+            return value.to(self.model.device) if isinstance(value, torch.Tensor) else value
+
+        out = self.model(*map(move, args), **{name: move(value) for name, value in kwargs.items()})
+        return EncoderOutput(
+            last_hidden_state=out.last_hidden_state.cpu(),
+            pooler_output=out.pooler_output.cpu() if out.pooler_output is not None else None,
+            hidden_states=tuple(s.cpu() for s in out.hidden_states) if out.hidden_states is not None else None,
+        )
+
+
+def load_fastbert(path, backend, dtype=torch.float32, **kwargs):
+    from fastbert import FastBertModel
+
+    model = FastBertModel.from_pretrained(path, dtype=dtype, device=device_for(backend), backend=backend, **kwargs)
+    return OnItsDevice(model)

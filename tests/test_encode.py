@@ -5,6 +5,7 @@ import torch
 
 import fastbert
 from fastbert.embedding import length_sorted_batches
+from tests.bert_factory import device_for
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -38,7 +39,7 @@ def test_matches_sentence_transformers(minilm, st_embeddings):
 
 
 def test_triton_backend_matches_sentence_transformers(minilm_path, st_embeddings):
-    model = fastbert.from_pretrained(minilm_path, device="cpu", dtype=torch.float32, backend="triton")
+    model = fastbert.from_pretrained(minilm_path, device=device_for("triton"), dtype=torch.float32, backend="triton")
     ours = model.encode(TEXTS[:6], max_tokens=64)
     cosine = torch.nn.functional.cosine_similarity(ours, st_embeddings[:6].float())
     assert cosine.min().item() >= 0.99999, cosine

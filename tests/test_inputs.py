@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from fastbert import FastBertModel
-from tests.bert_factory import random_batch, random_bert
+from tests.bert_factory import device_for, load_fastbert, random_batch, random_bert
 
 
 @pytest.fixture(scope="module", params=["torch", "triton"])
 def model(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bert")
     random_bert(folder, type_vocab_size=2, max_position_embeddings=16)
-    return FastBertModel.from_pretrained(folder, dtype=torch.float32, device="cpu", backend=request.param)
+    return load_fastbert(folder, request.param)
 
 
 def _batch():
@@ -65,7 +65,7 @@ def test_types_and_devices(model):
     with pytest.raises(ValueError, match="token_type_ids has shape"):
         model(ids, mask, types[:1])
     with pytest.raises(ValueError, match="input_ids is on meta"):
-        model(ids.to("meta"))
+        model.model(ids.to("meta"))
 
 
 def test_empty_batch_returns_empty(model):
@@ -102,5 +102,5 @@ def test_no_cuda_and_no_interpreted_bf16(tmp_path):
 def test_unsupported_head_dim_names_the_fix(tmp_path):
     random_bert(tmp_path, hidden_size=64, num_attention_heads=4)  # head_dim 16
     with pytest.raises(ValueError, match="head_dim=16 .* use backend='torch'"):
-        FastBertModel.from_pretrained(tmp_path, device="cpu", backend="triton")
+        FastBertModel.from_pretrained(tmp_path, device=device_for("triton"), backend="triton")
     assert FastBertModel.from_pretrained(tmp_path, device="cpu", backend="torch").config.head_dim == 16

@@ -1,11 +1,9 @@
 """The layer loop of the triton backend is kernel launches and views, nothing else."""
 
 import pytest
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastbert import FastBertModel
-from tests.bert_factory import random_batch, random_bert
+from tests.bert_factory import load_fastbert, random_batch, random_bert
 
 # Metadata-only aten ops: they create views and launch nothing.
 VIEW_OPS = {"view", "_unsafe_view", "unbind", "select", "slice", "as_strided", "alias", "detach"}
@@ -40,10 +38,9 @@ def _counting(recorder, name, launcher):
 @pytest.mark.parametrize("layers", [1, 3])
 def test_at_most_seven_launches_per_layer_and_no_other_ops(tmp_path, layers):
     random_bert(tmp_path, num_hidden_layers=layers)
-    model = FastBertModel.from_pretrained(tmp_path, dtype=torch.float32, device="cpu", backend="triton",
-                                          cuda_graphs=False)
+    model = load_fastbert(tmp_path, "triton", cuda_graphs=False)
     recorder = _Recorder()
-    kernels = model.ops.kernels
+    kernels = model.model.ops.kernels
 
     class CountingKernels:
         pass
@@ -51,7 +48,7 @@ def test_at_most_seven_launches_per_layer_and_no_other_ops(tmp_path, layers):
     counting = CountingKernels()
     for name in ("embeddings", "linear", "attention", "layer_norm"):
         setattr(counting, name, _counting(recorder, name, getattr(kernels, name)))
-    model.ops.kernels = counting
+    model.model.ops.kernels = counting
     ids, mask, types = random_batch(211, [5, 9, 2], seq_len=9)
     with recorder:
         model(ids, mask, types)
