@@ -102,6 +102,14 @@ def load_kernels(device):
     loaded = sys.modules.get("fastbert.kernels")
     if loaded is None:
         if device.type == "cpu":
+            if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+                # Triton decorates its own library functions (tl.cdiv, tl.sigmoid, ...) when it is
+                # imported: imported for the GPU, they cannot run inside interpreted kernels.
+                raise RuntimeError(
+                    "the triton backend on CPU runs through Triton's interpreter, which must be switched on "
+                    "before triton is first imported, and triton is already imported in this process: set "
+                    "TRITON_INTERPRET=1 in the environment, or use backend='torch' on CPU"
+                )
             os.environ["TRITON_INTERPRET"] = "1"
         loaded = importlib.import_module("fastbert.kernels")
     interpreted = loaded.is_interpreter()
@@ -127,12 +135,17 @@ def _version_tuple(version):
 def check_interpreter_support():
     """Triton 3.6's interpreter converts 1-element arrays to ints, which NumPy 2.4 made an error: every
     kernel loop then fails deep inside Triton. Say so plainly instead (checked: 3.6 fails, 3.7 and 3.9 work)."""
-    import numpy
-    import triton
+    # Versions from package metadata: importing triton here, before TRITON_INTERPRET is set, would fix
+    # Triton's interpreter settings too early and break interpreted kernels that call helpers.
+    from importlib.metadata import PackageNotFoundError, version
 
-    if _version_tuple(triton.__version__) < (3, 7) and _version_tuple(numpy.__version__) >= (2, 4):
+    try:
+        triton_version, numpy_version = version("triton"), version("numpy")
+    except PackageNotFoundError:
+        return
+    if _version_tuple(triton_version) < (3, 7) and _version_tuple(numpy_version) >= (2, 4):
         raise RuntimeError(
-            f"Triton {triton.__version__}'s CPU interpreter does not work with NumPy {numpy.__version__}: "
+            f"Triton {triton_version}'s CPU interpreter does not work with NumPy {numpy_version}: "
             "install 'numpy<2.4' or 'triton>=3.7', or use backend='torch' on CPU"
         )
 
