@@ -6,6 +6,7 @@ is written once against this interface, so both backends share one data path."""
 
 import importlib
 import os
+import re
 import sys
 
 import torch
@@ -21,8 +22,6 @@ _TORCH_ACTIVATIONS = {
 
 class TorchOps:
     """Packed BERT operations in plain PyTorch: [T, H] tokens, sequences delimited by host offsets."""
-
-    name = "torch"
 
     def embeddings(self, input_ids, position_ids, token_type_ids, weights, eps):
         summed = weights["embeddings.word"][input_ids] + weights["embeddings.position"][position_ids]
@@ -61,8 +60,6 @@ class TorchOps:
 
 class TritonOps:
     """Packed BERT operations as fastbert kernel launches (at most 7 per layer)."""
-
-    name = "triton"
 
     def __init__(self, device, config):
         self.kernels = load_kernels(device)
@@ -129,7 +126,9 @@ def load_kernels(device):
 
 
 def _version_tuple(version):
-    return tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+    """(major, minor) of a version string such as '3.6.0', '2.4.0rc1' or '3.7.0+git1234'."""
+    major_minor = re.match(r"(\d+)\.(\d+)", version)
+    return (int(major_minor[1]), int(major_minor[2])) if major_minor else (0, 0)
 
 
 def check_interpreter_support():
