@@ -44,7 +44,9 @@ def _fast_forward(encoder, fast, original_forward):
         unsupported = (
             encoder.training or input_ids is None or inputs_embeds is not None or head_mask is not None
             or output_attentions or (attention_mask is not None and attention_mask.dim() != 2)
-            or any(value is not None for value in kwargs.values())
+            # Extra arguments (encoder_hidden_states, past_key_values, ...) only matter when set;
+            # use_cache=False and the like are the encoder's default.
+            or any(value is not None and value is not False for value in kwargs.values())
         )
         if unsupported:
             return original_forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,

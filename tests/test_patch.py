@@ -51,12 +51,16 @@ def test_tuple_outputs_and_fallbacks(tmp_path):
     model = random_bert(tmp_path)
     ids, mask, types = random_batch(model.config.vocab_size, [4, 6], seq_len=6)
     fastbert.optimize(model)
+    fast, calls = model._fastbert_encoder, []
+    fast_forward = fast.forward
+    fast.forward = lambda *args, **kwargs: calls.append(1) or fast_forward(*args, **kwargs)
     with torch.no_grad():
-        as_tuple = model(ids, attention_mask=mask, return_dict=False)
+        as_tuple = model(ids, attention_mask=mask, return_dict=False, use_cache=False)
         assert isinstance(as_tuple, tuple) and as_tuple[0].shape == (2, 6, model.config.hidden_size)
+        assert calls == [1]  # use_cache=False is the encoder's default: still fastbert's path
         # output_attentions is not something fastbert computes: transformers' own path answers.
         with_attentions = model(ids, attention_mask=mask, output_attentions=True)
-        assert with_attentions.attentions is not None
+        assert with_attentions.attentions is not None and calls == [1]
     model.train()  # training mode (dropout) runs transformers' own forward
     assert model(ids, attention_mask=mask).last_hidden_state.requires_grad
 
