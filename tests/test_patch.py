@@ -91,7 +91,11 @@ def test_sentence_transformer_encode_matches(minilm_path):
     texts = ["A man is playing a guitar.", "深度学习", "", "word " * 300]
     expected = model.encode(texts, convert_to_tensor=True)
     fastbert.optimize(model)
+    fast, calls = model[0].auto_model._fastbert_encoder, []
+    fast_forward = fast.forward
+    fast.forward = lambda *args, **kwargs: calls.append(1) or fast_forward(*args, **kwargs)
     patched = model.encode(texts, convert_to_tensor=True)
+    assert calls, "sentence-transformers' encode did not reach fastbert's encoder"
     cosine = torch.nn.functional.cosine_similarity(patched, expected)
     assert cosine.min().item() >= 0.99999
     fastbert.restore(model)
