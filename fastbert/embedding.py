@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .packing import pack_inputs
+
 POOLINGS = ("mean", "cls")
 
 
@@ -49,6 +51,16 @@ def pool(last_hidden_state, attention_mask, pooling):
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
+def _start_copy_to_host(tensor):
+    """Queue a GPU result's copy into pinned host memory without waiting for it (valid after a
+    synchronize), so GPU memory holds one batch of embeddings, not the whole corpus."""
+    if tensor.device.type != "cuda":
+        return tensor
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    return host
+
+
 def _check_texts(texts):
     if isinstance(texts, str):
         return [texts], True
@@ -84,8 +96,8 @@ def encode(model, texts, batch_size=32, max_tokens=16384, pooling=None, normaliz
 
     batch = tokenizer(texts, max_length=max_length)
     lengths = batch["attention_mask"].sum(dim=1).tolist()
-    embeddings = torch.empty(len(texts), hidden_size, dtype=torch.float32)
     batches = length_sorted_batches(lengths, batch_size, max_tokens)
+    pooled_batches = []
     progress = None
     if show_progress_bar:
         from tqdm.auto import tqdm
@@ -94,14 +106,22 @@ def encode(model, texts, batch_size=32, max_tokens=16384, pooling=None, normaliz
     for indices in batches:
         longest = max(lengths[i] for i in indices)
         rows = torch.tensor(indices)
-        inputs = {name: tensor[rows, :longest].to(model.device) for name, tensor in batch.items()}
-        output = model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
-        pooled = pool(output.last_hidden_state, inputs["attention_mask"], pooling)
+        ids, mask, types = (batch[name][rows, :longest] for name in ("input_ids", "attention_mask", "token_type_ids"))
+        # Validated and packed on the CPU, where the tokens are: no GPU synchronisation per batch, so the
+        # host prepares the next batch while the GPU computes this one.
+        packed = pack_inputs(model.config, "cpu", ids, mask, types, to_device=model.device)
+        output = model.forward_packed(*packed)
+        pooled = pool(output.last_hidden_state, mask.to(model.device, non_blocking=True), pooling)
         if normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        embeddings[rows] = pooled.cpu()
+        pooled_batches.append(_start_copy_to_host(pooled))
         if progress is not None:
             progress.update(len(indices))
     if progress is not None:
         progress.close()
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)  # the one wait: every batch's copy to the host has landed
+    order = torch.tensor([i for indices in batches for i in indices])
+    embeddings = torch.empty(len(texts), hidden_size, dtype=torch.float32)
+    embeddings[order] = torch.cat(pooled_batches)
     return embeddings[0] if single else embeddings

@@ -130,6 +130,12 @@ class FastBertModel:
         Padded positions of every returned hidden state are zero."""
         packing, ids, positions, types = pack_inputs(
             self.config, self.device, input_ids, attention_mask, token_type_ids, position_ids)
+        return self.forward_packed(packing, ids, positions, types, output_hidden_states)
+
+    @torch.no_grad()
+    def forward_packed(self, packing, ids, positions, types, output_hidden_states=False):
+        """forward() on inputs already validated and packed by fastbert.packing.pack_inputs (on this
+        model's device)."""
         if packing.num_tokens == 0:
             return self._empty_output(packing, output_hidden_states)
         run = self._graphs if self._graphs is not None else self._encode_packed

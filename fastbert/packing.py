@@ -66,12 +66,17 @@ def _check_index_tensor(name, tensor, shape, device):
         )
 
 
-def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
-    """Validate a padded batch and return (Packing, packed input_ids, position_ids, token_type_ids).
+def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                to_device=None):
+    """Validate a padded batch on `device` and return (Packing, packed input_ids, position_ids,
+    token_type_ids), moved to `to_device` (default: `device`).
 
+    Validating and packing CPU inputs on the CPU and moving only the packed result (what encode does)
+    needs no GPU synchronisation at all, so the host prepares the next batch while the GPU computes.
     Positions default to the column index, as in transformers (so left-padded rows start at the
     position of their first column); pass position_ids to choose otherwise."""
     device = torch.device(device)
+    to_device = torch.device(to_device) if to_device is not None else device
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.dim() != 2:
@@ -105,8 +110,8 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
         _check_index_tensor("position_ids", position_ids, input_ids.shape, device)
 
     if batch == 0 or seq_len == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        packing = Packing(batch, seq_len, empty, torch.zeros(batch + 1, dtype=torch.int32, device=device),
+        empty = torch.zeros(0, dtype=torch.long, device=to_device)
+        packing = Packing(batch, seq_len, empty, torch.zeros(batch + 1, dtype=torch.int32, device=to_device),
                           [0] * (batch + 1), 0)
         return packing, empty, empty, empty
 
@@ -146,8 +151,7 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
     num_tokens = offsets[-1]
     # nonzero_static knows the result size already, so it needs no second synchronisation.
     token_indices = torch.nonzero_static(mask.flatten(), size=num_tokens).squeeze(1)
-    cu_seqlens = torch.tensor(offsets, dtype=torch.int32).to(device, non_blocking=True)
-    packing = Packing(batch, seq_len, token_indices, cu_seqlens, offsets, max(lengths_host))
+    cu_seqlens = torch.tensor(offsets, dtype=torch.int32, device=device)
 
     def packed(tensor):
         # Without padding the flat tensor is already packed: skip the gather.
@@ -157,4 +161,16 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
     packed_ids = packed(input_ids)
     packed_positions = token_indices % seq_len if position_ids is None else packed(position_ids)
     packed_types = torch.zeros_like(packed_ids) if token_type_ids is None else packed(token_type_ids)
+    token_indices, cu_seqlens, packed_ids, packed_positions, packed_types = (
+        _move(t, to_device) for t in (token_indices, cu_seqlens, packed_ids, packed_positions, packed_types))
+    packing = Packing(batch, seq_len, token_indices, cu_seqlens, offsets, max(lengths_host))
     return packing, packed_ids, packed_positions, packed_types
+
+
+def _move(tensor, device):
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        # Pinned memory makes the copy asynchronous: the host does not wait for the GPU's queue.
+        return tensor.contiguous().pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
