@@ -5,10 +5,9 @@ import torch
 BERT_BASE_SHAPES = dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072)
 
 
-def random_bert(folder, *, model_class="BertModel", seed=0, **overrides):
-    """Build a transformers BERT with random weights (eval mode, eager attention), save it to `folder`
-    as model.safetensors + config.json, and return the model. Small by default; `overrides` set any
-    transformers.BertConfig field."""
+def random_hf_model(model_class="BertModel", *, seed=0, add_pooling_layer=True, **overrides):
+    """A transformers BERT with random weights (eval mode, eager attention). Small by default;
+    `overrides` set any transformers.BertConfig field."""
     import transformers
 
     settings = dict(vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -17,12 +16,21 @@ def random_bert(folder, *, model_class="BertModel", seed=0, **overrides):
     torch.manual_seed(seed)
     config = transformers.BertConfig(**settings)
     config._attn_implementation = "eager"
-    model = getattr(transformers, model_class)(config).eval()
+    if model_class == "BertModel":
+        model = transformers.BertModel(config, add_pooling_layer=add_pooling_layer)
+    else:
+        model = getattr(transformers, model_class)(config)
     # Random LayerNorm parameters and biases too: default init (ones/zeros) would hide mix-ups.
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("bias") or "LayerNorm" in name:
                 parameter.add_(0.1 * torch.randn_like(parameter))
+    return model.eval()
+
+
+def random_bert(folder, *, model_class="BertModel", seed=0, **overrides):
+    """random_hf_model(...) saved to `folder` as model.safetensors + config.json, for fastbert to load."""
+    model = random_hf_model(model_class, seed=seed, **overrides)
     model.save_pretrained(folder)
     return model
 

@@ -7,46 +7,17 @@ from fastbert.config import BertConfig
 from fastbert.outputs import EncoderOutput
 from fastbert.reference import ReferenceBertModel
 from fastbert.weights import load_weights
+from tests.bert_factory import random_batch as padded_batch
+from tests.bert_factory import random_hf_model
 
 transformers = pytest.importorskip("transformers")
 
 ATOL = 1e-5
 
 
-def random_hf_model(model_cls=None, add_pooling_layer=True, **overrides):
-    """A transformers BERT with every parameter perturbed, so biases and LayerNorm affine terms matter."""
-    kwargs = dict(
-        vocab_size=300,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=96,
-        max_position_embeddings=64,
-        type_vocab_size=2,
-    )
-    kwargs.update(overrides)
-    cfg = transformers.BertConfig(**kwargs, attn_implementation="eager")
-    if model_cls is None:
-        model = transformers.BertModel(cfg, add_pooling_layer=add_pooling_layer)
-    else:
-        model = model_cls(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
-
-
 def random_batch(vocab_size, type_vocab_size, lengths, seq_len=None):
-    """Right-padded ids with varied lengths; token types switch to 1 half-way (when there are two)."""
-    S = seq_len or max(lengths)
-    ids = torch.randint(1, vocab_size, (len(lengths), S))
-    mask = torch.zeros(len(lengths), S, dtype=torch.int64)
-    types = torch.zeros(len(lengths), S, dtype=torch.int64)
-    for row, n in enumerate(lengths):
-        mask[row, :n] = 1
-        ids[row, n:] = 0
-        if type_vocab_size > 1:
-            types[row, n // 2 : n] = 1
+    """Right-padded ids of varied lengths as forward() keyword arguments."""
+    ids, mask, types = padded_batch(vocab_size, lengths, seq_len=seq_len, type_vocab_size=type_vocab_size)
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
@@ -128,7 +99,7 @@ def test_random_configs_via_safetensors(tmp_path, overrides):
     assert (tmp_path / "model.safetensors").is_file()
     ours = ReferenceBertModel.from_pretrained(tmp_path)
     assert ours.config.hidden_act == model.config.hidden_act
-    batch = random_batch(300, model.config.type_vocab_size, lengths=[13, 1, 40, 29])
+    batch = random_batch(model.config.vocab_size, model.config.type_vocab_size, lengths=[13, 1, 40, 29])
     with torch.no_grad():
         theirs = model(**batch, output_hidden_states=True)
     assert_matches(ours(**batch, output_hidden_states=True), theirs)
@@ -139,7 +110,7 @@ def test_pytorch_model_bin_without_pooler(tmp_path):
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     ours = ReferenceBertModel.from_pretrained(tmp_path)
-    batch = random_batch(300, 2, lengths=[5, 17])
+    batch = random_batch(model.config.vocab_size, 2, lengths=[5, 17])
     with torch.no_grad():
         theirs = model(**batch, output_hidden_states=True)
     out = ours(**batch, output_hidden_states=True)
@@ -149,12 +120,12 @@ def test_pytorch_model_bin_without_pooler(tmp_path):
 
 
 def test_sequence_classification_checkpoint(tmp_path):
-    model = random_hf_model(model_cls=transformers.BertForSequenceClassification)
+    model = random_hf_model("BertForSequenceClassification")
     model.save_pretrained(tmp_path)
     config = BertConfig.from_pretrained(tmp_path)
     weights, head = load_weights(tmp_path, config)
     assert set(head) == {"classifier.weight", "classifier.bias"}
-    batch = random_batch(300, 2, lengths=[8, 31, 2])
+    batch = random_batch(model.config.vocab_size, 2, lengths=[8, 31, 2])
     with torch.no_grad():
         theirs = model.bert(**batch, output_hidden_states=True)
     assert_matches(ReferenceBertModel(config, weights)(**batch, output_hidden_states=True), theirs)
@@ -172,7 +143,7 @@ def test_legacy_gamma_beta_checkpoint(tmp_path):
         for k, v in model.state_dict().items()
     }
     save_file(legacy, str(tmp_path / "model.safetensors"))
-    batch = random_batch(300, 2, lengths=[11, 6])
+    batch = random_batch(model.config.vocab_size, 2, lengths=[11, 6])
     with torch.no_grad():
         theirs = model(**batch, output_hidden_states=True)
     assert_matches(ReferenceBertModel.from_pretrained(tmp_path)(**batch, output_hidden_states=True), theirs)
@@ -198,18 +169,11 @@ def test_output_access():
 
 @pytest.fixture(scope="module")
 def tiny_ref():
-    model = random_hf_model(type_vocab_size=2, max_position_embeddings=16)
+    model = random_hf_model(vocab_size=300, type_vocab_size=2, max_position_embeddings=16)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     from fastbert.weights import convert_state_dict
 
-    config = BertConfig(
-        vocab_size=300,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=96,
-        max_position_embeddings=16,
-    )
+    config = BertConfig.from_dict(model.config.to_dict())
     return ReferenceBertModel(config, convert_state_dict(state, config)[0])
 
 
