@@ -28,7 +28,7 @@ class GraphCache:
         self.device = device
         self.max_graphs = max_graphs
         self.graphs = OrderedDict()
-        self.seen = set()
+        self.seen = OrderedDict()  # shapes run once, bounded like the graphs themselves
         self.pool = None
         self.disabled = False
 
@@ -37,7 +37,9 @@ class GraphCache:
         captured = self.graphs.get(key)
         if captured is None:
             if self.disabled or key not in self.seen:
-                self.seen.add(key)
+                self.seen[key] = None
+                if len(self.seen) > 64 * self.max_graphs:
+                    self.seen.popitem(last=False)
                 return self.encode_packed(packing, ids, positions, types, output_hidden_states)
             try:
                 captured = self._capture(key, packing, ids, positions, types, output_hidden_states)
