@@ -113,11 +113,15 @@ def measure(benchmark, settings):
     extra_info is the data the report works from: `case` names one comparison (all impls of the same
     work share it), `impl` the implementation, plus the work model (`flops`, `bytes`) and its context."""
 
-    def run(fn, *, case: str, impl: str, **extra):
+    def run(fn, *, case: str, impl: str, cuda_graph: bool = False, **extra):
         rounds, round_s, warmup = ROUNDS[settings.size]
         benchmark.group = case
         benchmark.extra_info.update({"case": case, "impl": impl, "device": str(settings.device), **extra})
         try:
+            if cuda_graph and settings.gpu:
+                fn, calls = _graphed(fn, warmup)
+                benchmark.extra_info["calls_per_call"] = calls
+            benchmark.extra_info["timing"] = "cuda_graph" if cuda_graph and settings.gpu else "eager"
             iterations = plan_iterations(fn, settings.device, warmup=warmup, round_s=round_s)
             benchmark.pedantic(fn, rounds=rounds, iterations=iterations, warmup_rounds=0)
         except torch.cuda.OutOfMemoryError:
@@ -125,6 +129,27 @@ def measure(benchmark, settings):
             pytest.skip(f"{case} {impl}: out of GPU memory")
 
     return run
+
+
+GRAPH_CALLS = 20  # calls captured per graph: more than the input sets a kernel case cycles through
+
+
+def _graphed(fn, warmup: int):
+    """(replay, calls): GRAPH_CALLS calls of fn captured in one CUDA graph.
+
+    A single kernel launch costs the host more than many BERT-sized kernels take on an H100 (Triton's
+    launcher tens of microseconds, PyTorch's several), so back-to-back eager calls time the launcher.
+    Kernel cases therefore time graph replays, both ours and PyTorch's, and the report divides by
+    `calls_per_call`. Warm-up runs first, outside the capture, so autotuning never happens inside it."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(GRAPH_CALLS):
+            fn()
+    torch.cuda.synchronize()
+    return graph.replay, GRAPH_CALLS
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -33,6 +33,8 @@ def load(paths: list[Path]) -> tuple[list[dict], list[dict]]:
                 continue
             rec = {**info, "name": bench["name"], "env": index, "device_name": env.get("device")}
             rec.update({k: stats[k] for k in ("median", "q1", "q3", "iqr", "rounds", "iterations")})
+            calls = info.get("calls_per_call", 1)  # a timed call replaying a graph of `calls` calls
+            rec.update({k: rec[k] / calls for k in ("median", "q1", "q3", "iqr")})
             rec.setdefault("params", {})
             _derive(rec)
             records.append(rec)
@@ -217,6 +219,7 @@ def encoder_section(records: list[dict], title: str, ops: tuple[str, ...]) -> li
         pad = "-" if p.get("padding_ratio") is None else f"{p['padding_ratio'] * 100:.0f}%"
         extra = f" (compile {r['compile_s']:.0f} s)" if r.get("compile_s") is not None else ""
         extra += " (CUDA graphs)" if r.get("cuda_graphs") else ""
+        extra += f" (max err {r['max_abs_err_vs_hf']:.1e})" if r.get("max_abs_err_vs_hf") is not None else ""
         rows.append([p.get("model", "-"), r.get("dtype", "-"), f"{p.get('batch')}x{p.get('seq')}", pad,
                      r["impl"] + extra, fmt_time(r["median"]), fmt_time(r["iqr"]), fmt_rate(r["tokens_s"]),
                      fmt_rate(r["seqs_s"]), fmt_num(r["tflops"]),
@@ -247,7 +250,9 @@ def headline(envs: list[dict], records: list[dict], results: list[dict]) -> list
 COLUMNS = """## Columns and work model
 
 - **median / IQR**: seconds per call over the timed rounds (each round many back-to-back calls, the
-  clock read only after the device is idle); IQR = spread between the 25th and 75th percentiles.
+  clock read only after the device is idle); IQR = spread between the 25th and 75th percentiles. GPU
+  kernel cases replay a CUDA graph of 20 calls per timed call (divided back out), so they show device
+  time; encoder cases are timed as a user calls them (host work, and fastbert's own graph replay, included).
 - **TFLOP/s**: useful FLOPs / median. Matrix products only, 2 FLOPs per multiply-accumulate: GEMM 2MNK;
   attention 4 L^2 x hidden per sequence of length L (QK^T and PV); encoder per layer
   8 T H^2 + 4 T H I + 4 H sum(L_i^2) over real tokens T only (padding never counts). Excluded: softmax,
@@ -256,6 +261,7 @@ COLUMNS = """## Columns and work model
   gathered table row per token.
 - **% peak**: TFLOP/s against the datasheet dense tensor-core peak of the dtype (compute-bound cases), GB/s
   against HBM bandwidth (memory-bound cases); "-" when the device is not in the table.
+- **max err**: largest |fastbert - transformers SDPA| over the real tokens of the timed batch.
 - **ours x / fastbert x**: this row's median / fastbert's median on the same case: > 1 means fastbert is
   faster. **padding**: realised fraction of the [batch, seq] grid that is padding.
 """

@@ -140,7 +140,18 @@ def _measure_forward(measure, settings, checkpoint, model, dtype, batch, seq, pa
     ids, mask = padded_batch(lengths, seq, MODELS[model][1], settings.device)
     with torch.inference_mode():
         fn, notes = _runner(impl, model, checkpoint(model), dtype, settings, ids, mask)
+        if impl == "fastbert":
+            notes["max_abs_err_vs_hf"] = _error_vs_hf(fn, model, checkpoint(model), dtype, settings, ids, mask)
         measure(fn, **notes, **_info(model, dtype, batch, seq, lengths, padding, impl, settings.device))
+
+
+def _error_vs_hf(fastbert_fn, model, path, dtype, settings, ids, mask):
+    """Largest |fastbert - transformers SDPA| over real tokens of the timed batch: speed without the same
+    numbers would be meaningless, so every fastbert row carries its error."""
+    hf_fn, _ = _runner("hf_sdpa", model, path, dtype, settings, ids, mask)
+    ours, theirs = fastbert_fn().last_hidden_state, hf_fn().last_hidden_state
+    real = mask.bool()
+    return float((ours[real].float() - theirs[real].float()).abs().max())
 
 
 def test_encoder(measure, settings, checkpoint, model, dtype, shape, impl):
