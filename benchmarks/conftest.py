@@ -20,7 +20,9 @@ if not torch.cuda.is_available():
 
 import json  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -161,24 +163,57 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["fastbert"] = env
 
 
+def _json_path(session) -> str | None:
+    """The --benchmark-json target: a path (pytest-benchmark >= 5) or a file it opened for writing (4.x)."""
+    target = session.json
+    return getattr(target, "name", None) if hasattr(target, "write") else (str(target) if target else None)
+
+
 def pytest_runtest_teardown(item, nextitem):
     """Rewrite the --benchmark-json file after every test, so a stage killed by its timeout keeps what it
-    measured (pytest-benchmark itself writes only at session end, which it then overwrites)."""
+    measured (pytest-benchmark itself writes only at session end). Saving is best effort: a failure here
+    warns, and never turns a measured benchmark into an error."""
     config = item.config
     session = getattr(config, "_benchmarksession", None)
-    if session is None or not session.json or session.disabled:
+    if session is None or session.disabled or not session.json:
         return
     finished = [b for b in session.benchmarks if b.stats.data]
     if not finished:
         return
-    if not hasattr(config, "_fastbert_info"):
-        commit = config.hook.pytest_benchmark_generate_commit_info(config=config)
-        config._fastbert_info = (session.get_machine_info(), commit)
-    machine, commit = config._fastbert_info
-    output = config.hook.pytest_benchmark_generate_json(
-        config=config, benchmarks=finished, include_data=True, machine_info=machine, commit_info=commit)
-    output["partial"] = True
-    path = str(session.json)
-    with open(path + ".tmp", "w") as fh:
-        json.dump(output, fh, indent=1, default=str)
-    os.replace(path + ".tmp", path)
+    try:
+        if not hasattr(config, "_fastbert_info"):
+            commit = config.hook.pytest_benchmark_generate_commit_info(config=config)
+            config._fastbert_info = (session.get_machine_info(), commit)
+        machine, commit = config._fastbert_info
+        output = config.hook.pytest_benchmark_generate_json(
+            config=config, benchmarks=finished, include_data=True, machine_info=machine, commit_info=commit)
+        output["partial"] = True
+        path = _json_path(session)
+        if hasattr(session.json, "write"):
+            # pytest-benchmark 4.x holds this file open and writes it from offset 0 at the end: write the
+            # same inode through another handle (never replace it), and trim its tail after that final write.
+            with open(path, "w") as fh:
+                json.dump(output, fh, indent=1, default=str)
+        else:
+            with open(path + ".tmp", "w") as fh:
+                json.dump(output, fh, indent=1, default=str)
+            os.replace(path + ".tmp", path)
+    except Exception as error:  # noqa: BLE001 - the measurement stands even if saving it early fails
+        warnings.warn(f"could not save partial benchmark JSON: {error!r}", stacklevel=1)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    """After pytest-benchmark 4.x's final write over a longer partial file, drop the partial file's tail."""
+    bench = getattr(session.config, "_benchmarksession", None)
+    if bench is None or not hasattr(bench.json, "write"):
+        return
+    path = _json_path(bench)
+    try:
+        text = Path(path).read_text()
+        _, end = json.JSONDecoder().raw_decode(text)
+        if text[end:].strip():
+            with open(path, "r+") as fh:
+                fh.truncate(len(text[:end].encode()))
+    except (OSError, ValueError, TypeError) as error:
+        warnings.warn(f"could not tidy benchmark JSON {path}: {error!r}", stacklevel=1)
