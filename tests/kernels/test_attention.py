@@ -120,7 +120,7 @@ def _valid_args(device):
         (lambda a: {"v": a["v"].half()}, TypeError, "v has dtype"),
         (lambda a: {"q": a["q"].double()}, TypeError, "q has dtype float64"),
         (lambda a: {"q": a["q"][0]}, ValueError, "q must have 3 dimensions"),
-        (lambda a: {"q": a["q"].numpy()}, TypeError, "q must be a torch.Tensor"),
+        (lambda a: {"q": a["q"].cpu().numpy()}, TypeError, "q must be a torch.Tensor"),
         (lambda a: {"k": a["k"].to("meta")}, ValueError, "k is on meta"),
         (lambda a: {"q": torch.randn(8, 2, 48, device=a["q"].device), "k": torch.randn(8, 2, 48, device=a["q"].device),
                     "v": torch.randn(8, 2, 48, device=a["q"].device)}, ValueError, "head_dim 48"),
