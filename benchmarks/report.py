@@ -220,6 +220,9 @@ def encoder_section(records: list[dict], title: str, ops: tuple[str, ...]) -> li
         extra = f" (compile {r['compile_s']:.0f} s)" if r.get("compile_s") is not None else ""
         extra += " (CUDA graphs)" if r.get("cuda_graphs") else ""
         extra += f" (max err {r['max_abs_err_vs_hf']:.1e})" if r.get("max_abs_err_vs_hf") is not None else ""
+        if r.get("gemm_choices"):
+            picks = list(r["gemm_choices"].values())
+            extra += f" (cuBLAS GEMMs {picks.count('cublas')}/{len(picks)})"
         rows.append([p.get("model", "-"), r.get("dtype", "-"), f"{p.get('batch')}x{p.get('seq')}", pad,
                      r["impl"] + extra, fmt_time(r["median"]), fmt_time(r["iqr"]), fmt_rate(r["tokens_s"]),
                      fmt_rate(r["seqs_s"]), fmt_num(r["tflops"]),
@@ -262,6 +265,8 @@ COLUMNS = """## Columns and work model
 - **% peak**: TFLOP/s against the datasheet dense tensor-core peak of the dtype (compute-bound cases), GB/s
   against HBM bandwidth (memory-bound cases); "-" when the device is not in the table.
 - **max err**: largest |fastbert - transformers SDPA| over the real tokens of the timed batch.
+- **cuBLAS GEMMs n/m**: of the m GEMM shapes of this batch, n ran on cuBLAS because it timed faster than
+  fastbert's Triton GEMM on first use (fastbert/gemm.py); the rest ran the Triton kernel.
 - **ours x / fastbert x**: this row's median / fastbert's median on the same case: > 1 means fastbert is
   faster. **padding**: realised fraction of the [batch, seq] grid that is padding.
 """

@@ -142,6 +142,11 @@ def _measure_forward(measure, settings, checkpoint, model, dtype, batch, seq, pa
         fn, notes = _runner(impl, model, checkpoint(model), dtype, settings, ids, mask)
         if impl == "fastbert":
             notes["max_abs_err_vs_hf"] = _error_vs_hf(fn, model, checkpoint(model), dtype, settings, ids, mask)
+        if impl in ("fastbert", "fastbert_padded"):
+            fn()  # the first call picks each GEMM shape's implementation (fastbert/gemm.py): record the picks
+            fb = _load("fastbert", model, checkpoint(model), dtype, ids.device, "triton")
+            tokens = int(mask.sum()) if impl == "fastbert" else mask.numel()
+            notes["gemm_choices"] = fb.ops.gemm.choices_for(tokens)
         measure(fn, **notes, **_info(model, dtype, batch, seq, lengths, padding, impl, settings.device))
 
 

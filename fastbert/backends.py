@@ -1,6 +1,7 @@
 """The four operations a padding-free BERT layer needs, in two interchangeable implementations.
 
-`TritonOps` launches fastbert's kernels (on CUDA, or on CPU tensors through Triton's interpreter);
+`TritonOps` launches fastbert's kernels (on CUDA, or on CPU tensors through Triton's interpreter; on
+CUDA each GEMM shape runs on the faster of the Triton kernel and cuBLAS, see gemm.py);
 `TorchOps` runs the same packed algorithm in plain PyTorch, for CPU users. The encoder in model.py
 is written once against this interface, so both backends share one data path."""
 
@@ -11,6 +12,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
+
+from .gemm import GEMMS, GemmPicker
 
 _TORCH_ACTIVATIONS = {
     None: lambda x: x,
@@ -59,10 +62,12 @@ class TorchOps:
 
 
 class TritonOps:
-    """Packed BERT operations as fastbert kernel launches (at most 7 per layer)."""
+    """Packed BERT operations as fastbert kernel launches (7 per layer; 8 where the FFN-in GEMM runs on
+    cuBLAS with a separate GELU)."""
 
-    def __init__(self, device, config):
+    def __init__(self, device, config, gemm="auto"):
         self.kernels = load_kernels(device)
+        self.gemm = GemmPicker(self.kernels.linear, gemm)
         if config.head_dim not in self.kernels.ATTENTION_HEAD_DIMS:
             raise ValueError(
                 f"head_dim={config.head_dim} (hidden_size {config.hidden_size} / {config.num_attention_heads} heads) "
@@ -79,7 +84,7 @@ class TritonOps:
         )
 
     def linear(self, x, weight, bias, activation=None):
-        return self.kernels.linear(x, weight, bias, activation=activation)
+        return self.gemm(x, weight, bias, activation)
 
     def attention(self, q, k, v, packing):
         return self.kernels.attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, scale=1.0)
@@ -149,5 +154,7 @@ def check_interpreter_support():
         )
 
 
-def make_ops(backend, device, config):
-    return TritonOps(device, config) if backend == "triton" else TorchOps()
+def make_ops(backend, device, config, gemm="auto"):
+    if gemm not in GEMMS:
+        raise ValueError(f"gemm must be one of {GEMMS}, got {gemm!r}")
+    return TritonOps(device, config, gemm) if backend == "triton" else TorchOps()

@@ -2,8 +2,9 @@
 
 The data path of one forward pass, top to bottom in `forward`:
 tokens -> validate and pack the real tokens once -> embeddings of real tokens only -> layers on
-packed [T, H] tokens (at most 7 kernel launches each, nothing else) -> scatter back to [B, S, H]
-once (padded positions are zero) -> pooler on each sequence's first real token."""
+packed [T, H] tokens (7 kernel launches each, 8 where cuBLAS + a GELU kernel beat the fused GEMM;
+nothing else) -> scatter back to [B, S, H] once (padded positions are zero) -> pooler on each
+sequence's first real token."""
 
 import math
 from pathlib import Path
@@ -72,11 +73,11 @@ class FastBertModel:
     """BERT encoder on packed variable-length tokens. See `from_pretrained`."""
 
     def __init__(self, config, weights, *, device=None, dtype=None, backend="auto", cuda_graphs=None,
-                 tokenizer=None, path=None):
+                 gemm="auto", tokenizer=None, path=None):
         self.config = config
         self.device, self.dtype, self.backend = resolve_device_dtype_backend(device, dtype, backend)
         self.weights = prepare_weights(weights, config, self.dtype, self.device)
-        self.ops = make_ops(self.backend, self.device, config)
+        self.ops = make_ops(self.backend, self.device, config, gemm)
         self.activation = config.activation
         self.has_pooler = "pooler.weight" in self.weights
         self.tokenizer = tokenizer
@@ -90,17 +91,20 @@ class FastBertModel:
         self._graphs = GraphCache(self._encode_packed, self.device) if cuda_graphs else None
 
     @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None, backend="auto", cuda_graphs=None):
+    def from_pretrained(cls, path, dtype=None, device=None, backend="auto", cuda_graphs=None, gemm="auto"):
         """Load a BERT checkpoint folder (config.json + model.safetensors or pytorch_model.bin).
         Defaults: CUDA with fp16 when a GPU is present, else CPU with fp32; backend 'auto' picks
         triton on CUDA and torch on CPU ('triton' on CPU runs through Triton's interpreter); cuda_graphs
-        (default: on for triton on CUDA) replays captured CUDA graphs for batches of a shape seen before."""
+        (default: on for triton on CUDA) replays captured CUDA graphs for batches of a shape seen before;
+        gemm (triton backend on CUDA) picks each projection's GEMM: 'auto' times fastbert's Triton kernel
+        against cuBLAS once per shape and keeps the faster (fastbert/gemm.py), 'triton' or 'cublas' fix it."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model folder not found: {path}")
         config = BertConfig.from_pretrained(path)
         weights, _heads = load_weights(path, config)
-        return cls(config, weights, device=device, dtype=dtype, backend=backend, cuda_graphs=cuda_graphs, path=path)
+        return cls(config, weights, device=device, dtype=dtype, backend=backend, cuda_graphs=cuda_graphs,
+                   gemm=gemm, path=path)
 
     def get_tokenizer(self):
         """The tokenizer of the checkpoint folder this model was loaded from (loaded on first use)."""

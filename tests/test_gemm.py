@@ -1,0 +1,112 @@
+"""The GEMM picker: fastbert's Triton GEMM or cuBLAS, chosen per shape by timing both once."""
+
+import types
+
+import pytest
+import torch
+
+from fastbert.gemm import GemmPicker, cublas_linear
+from tests.tolerances import assert_close
+
+
+def _fake_cuda(tokens, dtype=torch.float16):
+    """A stand-in for a CUDA tensor: the picker reads only device, shape and dtype before dispatching."""
+    return types.SimpleNamespace(device=torch.device("cuda"), shape=(tokens, 8), dtype=dtype)
+
+
+class Recorder:
+    def __init__(self, name):
+        self.name, self.calls = name, 0
+
+    def __call__(self, x, weight, bias, activation=None):
+        self.calls += 1
+        return self.name
+
+
+@pytest.fixture
+def picker(monkeypatch):
+    """A picker on a pretend GPU where cuBLAS wins plain GEMMs and Triton wins GEMMs with an activation."""
+    triton = Recorder("triton")
+    picker = GemmPicker(triton)
+    timed = []
+
+    def fake_time(name, x, weight, bias, activation):
+        timed.append((name, x.shape[0], weight.shape, activation))
+        return {"triton": 2.0, "cublas": 1.0}[name] if activation is None else {"triton": 1.0, "cublas": 3.0}[name]
+
+    monkeypatch.setattr(picker, "_time", fake_time)
+    monkeypatch.setattr("fastbert.gemm.cublas_linear", Recorder("cublas"))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    picker.timed = timed
+    return picker
+
+
+def test_auto_keeps_the_faster_implementation_per_shape(picker):
+    weight = torch.empty(16, 8)
+    assert picker(_fake_cuda(100), weight, None) == "cublas"
+    assert picker(_fake_cuda(100), weight, None, "gelu") == "triton"
+    assert len(picker.timed) == 4  # both implementations, for each of the two shapes
+    assert picker.choices_for(100) == {"16x8": "cublas", "16x8+gelu": "triton"}
+
+
+def test_auto_times_each_token_bucket_once(picker):
+    weight = torch.empty(16, 8)
+    for tokens in (100, 120, 128):  # one power-of-two bucket: timed once
+        picker(_fake_cuda(tokens), weight, None)
+    assert len(picker.timed) == 2
+    picker(_fake_cuda(129), weight, None)  # the next bucket is measured anew
+    assert len(picker.timed) == 4
+    picker(_fake_cuda(100, torch.bfloat16), weight, None)  # and so is another dtype
+    assert len(picker.timed) == 6
+
+
+def test_auto_never_times_while_a_graph_is_captured(picker, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert picker(_fake_cuda(64), torch.empty(16, 8), None) == "triton"
+    assert picker.timed == [] and picker.choices == {}
+
+
+@pytest.mark.parametrize("mode", ["triton", "cublas"])
+def test_fixed_modes_never_time(picker, mode):
+    picker.mode = mode
+    assert picker(_fake_cuda(64), torch.empty(16, 8), None) == mode
+    assert picker.timed == []
+
+
+def test_cpu_always_runs_the_triton_kernel(monkeypatch):
+    triton = Recorder("triton")
+    for mode in ("auto", "cublas"):
+        assert GemmPicker(triton, mode)(torch.zeros(4, 8), torch.zeros(16, 8), None) == "triton"
+    assert triton.calls == 2
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(ValueError, match="gemm must be one of"):
+        GemmPicker(Recorder("triton"), "cutlass")
+
+
+@pytest.mark.parametrize("activation", [None, "gelu", "gelu_tanh", "relu"])
+def test_cublas_path_computes_the_same_projection(activation):
+    from tests.kernels.references import linear_ref
+
+    x, weight, bias = torch.randn(7, 24), torch.randn(40, 24) / 5, torch.randn(40)
+    assert_close(cublas_linear(x, weight, bias, activation), linear_ref(x, weight, bias, activation),
+                 torch.float32, "interpreter")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_auto_on_a_gpu_matches_the_reference(dtype, backend):
+    from fastbert.kernels.linear import linear
+
+    from tests.kernels.references import linear_ref
+
+    picker = GemmPicker(linear)
+    for n, k, activation in [(2304, 768, None), (3072, 768, "gelu"), (768, 3072, None)]:
+        x = torch.randn(1000, k, device="cuda", dtype=dtype)
+        weight = (torch.randn(n, k, device="cuda") / k**0.5).to(dtype)
+        bias = torch.randn(n, device="cuda", dtype=dtype)
+        expected = linear_ref(x.float(), weight.float(), bias.float(), activation)
+        assert_close(picker(x, weight, bias, activation), expected, dtype, backend)
+    assert set(picker.choices_for(1000).values()) <= {"triton", "cublas"} and len(picker.choices) == 3
+    assert all(t["triton"] > 0 and t["cublas"] > 0 for t in picker.timings.values())
