@@ -66,6 +66,16 @@ def _check_index_tensor(name, tensor, shape, device):
         )
 
 
+def _mask_stats(attention_mask, nonzero):
+    """(tensors, names) that tell on the host whether a mask holds only 0 and 1: nothing for a bool mask,
+    the range (one aminmax) for an integer mask, the count of other values for a floating one."""
+    if attention_mask.dtype == torch.bool:
+        return [], []
+    if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
+        return [(nonzero & (attention_mask != 1)).sum()], ["not_binary"]
+    return list(attention_mask.aminmax()), ["mask_min", "mask_max"]
+
+
 def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                 to_device=None):
     """Validate a padded batch on `device` and return (Packing, packed input_ids, position_ids,
@@ -91,7 +101,7 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
 
     if attention_mask is None:
         mask = torch.ones_like(input_ids, dtype=torch.bool)
-        mask_not_binary = None
+        mask_checks = [], []
     else:
         if not isinstance(attention_mask, torch.Tensor):
             raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
@@ -103,7 +113,7 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
         if attention_mask.device != device:
             raise ValueError(f"attention_mask is on {attention_mask.device} but the model is on {device}")
         mask = attention_mask != 0
-        mask_not_binary = ((attention_mask != 0) & (attention_mask != 1)).sum()
+        mask_checks = _mask_stats(attention_mask, mask)
     if token_type_ids is not None:
         _check_index_tensor("token_type_ids", token_type_ids, input_ids.shape, device)
     if position_ids is not None:
@@ -115,15 +125,23 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
                           [0] * (batch + 1), 0)
         return packing, empty, empty, empty
 
-    lengths = mask.sum(dim=1)
-    # All statistics in one tensor, read back with a single host synchronisation.
-    zero = torch.zeros((), dtype=torch.long, device=device)
-    stats = [input_ids.min(), input_ids.max(), mask_not_binary if mask_not_binary is not None else zero]
-    for extra in (token_type_ids, position_ids):
-        stats += [extra.min(), extra.max()] if extra is not None else [zero, zero]
-    host = torch.cat([torch.stack([s.long() for s in stats]), lengths.long()]).tolist()
-    ids_min, ids_max, not_binary, type_min, type_max, pos_min, pos_max = host[:7]
-    lengths_host = host[7:]
+    # All statistics in one tensor, read back with a single host synchronisation. On a GPU every small
+    # op here costs the host more than the GPU work, so each statistic is one reduction (aminmax).
+    stats = [mask.sum(dim=1), *input_ids.aminmax()]
+    names = ["ids_min", "ids_max"]
+    for name, extra in (("type", token_type_ids), ("pos", position_ids)):
+        if extra is not None:
+            stats += extra.aminmax()
+            names += [f"{name}_min", f"{name}_max"]
+    stats += mask_checks[0]
+    names += mask_checks[1]
+    host = torch.cat([s.long().reshape(-1) for s in stats]).tolist()
+    lengths_host = host[:batch]
+    found = dict(zip(names, host[batch:]))
+    ids_min, ids_max = found["ids_min"], found["ids_max"]
+    not_binary = found.get("not_binary", 0) or found.get("mask_min", 0) < 0 or found.get("mask_max", 0) > 1
+    type_min, type_max = found.get("type_min", 0), found.get("type_max", 0)
+    pos_min, pos_max = found.get("pos_min", 0), found.get("pos_max", 0)
 
     if ids_min < 0 or ids_max >= config.vocab_size:
         raise ValueError(

@@ -104,3 +104,30 @@ def test_unsupported_head_dim_names_the_fix(tmp_path):
     with pytest.raises(ValueError, match="head_dim=16 .* use backend='torch'"):
         FastBertModel.from_pretrained(tmp_path, device=device_for("triton"), backend="triton")
     assert FastBertModel.from_pretrained(tmp_path, device="cpu", backend="torch").config.head_dim == 16
+
+
+def test_validation_and_packing_stay_a_handful_of_ops():
+    """On a GPU each op of pack_inputs costs the host more than its GPU work (MiniLM-sized forwards are
+    host-bound on an H200): validation is one reduction per input, read back in one transfer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastbert.config import BertConfig
+    from fastbert.packing import pack_inputs
+
+    class Counter(TorchDispatchMode):
+        ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ not in ("view", "squeeze", "_unsafe_view", "detach", "alias"):
+                self.ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    config = BertConfig(vocab_size=211, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=128)
+    ids, mask, types = random_batch(211, [4, 6, 1], seq_len=6)
+    counter = Counter()
+    with counter:
+        pack_inputs(config, "cpu", ids, mask.long(), types)
+    # mask != 0, lengths, 3 x aminmax (ids, types, mask range), one cat to read back, nonzero_static,
+    # the offsets' upload, and the ids, positions and types of the packed tokens.
+    assert len(counter.ops) <= 11, counter.ops
