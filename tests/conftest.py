@@ -1,6 +1,7 @@
 """Test harness. Runs before any project import, so the interpreter switch below takes effect:
 triton.jit reads TRITON_INTERPRET when a kernel is decorated."""
 
+import importlib
 import os
 
 import torch
@@ -44,6 +45,47 @@ def minilm_path():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pinned_linear_config():
+    """The one GEMM config GPU tests run unless they request `autotuned`: the smallest shared-memory
+    footprint in fp32 (128 KB), so it launches for every dtype on an A100 (163 KB) and an H100."""
+    linear = importlib.import_module("fastbert.kernels.linear")
+    return min(linear.linear_configs(True), key=lambda c: linear.shared_bytes_estimate(c, 4))
+
+
+def pinned_attention_config():
+    """The one attention config GPU tests run unless they request `autotuned`: the smallest footprint at
+    the widest case (fp32, head_dim 128: 136 KB), so it launches for every dtype and head_dim on an A100."""
+    attention = importlib.import_module("fastbert.kernels.attention")
+    widest = max(attention.HEAD_DIMS)
+    return min(attention.attention_configs(True), key=lambda c: attention.shared_bytes_estimate(c, widest, 4))
+
+
+@pytest.fixture
+def autotuned():
+    """Requested by the tests that run the real autotuners over every GPU config (see _one_config)."""
+
+
+@pytest.fixture(autouse=True)
+def _one_config(request, monkeypatch):
+    """On a GPU, pin the GEMM and attention autotuners to one config each, unless the test requests
+    `autotuned`. Otherwise every new shape, dtype and head_dim would compile and time the whole config
+    list (most of a cold GPU test run). A single-config autotuner skips pruning, hence configs chosen to
+    fit everywhere. The test_every_gpu_config tests check each config's results, the `autotuned` tests
+    the autotuner itself. Under the interpreter the lists already hold one config: nothing to do, and the
+    kernels are not imported here, before a test module chose to."""
+    if not HAS_CUDA or "autotuned" in request.fixturenames:
+        return
+    # importlib, not `import fastbert.kernels.linear`: the package re-exports functions of those names.
+    linear = importlib.import_module("fastbert.kernels.linear")
+    attention = importlib.import_module("fastbert.kernels.attention")
+    for autotuner, config in ((linear._linear, pinned_linear_config()),
+                              (attention._attention, pinned_attention_config())):
+        monkeypatch.setattr(autotuner, "configs", [config])
+        # A one-config autotuner neither reads nor writes its cache; emptied anyway, so no choice tuned by
+        # an earlier `autotuned` test can leak in. monkeypatch puts both back after the test.
+        monkeypatch.setattr(autotuner, "cache", {})
 
 
 def pytest_configure(config):

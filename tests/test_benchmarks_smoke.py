@@ -71,3 +71,22 @@ def test_tiny_suites_and_report(tmp_path):
         assert section in text
     for plot in ("speedup.png", "padding.png", "tflops.png"):
         assert (out / plot).stat().st_size > 1000
+
+
+def test_tiny_profile(tmp_path):
+    out = tmp_path / "profile"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.profile_encoder", "--out", str(out), "--size", "tiny"],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    assert "| tiny 2x16 |" in run.stdout and (out / "PROFILE.md").read_text() in run.stdout
+    result = json.loads((out / "profile.json").read_text())
+    assert result["environment"]["torch"] and result["size"] == "tiny"
+    assert result["categories"] == ["linear", "cublas_gemm", "attention", "layer_norm", "embeddings", "other"]
+    (case,) = result["cases"]
+    assert "error" not in case and "skipped" not in case, case
+    for key in ("wall_graph_us", "wall_graph_b2b_us", "wall_eager_us", "wall_eager_b2b_us", "device_total_us",
+                "device_us", "kernels_per_forward", "pack_inputs_us", "graph_overhead_us", "host_bound"):
+        assert key in case, key
+    assert set(case["device_us"]) == set(result["categories"])
+    assert case["wall_graph_us"] > 0 and case["pack_inputs_us"] > 0

@@ -1,12 +1,15 @@
 """Varlen flash attention against the plain-torch reference: ragged batches, empty sequences, every
 supported head_dim, q/k/v as strided views of one NaN-surrounded QKV buffer, custom scales, large scores,
-argument validation, and a compile check of every GPU config for sm_80 and sm_90."""
+argument validation, each GPU config alone (on a GPU), and a compile check of every GPU config for sm_80
+and sm_90."""
 
+import importlib
 import math
 
 import pytest
 import torch
 import triton
+from fastbert.kernels._validate import max_shared_bytes
 from fastbert.kernels.attention import (
     HEAD_DIMS,
     attention,
@@ -15,9 +18,13 @@ from fastbert.kernels.attention import (
     shared_bytes_estimate,
 )
 
+from tests.conftest import pinned_attention_config
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.references import attention_ref
 from tests.tolerances import assert_close, nan_padded
+
+# The module itself: fastbert.kernels re-exports the function under the same name `attention`.
+attention_module = importlib.import_module("fastbert.kernels.attention")
 
 
 def _cu_seqlens(lengths, device):
@@ -154,6 +161,8 @@ def test_attention_configs():
     for head_dim in HEAD_DIMS:
         for element_size in (2, 4):
             assert any(fits_shared_memory(c, head_dim, element_size, MAX_SHARED_BYTES[80]) for c in configs)
+            # The config GPU tests are pinned to skips pruning, so it must fit every case on an A100.
+            assert fits_shared_memory(pinned_attention_config(), head_dim, element_size, MAX_SHARED_BYTES[80])
 
 
 _SCALAR_ARGS = ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_ot", "stride_oh")
@@ -187,6 +196,8 @@ def test_attention_compiles_for_gpus():
             cases.extend(_compile_case(config, head_dim, torch.float16, arch) for config in fitting)
         for dtype in (torch.bfloat16, torch.float32):
             cases.append(_compile_case(configs[0], 64, dtype, arch))
+    # The config every GPU test is pinned to, at its widest case on the smallest shared memory.
+    cases.append(_compile_case(pinned_attention_config(), max(HEAD_DIMS), torch.float32, 80))
     # The pruning rule keeps every config at BERT's head_dim 64 in half precision.
     assert sum(c.constexprs["HEAD_DIM"] == 64 and c.signature["q_ptr"] == "*fp16" for c in cases) == 2 * len(configs)
     results = compile_cases(cases)
@@ -204,7 +215,8 @@ def test_attention_compiles_for_gpus():
             assert result[tensor_core], f"{case.label}: no {tensor_core} in the PTX"
 
 
-# GPU only: bf16 (the interpreter's bf16 arithmetic is wrong) and BERT-base shapes.
+# GPU only: bf16 (the interpreter's bf16 arithmetic is wrong), each config alone, and BERT-base shapes
+# through the real autotuner (every other GPU test runs the one config tests/conftest.py pins).
 
 
 @pytest.mark.gpu
@@ -215,9 +227,23 @@ def test_attention_bf16(head_dim, device, backend):
 
 
 @pytest.mark.gpu
+# A power of two and a masked head_dim: the other head_dims run the pinned config in every other test,
+# and each (config, head_dim) pair is a compile (~1-2 s) on the short GPU sessions this suite gets.
+@pytest.mark.parametrize("head_dim", [64, 96])
+@pytest.mark.parametrize("config", attention_configs(True), ids=str)
+def test_every_gpu_config(config, head_dim, device, backend, monkeypatch):
+    """Each config alone, in fp16: length 1, a partial key tile, whole tiles and several query tiles."""
+    if not fits_shared_memory(config, head_dim, 2, max_shared_bytes(torch.empty(0, device=device))):
+        pytest.skip("pruned on this GPU: does not fit shared memory")
+    monkeypatch.setattr(attention_module._attention, "configs", [config])
+    q, k, v, cu_seqlens = _packed_qkv([1, 17, 128, 300], 2, head_dim, torch.float16, device)
+    _check(q, k, v, cu_seqlens, backend)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("seqlen, tokens", [(128, 4096), (512, 16384)])
-def test_attention_bert_base(seqlen, tokens, dtype, device, backend):
+def test_attention_bert_base(seqlen, tokens, dtype, device, backend, autotuned):
     q, k, v, cu_seqlens = _packed_qkv([seqlen] * (tokens // seqlen), 12, 64, dtype, device)
     _check(q, k, v, cu_seqlens, backend)
 
@@ -230,9 +256,10 @@ def test_attention_ragged_large_fp32(device, backend):
 
 
 @pytest.mark.gpu
-def test_attention_never_synchronises(device):
+def test_attention_never_synchronises(device, autotuned):
+    """The launch users repeat: the autotuner's cached choice (test_attention_bert_base tuned this key)."""
     q, k, v, cu_seqlens = _packed_qkv([128] * 8, 12, 64, torch.float16, device)
-    attention(q, k, v, cu_seqlens, 128)  # first call autotunes, which synchronises
+    attention(q, k, v, cu_seqlens, 128)  # a first call may autotune, which synchronises
     torch.cuda.set_sync_debug_mode("error")
     try:
         attention(q, k, v, cu_seqlens, 128)

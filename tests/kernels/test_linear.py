@@ -9,6 +9,7 @@ import torch
 from fastbert.kernels._validate import max_shared_bytes
 from fastbert.kernels.linear import fits_shared_memory, linear, linear_configs, shared_bytes_estimate
 
+from tests.conftest import pinned_linear_config
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.references import linear_ref
 from tests.tolerances import assert_close, nan_padded, nan_row_padded, tolerance
@@ -20,23 +21,9 @@ ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu")
 # sizes of MiniLM (384) and BERT-base (768) kept small enough for the interpreter.
 ODD_SHAPES = [(67, 45), (130, 96), (384, 129)]
 HIDDEN_SHAPES = [(1152, 384), (384, 1536), (768, 768)]
-# The smallest GPU tile: it fits every dtype's shared memory on A100 and H100.
-SMALL_CONFIG = min(linear_configs(True), key=lambda c: shared_bytes_estimate(c, 4))
-
-
-@pytest.fixture(autouse=True)
-def _one_config(request, backend, monkeypatch):
-    """On a GPU, pin the autotuner to one small config unless a test asks for `autotuned`: autotuning
-    every odd shape would compile and time the whole list each time. test_every_gpu_config checks the
-    other configs' results, the BERT-shape tests the autotuner itself."""
-    if backend == "cuda" and "autotuned" not in request.fixturenames:
-        monkeypatch.setattr(linear_module._linear, "configs", [SMALL_CONFIG])
-        monkeypatch.setattr(linear_module._linear, "cache", {})
-
-
-@pytest.fixture
-def autotuned():
-    """Requested by tests that run the real autotuner over linear_configs(True)."""
+# The config every GPU test runs unless it requests `autotuned` (tests/conftest.py pins it): the smallest
+# tile, which fits every dtype's shared memory on A100 and H100.
+SMALL_CONFIG = pinned_linear_config()
 
 
 def make_inputs(M, N, K, dtype, device, bias=True):
@@ -195,7 +182,9 @@ BERT_SHAPES = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+# fp16 only: each (dtype, shape, token bucket) is a full autotuning sweep, and bf16 runs the same shapes
+# in test_linear_bf16 with the pinned config.
+@pytest.mark.parametrize("dtype", [torch.float16])
 @pytest.mark.parametrize("N, K, activation", BERT_SHAPES)
 @pytest.mark.parametrize("M", [4096, 4099])
 def test_linear_bert_shapes(M, N, K, activation, dtype, device, backend, autotuned):
