@@ -11,10 +11,12 @@ does, so its numbers match transformers at least as closely.
 Timing happens eagerly, on the first call with a new shape; never while a CUDA graph is being captured
 (a shape first seen during capture runs the Triton kernel and is timed at its next eager call)."""
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
-GEMMS = ("auto", "triton", "cublas")
+GEMMS = ("auto", "triton", "cublas")  # the modes every build offers; extra candidates add their names
 
 _CUBLAS_ACTIVATIONS = {
     None: lambda y: y,
@@ -30,51 +32,88 @@ def cublas_linear(x, weight, bias, activation=None):
     return _CUBLAS_ACTIVATIONS[activation](F.linear(x, weight, bias))
 
 
+class Candidate:
+    """One GEMM implementation: fn(x, weight, bias, activation), and supports(x, weight) -> bool."""
+
+    def __init__(self, fn, supports=lambda x, weight: True):
+        self.fn, self.supports = fn, supports
+
+
 class GemmPicker:
-    """linear(x, weight, bias, activation) that runs the faster of two implementations per shape.
+    """linear(x, weight, bias, activation) that runs the fastest of its candidates per shape.
 
-    Shapes are keyed like the Triton autotuner keys its tiles: tokens rounded up to a power of two (a
-    varlen batch changes M every call), N, K, dtype, bias and activation."""
+    Candidates: "triton" (fastbert's kernel; the only one on CPU), "cublas" (CUDA), and any extra ones
+    given (e.g. a Hopper-only kernel). Shapes are keyed like the Triton autotuner keys its tiles: tokens
+    rounded up to a power of two (a varlen batch changes M every call), N, K, dtype, bias and activation.
+    Before a Triton candidate is timed its output is checked against cuBLAS on the same operands: one
+    that disagrees (a kernel bug only a real GPU shows) is never chosen, and a warning says so."""
 
-    def __init__(self, triton_linear, mode="auto", repeats=5):
-        if mode not in GEMMS:
-            raise ValueError(f"gemm must be one of {GEMMS}, got {mode!r}")
-        self.triton_linear = triton_linear
+    def __init__(self, triton_linear, mode="auto", repeats=5, extra=None):
+        self.candidates = {"triton": Candidate(triton_linear), "cublas": Candidate(cublas_linear), **(extra or {})}
+        if mode != "auto" and mode not in self.candidates:
+            raise ValueError(f"gemm must be one of {('auto', *self.candidates)}, got {mode!r}")
         self.mode = mode
         self.repeats = repeats
-        self.choices = {}  # shape key -> "triton" or "cublas"
-        self.timings = {}  # shape key -> {"triton": seconds, "cublas": seconds}, for reports
+        self.choices = {}  # shape key -> candidate name
+        self.timings = {}  # shape key -> {candidate name: seconds}, for reports
+        self.rejected = {}  # shape key -> candidates whose output disagreed with cuBLAS
+
+    @property
+    def triton_linear(self):
+        return self.candidates["triton"].fn
+
+    @triton_linear.setter
+    def triton_linear(self, fn):
+        self.candidates["triton"].fn = fn
 
     def __call__(self, x, weight, bias, activation=None):
         return self._implementation(self.choose(x, weight, bias, activation))(x, weight, bias, activation)
 
     def choose(self, x, weight, bias, activation):
         """Which implementation serves this call: fixed by the mode, or measured once per shape."""
-        if self.mode != "auto" or x.device.type != "cuda":
-            # cuBLAS is a CUDA library; on CPU (Triton's interpreter) the kernel under test always runs.
-            return "cublas" if self.mode == "cublas" and x.device.type == "cuda" else "triton"
+        if x.device.type != "cuda":
+            return "triton"  # cuBLAS is a CUDA library; on CPU (Triton's interpreter) the kernel under test runs
+        if self.mode != "auto":
+            return self.mode if self.candidates[self.mode].supports(x, weight) else "triton"
         key = self._key(x, weight, bias, activation)
         choice = self.choices.get(key)
         if choice is None:
             if torch.cuda.is_current_stream_capturing():
                 return "triton"
-            self.timings[key] = {name: self._time(name, x, weight, bias, activation) for name in ("triton", "cublas")}
+            names = [name for name, c in self.candidates.items() if c.supports(x, weight)]
+            rejected = [name for name in names
+                        if name != "cublas" and not self._agrees(name, x, weight, bias, activation)]
+            if rejected:
+                self.rejected[key] = rejected
+                warnings.warn(f"fastbert: GEMM {rejected} disagreed with cuBLAS at {_describe(key)}; not used "
+                              "for this shape (please report it)", stacklevel=3)
+            self.timings[key] = {name: self._time(name, x, weight, bias, activation)
+                                 for name in names if name not in rejected}
             choice = min(self.timings[key], key=self.timings[key].get)
             self.choices[key] = choice
         return choice
 
     def choices_for(self, tokens):
-        """{"NxK[+activation]": "triton" or "cublas"} for the shapes measured at this token count."""
+        """{"NxK[+activation]": candidate name} for the shapes measured at this token count."""
         bucket = _bucket(tokens)
-        return {f"{n}x{k}" + (f"+{act}" if act else ""): choice
-                for (b, n, k, _, _, act), choice in self.choices.items() if b == bucket}
+        return {_describe(key, tokens=False): choice for key, choice in self.choices.items() if key[0] == bucket}
 
     @staticmethod
     def _key(x, weight, bias, activation):
         return (_bucket(x.shape[0]), weight.shape[0], weight.shape[1], x.dtype, bias is not None, activation)
 
     def _implementation(self, name):
-        return self.triton_linear if name == "triton" else cublas_linear
+        return cublas_linear if name == "cublas" else self.candidates[name].fn
+
+    def _agrees(self, name, x, weight, bias, activation):
+        """Whether a candidate's output matches cuBLAS's within what rounding explains: relative error of
+        the whole output under 2% for 16-bit types, 0.5% for fp32 (TF32 products). A wrong tile, a
+        missed edge or a NaN is off by order one."""
+        ours = self._implementation(name)(x, weight, bias, activation).float()
+        reference = cublas_linear(x, weight, bias, activation).float()
+        limit = 5e-3 if x.dtype == torch.float32 else 2e-2
+        error = torch.linalg.vector_norm(ours - reference) / torch.linalg.vector_norm(reference).clamp_min(1e-30)
+        return bool(torch.isfinite(ours).all()) and float(error) <= limit
 
     def _time(self, name, x, weight, bias, activation):
         """Device seconds of one call: warm-up calls first (the first Triton call autotunes its tiles), then
@@ -101,6 +140,12 @@ class GemmPicker:
         except RuntimeError:
             return float("inf")
         return sorted(samples)[1]
+
+
+def _describe(key, tokens=True):
+    bucket, n, k, _, _, activation = key
+    shape = f"{n}x{k}" + (f"+{activation}" if activation else "")
+    return f"tokens<={bucket} {shape}" if tokens else shape
 
 
 def _bucket(tokens):

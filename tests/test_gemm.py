@@ -35,6 +35,7 @@ def picker(monkeypatch):
         return {"triton": 2.0, "cublas": 1.0}[name] if activation is None else {"triton": 1.0, "cublas": 3.0}[name]
 
     monkeypatch.setattr(picker, "_time", fake_time)
+    monkeypatch.setattr(picker, "_agrees", lambda name, *args: True)
     monkeypatch.setattr("fastbert.gemm.cublas_linear", Recorder("cublas"))
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     picker.timed = timed
@@ -58,6 +59,32 @@ def test_auto_times_each_token_bucket_once(picker):
     assert len(picker.timed) == 4
     picker(_fake_cuda(100, torch.bfloat16), weight, None)  # and so is another dtype
     assert len(picker.timed) == 6
+
+
+def test_a_candidate_that_disagrees_with_cublas_is_never_chosen(picker, monkeypatch):
+    monkeypatch.setattr(picker, "_agrees", lambda name, *args: name != "triton")
+    with pytest.warns(UserWarning, match="disagreed with cuBLAS"):
+        assert picker(_fake_cuda(100), torch.empty(16, 8), None, "gelu") == "cublas"  # Triton would be faster
+    assert all(name != "triton" for name, _, _, _ in picker.timed)
+    assert list(picker.rejected.values()) == [["triton"]]
+
+
+def test_extra_candidates_compete_where_they_are_supported(picker, monkeypatch):
+    from fastbert.gemm import Candidate
+
+    picker.candidates["hopper"] = Candidate(Recorder("hopper"), supports=lambda x, weight: x.shape[0] > 64)
+    real_time = picker._time
+    monkeypatch.setattr(picker, "_time", lambda name, *args: 0.5 if name == "hopper" else real_time(name, *args))
+    assert picker(_fake_cuda(100), torch.empty(16, 8), None) == "hopper"
+    assert picker(_fake_cuda(10), torch.empty(16, 8), None) == "cublas"  # not offered at this size
+
+
+def test_a_fixed_mode_falls_back_to_triton_where_unsupported(picker):
+    from fastbert.gemm import Candidate
+
+    picker.candidates["hopper"] = Candidate(Recorder("hopper"), supports=lambda x, weight: False)
+    picker.mode = "hopper"
+    assert picker(_fake_cuda(100), torch.empty(16, 8), None) == "triton"
 
 
 def test_auto_never_times_while_a_graph_is_captured(picker, monkeypatch):
