@@ -1,39 +1,111 @@
-"""CUDA-graph replay of the packed encoder.
+"""CUDA-graph replay of the packed encoder, shared by batches of similar shape.
 
 A Triton launch costs the host tens of microseconds, and a BERT-base forward is ~85 launches: for
 small and medium batches the GPU would wait on Python. Replaying a captured graph costs one launch.
 
-A graph is valid for every batch with the same (batch, seq_len, tokens, longest sequence): those fix
-every tensor shape and kernel grid, while the sequence boundaries themselves are read by the
-kernels from device buffers that are refilled before each replay. A shape is captured the second
-time it is seen (the first run also warms Triton's autotuner, which must not run during capture);
-the least recently used graphs are dropped beyond `max_graphs`."""
+A graph fixes every tensor shape and kernel grid, so it is captured for a *bucket* of batches: the
+packed token count rounded up to a quarter octave, the longest sequence to a power of two, and the
+number of sequences to a quarter octave too (GraphShape.of). A batch smaller than its bucket is padded
+with filler tokens, grouped into filler sequences no longer than the longest: they are valid ids that
+attend only among themselves, and their outputs are dropped. Sequence boundaries are read by the
+kernels from a device buffer refilled before each replay, so one graph serves every batch of its
+bucket: the sentence batches of an encode() call, whose shapes all differ, replay a handful of graphs.
 
+A bucket is captured the second time it is seen (the first run, eager, also warms Triton's
+autotuner and fastbert's GEMM picker, neither of which may run during capture); the least recently
+used graphs are dropped beyond `max_graphs`."""
+
+import math
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 
 from .packing import Packing
 
 
+def _quarter_octave(n, minimum):
+    """n rounded up to the next of minimum, ..., 2^k, 1.25 * 2^k, 1.5 * 2^k, 1.75 * 2^k, 2^(k+1), ...:
+    at most 25% of a bucket is filler."""
+    n = max(n, minimum)
+    step = max(1, 1 << max(n.bit_length() - 3, 0))
+    return math.ceil(n / step) * step
+
+
+@dataclass(frozen=True)
+class GraphShape:
+    """The bucket a packed batch runs in: sequences (real and filler), tokens, longest sequence."""
+
+    batch: int
+    tokens: int
+    longest: int
+
+    @classmethod
+    def of(cls, packing):
+        longest = 1 << max(packing.max_seqlen - 1, 15).bit_length()  # a power of two, at least 16
+        tokens = _quarter_octave(packing.num_tokens, 16)
+        fillers = math.ceil((tokens - packing.num_tokens) / longest)
+        return cls(_quarter_octave(packing.batch_size + fillers, 8), tokens, longest)
+
+    def cu_seqlens(self, offsets):
+        """The real sequences' offsets, then filler sequences of at most `longest` tokens up to `tokens`,
+        then empty sequences up to `batch`: [batch + 1] host ints."""
+        bounds = list(offsets)
+        while bounds[-1] < self.tokens:
+            bounds.append(min(bounds[-1] + self.longest, self.tokens))
+        bounds += [self.tokens] * (self.batch + 1 - len(bounds))
+        return bounds
+
+
+class CudaGraphs:
+    """Captures with torch.cuda.graph into one memory pool shared by all graphs of a model (they never
+    run concurrently). Tests on machines without a GPU substitute a runner that replays eagerly."""
+
+    def __init__(self, device):
+        self.device = device
+        self.pool = None
+
+    def capture(self, fn):
+        """(graph with .replay(), fn's outputs, which every replay rewrites in place)."""
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        # Warm up on a side stream, as CUDA graph capture requires, then capture.
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            outputs = fn()
+        return graph, outputs
+
+
 class _Captured:
-    def __init__(self, graph, inputs, packing, outputs):
-        self.graph, self.inputs, self.packing, self.outputs = graph, inputs, packing, outputs
+    def __init__(self, graph, inputs, cu_seqlens, outputs):
+        self.graph, self.inputs, self.cu_seqlens, self.outputs = graph, inputs, cu_seqlens, outputs
 
 
 class GraphCache:
-    def __init__(self, encode_packed, device, max_graphs=16):
+    """encode_packed(packing, ids, positions, types, output_hidden_states) with graph replay.
+
+    encode_packed: the eager path, unpacked results ([B, S, H] hidden states, [B, H] pooled).
+    encode_tokens: the same computation up to packed results ([T, H], [B, H]): what a graph captures."""
+
+    def __init__(self, encode_packed, encode_tokens, device, max_graphs=32, runner=None):
         self.encode_packed = encode_packed
+        self.encode_tokens = encode_tokens
         self.device = device
         self.max_graphs = max_graphs
+        self.runner = runner if runner is not None else CudaGraphs(device)
         self.graphs = OrderedDict()
-        self.seen = OrderedDict()  # shapes run once, bounded like the graphs themselves
-        self.pool = None
+        self.seen = OrderedDict()  # buckets run once, bounded like the graphs themselves
         self.disabled = False
 
     def __call__(self, packing, ids, positions, types, output_hidden_states):
-        key = (packing.batch_size, packing.seq_len, packing.num_tokens, packing.max_seqlen, output_hidden_states)
+        shape = GraphShape.of(packing)
+        key = (shape, output_hidden_states)
         captured = self.graphs.get(key)
         if captured is None:
             if self.disabled or key not in self.seen:
@@ -42,7 +114,7 @@ class GraphCache:
                     self.seen.popitem(last=False)
                 return self.encode_packed(packing, ids, positions, types, output_hidden_states)
             try:
-                captured = self._capture(key, packing, ids, positions, types, output_hidden_states)
+                captured = self._capture(key, shape, packing, ids, positions, types)
             except RuntimeError as error:
                 # A capture can fail where the driver or a library refuses it; running without graphs
                 # is slower but exactly as correct, so fall back rather than fail the user's call.
@@ -50,33 +122,35 @@ class GraphCache:
                 self.disabled = True
                 return self.encode_packed(packing, ids, positions, types, output_hidden_states)
         self.graphs.move_to_end(key)
-        static = captured.packing
-        for buffer, value in zip(captured.inputs, (ids, positions, types)):
-            buffer.copy_(value)
-        static.token_indices.copy_(packing.token_indices)
-        static.cu_seqlens.copy_(packing.cu_seqlens)
+        self._load(captured, shape, packing, ids, positions, types)
         captured.graph.replay()
-        # The graphs share one memory pool, so results are copied out before another replay reuses it.
-        last_hidden_state, pooled, states = captured.outputs
-        return (last_hidden_state.clone(), pooled.clone() if pooled is not None else None,
-                tuple(s.clone() for s in states) if states is not None else None)
+        # Results are copied out of the graph's buffers, which the next replay overwrites.
+        tokens, batch = packing.num_tokens, packing.batch_size
+        hidden, pooled, states = captured.outputs
+        return (packing.unpack(hidden[:tokens], copy=True), pooled[:batch].clone() if pooled is not None else None,
+                tuple(packing.unpack(s[:tokens], copy=True) for s in states) if states is not None else None)
 
-    def _capture(self, key, packing, ids, positions, types, output_hidden_states):
-        inputs = tuple(t.clone() for t in (ids, positions, types))
-        static = Packing(packing.batch_size, packing.seq_len, packing.token_indices.clone(),
-                         packing.cu_seqlens.clone(), list(packing.offsets), packing.max_seqlen)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        # Warm up on a side stream, as CUDA graph capture requires, then capture.
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self.encode_packed(static, *inputs, output_hidden_states)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            outputs = self.encode_packed(static, *inputs, output_hidden_states)
-        captured = _Captured(graph, inputs, static, outputs)
+    @staticmethod
+    def _load(captured, shape, packing, ids, positions, types):
+        """Refill the graph's inputs: the real tokens first; the filler tokens behind them keep whatever
+        ids, positions and types earlier batches left there, all valid because all were validated."""
+        tokens = packing.num_tokens
+        for buffer, value in zip(captured.inputs, (ids, positions, types)):
+            buffer[:tokens].copy_(value)
+        bounds = torch.tensor(shape.cu_seqlens(packing.offsets), dtype=torch.int32)
+        if captured.cu_seqlens.device.type == "cuda":
+            bounds = bounds.pin_memory()
+        captured.cu_seqlens.copy_(bounds, non_blocking=True)
+
+    def _capture(self, key, shape, packing, ids, positions, types):
+        inputs = tuple(torch.zeros(shape.tokens, dtype=t.dtype, device=t.device) for t in (ids, positions, types))
+        cu_seqlens = torch.zeros(shape.batch + 1, dtype=torch.int32, device=packing.cu_seqlens.device)
+        bounds = shape.cu_seqlens(packing.offsets)
+        static = Packing(shape.batch, shape.longest, None, cu_seqlens, bounds, shape.longest)
+        captured = _Captured(None, inputs, cu_seqlens, None)
+        self._load(captured, shape, packing, ids, positions, types)
+        captured.graph, captured.outputs = self.runner.capture(
+            lambda: self.encode_tokens(static, *inputs, key[1]))
         self.graphs[key] = captured
         while len(self.graphs) > self.max_graphs:
             self.graphs.popitem(last=False)

@@ -88,14 +88,15 @@ class FastBertModel:
             cuda_graphs = self.backend == "triton" and self.device.type == "cuda"
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs a CUDA device")
-        self._graphs = GraphCache(self._encode_packed, self.device) if cuda_graphs else None
+        self._graphs = GraphCache(self._encode_packed, self._encode_tokens, self.device) if cuda_graphs else None
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, device=None, backend="auto", cuda_graphs=None, gemm="auto"):
         """Load a BERT checkpoint folder (config.json + model.safetensors or pytorch_model.bin).
         Defaults: CUDA with fp16 when a GPU is present, else CPU with fp32; backend 'auto' picks
         triton on CUDA and torch on CPU ('triton' on CPU runs through Triton's interpreter); cuda_graphs
-        (default: on for triton on CUDA) replays captured CUDA graphs for batches of a shape seen before;
+        (default: on for triton on CUDA) replays captured CUDA graphs, one per bucket of similar batch
+        shapes (fastbert/graphs.py), once a bucket has been seen twice;
         gemm (triton backend on CUDA) picks each projection's GEMM: 'auto' times fastbert's Triton kernel
         against cuBLAS once per shape and keeps the faster (fastbert/gemm.py), 'triton' or 'cublas' fix it."""
         path = Path(path)
@@ -147,8 +148,14 @@ class FastBertModel:
         return EncoderOutput(last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states)
 
     def _encode_packed(self, packing, ids, positions, types, output_hidden_states):
-        """Packed token ids [T] -> (last_hidden_state [B, S, H], pooler_output [B, H], hidden_states).
-        Only kernel launches and views between the embeddings and the final scatter."""
+        """Packed token ids [T] -> (last_hidden_state [B, S, H], pooler_output [B, H], hidden_states)."""
+        hidden, pooled, states = self._encode_tokens(packing, ids, positions, types, output_hidden_states)
+        states = tuple(packing.unpack(s) for s in states) if output_hidden_states else None
+        return packing.unpack(hidden), pooled, states
+
+    def _encode_tokens(self, packing, ids, positions, types, output_hidden_states):
+        """Packed token ids [T] -> (last hidden [T, H], pooler_output [B, H], every layer's [T, H] or None).
+        Only kernel launches and views between the embeddings and the pooler."""
         config, w, ops = self.config, self.weights, self.ops
         hidden = ops.embeddings(ids, positions, types, w, config.layer_norm_eps)
         packed_states = [hidden] if output_hidden_states else None
@@ -174,8 +181,7 @@ class FastBertModel:
             # BERT's pooler reads [CLS]: the first *real* token, so left-padded rows pool correctly too.
             first = packing.first_tokens(hidden)
             pooled = torch.tanh(torch.nn.functional.linear(first, w["pooler.weight"], w["pooler.bias"]))
-        states = tuple(packing.unpack(s) for s in packed_states) if output_hidden_states else None
-        return packing.unpack(hidden), pooled, states
+        return hidden, pooled, tuple(packed_states) if output_hidden_states else None
 
     def _empty_output(self, packing, output_hidden_states):
         hidden_size = self.config.hidden_size

@@ -29,10 +29,11 @@ class Packing:
     def num_tokens(self):
         return self.offsets[-1]
 
-    def unpack(self, packed):
-        """[T, H] -> [B, S, H], zeros at padded positions, in one scatter (a free view without padding)."""
+    def unpack(self, packed, copy=False):
+        """[T, H] -> [B, S, H], zeros at padded positions, in one scatter (without padding a free view, or
+        a copy when `packed` is a buffer that will be overwritten)."""
         if self.num_tokens == self.batch_size * self.seq_len:
-            return packed.view(self.batch_size, self.seq_len, -1)
+            return (packed.clone() if copy else packed).view(self.batch_size, self.seq_len, -1)
         out = packed.new_zeros(self.batch_size * self.seq_len, packed.shape[-1])
         out.index_copy_(0, self.token_indices, packed)
         return out.view(self.batch_size, self.seq_len, -1)
@@ -49,8 +50,9 @@ class Packing:
         return positions.to(device), key_mask[:, None, None, :].to(device)
 
     def first_tokens(self, packed):
-        """The first real token of every sequence (BERT's [CLS]) from packed [T, H] -> [B, H]."""
-        return packed[self.cu_seqlens[:-1].long()]
+        """The first real token of every sequence (BERT's [CLS]) from packed [T, H] -> [B, H]. Empty
+        sequences (the unused slots of a CUDA graph's bucket) start at T: clamped, their row is junk."""
+        return packed[self.cu_seqlens[:-1].long().clamp_(max=packed.shape[0] - 1)]
 
 
 def _check_index_tensor(name, tensor, shape, device):
