@@ -13,7 +13,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from .gemm import GEMMS, GemmPicker
+from .gemm import GEMMS, Candidate, GemmPicker
 
 _TORCH_ACTIVATIONS = {
     None: lambda x: x,
@@ -67,7 +67,14 @@ class TritonOps:
 
     def __init__(self, device, config, gemm="auto"):
         self.kernels = load_kernels(device)
-        self.gemm = GemmPicker(self.kernels.linear, gemm)
+        extra = {}
+        persistent = importlib.import_module("fastbert.kernels.linear_persistent")
+        if torch.device(device).type == "cuda" and persistent.is_available(device):
+            # Hopper and newer: the TMA persistent GEMM competes too, where TMA can address the operands.
+            extra["triton_persistent"] = Candidate(persistent.linear_persistent, persistent.is_supported)
+        elif gemm == "triton_persistent":
+            raise ValueError("gemm='triton_persistent' needs a CUDA GPU of compute capability 9.0 or newer")
+        self.gemm = GemmPicker(self.kernels.linear, gemm, extra=extra)
         if config.head_dim not in self.kernels.ATTENTION_HEAD_DIMS:
             raise ValueError(
                 f"head_dim={config.head_dim} (hidden_size {config.hidden_size} / {config.num_attention_heads} heads) "

@@ -16,7 +16,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-GEMMS = ("auto", "triton", "cublas")  # the modes every build offers; extra candidates add their names
+GEMMS = ("auto", "triton", "triton_persistent", "cublas")  # triton_persistent: sm_90+ only (TMA)
 
 _CUBLAS_ACTIVATIONS = {
     None: lambda y: y,

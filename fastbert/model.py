@@ -97,8 +97,9 @@ class FastBertModel:
         triton on CUDA and torch on CPU ('triton' on CPU runs through Triton's interpreter); cuda_graphs
         (default: on for triton on CUDA) replays captured CUDA graphs, one per bucket of similar batch
         shapes (fastbert/graphs.py), once a bucket has been seen twice;
-        gemm (triton backend on CUDA) picks each projection's GEMM: 'auto' times fastbert's Triton kernel
-        against cuBLAS once per shape and keeps the faster (fastbert/gemm.py), 'triton' or 'cublas' fix it."""
+        gemm (triton backend on CUDA) picks each projection's GEMM: 'auto' times fastbert's Triton kernels
+        (on sm_90+ also the TMA persistent one) against cuBLAS once per shape and keeps the fastest
+        (fastbert/gemm.py); 'triton', 'triton_persistent' or 'cublas' fix it."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model folder not found: {path}")

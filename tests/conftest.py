@@ -54,6 +54,13 @@ def pinned_linear_config():
     return min(linear.linear_configs(True), key=lambda c: linear.shared_bytes_estimate(c, 4))
 
 
+def pinned_linear_persistent_config():
+    """The one TMA GEMM config GPU tests run unless they request `autotuned`: the smallest footprint in
+    fp32, which fits sm_90's 227 KB (the kernel runs on sm_90+ only)."""
+    persistent = importlib.import_module("fastbert.kernels.linear_persistent")
+    return min(persistent.linear_persistent_configs(True), key=lambda c: persistent.shared_bytes_estimate(c, 4))
+
+
 def pinned_attention_config():
     """The one attention config GPU tests run unless they request `autotuned`: the smallest footprint at
     the widest case (fp32, head_dim 128: 136 KB), so it launches for every dtype and head_dim on an A100."""
@@ -80,8 +87,10 @@ def _one_config(request, monkeypatch):
     # importlib, not `import fastbert.kernels.linear`: the package re-exports functions of those names.
     linear = importlib.import_module("fastbert.kernels.linear")
     attention = importlib.import_module("fastbert.kernels.attention")
+    persistent = importlib.import_module("fastbert.kernels.linear_persistent")
     for autotuner, config in ((linear._linear, pinned_linear_config()),
-                              (attention._attention, pinned_attention_config())):
+                              (attention._attention, pinned_attention_config()),
+                              (persistent._linear_persistent, pinned_linear_persistent_config())):
         monkeypatch.setattr(autotuner, "configs", [config])
         # A one-config autotuner neither reads nor writes its cache; emptied anyway, so no choice tuned by
         # an earlier `autotuned` test can leak in. monkeypatch puts both back after the test.

@@ -34,6 +34,7 @@ def compile_case(case):
         "shared": compiled.metadata.shared,
         "wgmma": "wgmma" in ptx,
         "mma": "mma.sync" in ptx or "wgmma" in ptx,
+        "tma": "cp.async.bulk.tensor" in ptx,  # a TMA (tensor descriptor) load or store
         "local_memory_spill": ".local" in ptx,
     }
 

@@ -34,7 +34,7 @@ class CompileCase:
 
 
 def compile_cases(cases):
-    """Compile every case; returns one dict per case: ok, error, shared, wgmma, mma, local_memory_spill."""
+    """Compile every case; returns one dict per case: ok, error, shared, wgmma, mma, tma, local_memory_spill."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
