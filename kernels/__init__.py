@@ -9,5 +9,7 @@ from .attention import attention
 from .embeddings import embeddings
 from .layer_norm import layer_norm
 from .linear import linear
+from .linear_persistent import linear_persistent
 
-__all__ = ["ATTENTION_HEAD_DIMS", "attention", "embeddings", "is_interpreter", "layer_norm", "linear"]
+__all__ = ["ATTENTION_HEAD_DIMS", "attention", "embeddings", "is_interpreter", "layer_norm", "linear",
+           "linear_persistent"]
