@@ -9,10 +9,17 @@ each of B-1 equal slices of that range, then shuffled) so that the realised padd
 even for small batches. Seeded per (B, S, p), so every
 implementation and every run sees the same batch. The realised padding ratio (1 - real tokens / B*S)
 is recorded with each result.
+
+Sentence corpora (encode benchmarks): CORPUS_LENGTHS_DIST below, words drawn uniformly from WORDS; a
+random checkpoint becomes a sentence-transformers folder with `add_sentence_files` (an offline WordPiece
+tokenizer, mean pooling and normalisation, as all-MiniLM-L6-v2 declares them), so fastbert,
+transformers and sentence-transformers all load it without a network.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import random
 from pathlib import Path
 
@@ -92,3 +99,71 @@ def sentences(count: int, words: int, seed: int = 0) -> list[str]:
     """`count` synthetic sentences of about `words` tokens each (plus [CLS] and [SEP])."""
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(count)]
+
+
+# Retrieval corpora are mostly short passages with a long tail (MS MARCO passages average ~55 words,
+# titles and queries far fewer); every word of WORDS is one token, so tokens ~ words + 2 before truncation.
+CORPUS_WORDS = (8, 200)  # clip range of words per text
+CORPUS_MEDIAN_WORDS, CORPUS_SIGMA = 32, 0.7
+CORPUS_LENGTHS_DIST = (f"words per text = round(lognormal(median {CORPUS_MEDIAN_WORDS}, sigma {CORPUS_SIGMA})) "
+                       f"clipped to [{CORPUS_WORDS[0]}, {CORPUS_WORDS[1]}] (mean ~41, ~0.5% at the clip), "
+                       "seeded; words uniform from benchmarks.models.WORDS")
+
+
+def corpus(count: int, seed: int = 0) -> list[str]:
+    """`count` texts whose lengths follow CORPUS_LENGTHS_DIST (the same texts for every seed-sharing call)."""
+    rng = random.Random(f"corpus-{seed}")
+    low, high = CORPUS_WORDS
+    lengths = [min(high, max(low, round(rng.lognormvariate(math.log(CORPUS_MEDIAN_WORDS), CORPUS_SIGMA))))
+               for _ in range(count)]
+    return [" ".join(rng.choice(WORDS) for _ in range(n)) for n in lengths]
+
+
+_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+ST_MAX_SEQ_LENGTH = 256  # all-MiniLM-L6-v2's sentence_bert_config.json
+
+
+def benchmark_vocab(size: int) -> list[str]:
+    """BERT WordPiece vocabulary of at most `size` entries: the special tokens, punctuation, single letters
+    and their ## pieces (so any lowercase word tokenizes), then WORDS. Cut at the model's vocabulary size
+    (the tiny model's 128 keeps 71 whole words; the rest split into letters); a larger model's ids past
+    the vocabulary are simply never produced."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    entries = [*_SPECIAL_TOKENS, ".", ",", "?", "!", "'", *letters, *(f"##{c}" for c in letters), *WORDS]
+    return list(dict.fromkeys(entries))[:size]
+
+
+def add_sentence_files(folder: Path, name: str) -> Path:
+    """Make a random_checkpoint folder a sentence-transformers model, offline: vocab.txt and
+    tokenizer_config.json (transformers' BertTokenizer and fastbert's Tokenizer both build WordPiece from
+    them), and the module files of all-MiniLM-L6-v2: Transformer -> mean Pooling -> Normalize, with
+    max_seq_length 256 (the model's position count if smaller). Idempotent; returns the folder."""
+    folder = Path(folder)
+    shape, vocab, positions = MODELS[name]
+    (folder / "vocab.txt").write_text("\n".join(benchmark_vocab(vocab)) + "\n", encoding="utf-8")
+    tokens = dict(zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), _SPECIAL_TOKENS))
+    _write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True,
+        "strip_accents": None, "model_max_length": positions, **tokens})
+    _write_json(folder / "sentence_bert_config.json",
+                {"max_seq_length": min(ST_MAX_SEQ_LENGTH, positions), "do_lower_case": False})
+    _write_json(folder / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}])
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    _write_json(folder / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": shape.hidden, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False})
+    (folder / "2_Normalize").mkdir(exist_ok=True)
+    return folder
+
+
+def sentence_checkpoint(name: str, root: Path) -> Path:
+    """random_checkpoint plus add_sentence_files: a folder every library here loads without a network."""
+    return add_sentence_files(random_checkpoint(name, root), name)
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

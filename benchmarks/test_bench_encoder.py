@@ -1,5 +1,12 @@
-"""Encoder benchmarks: whole forward passes of fastbert against transformers on the same batches.
+"""Encoder benchmarks: whole forward passes of fastbert against transformers on the same batches, and
+whole corpora of sentences encoded by fastbert against sentence-transformers.
 
+GPU corpus encode (runs first; random weights, MiniLM-L6 shapes by default, fp16): one timed call = one
+pass over a seeded corpus of texts of varied length (benchmarks/models.py CORPUS_LENGTHS_DIST), batch 32:
+  st_encode                 SentenceTransformer(folder).half().encode(texts, batch_size=32)
+  fastbert_encode           FastBertModel.from_pretrained(folder).encode(texts, batch_size=32)
+  fastbert_encode_nographs  the same with cuda_graphs=False (GPU only): every batch has its own shape
+  st_optimized              fastbert.optimize(SentenceTransformer(folder)) then .encode as st_encode
 GPU (random weights, BERT-base and MiniLM-L6 shapes, fp16/bf16):
   fastbert         FastBertModel, triton backend, padding removed from the batch
   fastbert_padded  the same model given an all-ones mask over the padded length (computes the padding)
@@ -22,8 +29,12 @@ import torch
 
 from benchmarks.flops import encoder_flops
 from benchmarks.models import (
+    CORPUS_LENGTHS_DIST,
     LENGTHS_DIST,
     MODELS,
+    ST_MAX_SEQ_LENGTH,
+    add_sentence_files,
+    corpus,
     load_fastbert,
     load_hf,
     padded_batch,
@@ -45,7 +56,11 @@ GRIDS = {  # uniform: (batch, seq); varlen: (batch, seq, target padding); cpu_*:
              "headline": (32, 128), "cpu_forward": [(b, s) for b in (1, 8, 32) for s in (32, 128)],
              "cpu_encode": [(n, s) for n in (32, 128) for s in (32, 128)]},
 }
-GPU_SUITE = ("test_encoder", "test_encoder_varlen", "test_encoder_compile")
+GPU_SUITE = ("test_encode_corpus", "test_encoder", "test_encoder_varlen", "test_encoder_compile")
+CORPUS_TEXTS = {"tiny": 16, "quick": 2048, "full": 8192}  # texts per pass
+CORPUS_BATCH = 32  # sentence-transformers' default batch size, used by every implementation
+CORPUS_IMPLS = ("st_encode", "fastbert_encode", "fastbert_encode_nographs", "st_optimized")
+MIN_COSINE = 0.999  # per text, fastbert's embedding against sentence-transformers' own
 _LOADED: dict = {}  # (kind, model, dtype, ...) -> loaded model, shared by the cases of one session
 
 
@@ -65,10 +80,16 @@ def pytest_generate_tests(metafunc):
         return
     if name in GPU_SUITE:
         models = settings.models
-        if name == "test_encoder_compile":
-            wanted = os.environ.get("FASTBERT_BENCH_COMPILE_MODELS", "bert-base").split(",")
+        # Slow or budget-bound cases run on a subset of the models (FASTBERT_BENCH_*_MODELS), by default
+        # one: compiling is slow; the corpus encode runs first, inside the encoder stage's budget.
+        variable, default = {"test_encoder_compile": ("FASTBERT_BENCH_COMPILE_MODELS", "bert-base"),
+                             "test_encode_corpus": ("FASTBERT_BENCH_CORPUS_MODELS", "minilm")}.get(name, (None, None))
+        if variable:
+            wanted = os.environ.get(variable, default).split(",")
             models = [m for m in models if m in wanted] or list(models[:1])
         metafunc.parametrize("model", models)
+    if name == "test_encode_corpus":
+        metafunc.parametrize("impl", CORPUS_IMPLS)
     if name in ("test_encoder", "test_encoder_varlen"):
         metafunc.parametrize("dtype", settings.dtypes, ids=[_dtype_name(d) for d in settings.dtypes])
     if name == "test_encoder":
@@ -157,6 +178,101 @@ def _error_vs_hf(fastbert_fn, model, path, dtype, settings, ids, mask):
     ours, theirs = fastbert_fn().last_hidden_state, hf_fn().last_hidden_state
     real = mask.bool()
     return float((ours[real].float() - theirs[real].float()).abs().max())
+
+
+# --- GPU: encoding a corpus of varied-length sentences ---------------------------------------------
+# Defined before the forward cases so that it runs first (pytest keeps definition order): the encoder
+# stage's time budget cuts the forward grid, not this.
+
+def _corpus_encoder(impl, model, folder, dtype, device):
+    """(texts -> embeddings [N, H], notes for extra_info, fastbert's graph cache or None) for one corpus
+    implementation, loaded once per session."""
+    key = ("corpus", impl, model, dtype, str(device))
+    # On CPU (tiny smoke runs) the torch backend: Triton's interpreter would take seconds per pass, and
+    # the forward cases already run it.
+    backend = "triton" if device.type == "cuda" else "torch"
+    if key not in _LOADED:
+        if impl.startswith("fastbert"):
+            import fastbert
+
+            # Its own instance, not the forward cases' one: a graph cache that starts empty, and graphs
+            # captured outside inference mode, as a user's encode() captures them.
+            _LOADED[key] = fastbert.FastBertModel.from_pretrained(
+                folder, dtype=dtype, device=device, backend=backend,
+                cuda_graphs=False if impl == "fastbert_encode_nographs" else None)
+        else:
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(str(folder), device=str(device)).to(dtype)
+            if impl == "st_optimized":
+                import fastbert
+
+                fastbert.optimize(st, backend=backend)
+            _LOADED[key] = st
+    loaded = _LOADED[key]
+    if impl.startswith("fastbert"):
+        notes = {"backend": loaded.backend, "cuda_graphs": loaded._graphs is not None}
+        return (lambda texts: loaded.encode(texts, batch_size=CORPUS_BATCH)), notes, loaded._graphs
+    transformer = loaded[0].auto_model
+    notes = {"attn_implementation": getattr(transformer.config, "_attn_implementation", None)}
+    graphs = None
+    if impl == "st_optimized":
+        fast = transformer._fastbert_encoder
+        notes.update(backend=fast.backend, cuda_graphs=fast._graphs is not None)
+        graphs = fast._graphs
+    encode = lambda texts: loaded.encode(  # noqa: E731
+        texts, batch_size=CORPUS_BATCH, convert_to_tensor=True, show_progress_bar=False)
+    return encode, notes, graphs
+
+
+def test_encode_corpus(measure, benchmark, settings, checkpoint, model, impl):
+    """One pass over a corpus of texts of varied length (CORPUS_LENGTHS_DIST), tokenisation included, so
+    that batches of 32 have shapes of their own, as in real use. The first pass (autotuning, GEMM picks,
+    loading the tokenizer) is timed alone as first_pass_s; the timed passes repeat the same texts, so
+    fastbert's graph cache sees each batch shape again: whether it can hold them all (graphs_cached against
+    distinct_batch_shapes) decides between replaying graphs and capturing again."""
+    if impl == "fastbert_encode_nographs" and not settings.gpu:
+        pytest.skip("CUDA graphs exist only on GPU: fastbert_encode already runs without them")
+    from transformers import AutoTokenizer
+
+    from fastbert.embedding import length_sorted_batches
+
+    device = settings.device
+    dtype = torch.float16 if settings.gpu else torch.float32
+    folder = add_sentence_files(checkpoint(model), model)
+    texts = corpus(CORPUS_TEXTS[settings.size])
+    max_length = min(ST_MAX_SEQ_LENGTH, MODELS[model][2])  # the folder's sentence_bert_config.json
+    tokenized = AutoTokenizer.from_pretrained(folder)(texts, truncation=True, max_length=max_length)
+    lengths = [len(ids) for ids in tokenized["input_ids"]]
+    # fastbert's own batching (encode()'s default token budget); its CUDA graphs are keyed on (batch,
+    # longest, tokens)
+    batches = length_sorted_batches(lengths, CORPUS_BATCH, max_tokens=16384)
+    shapes = {(len(b), max(lengths[i] for i in b), sum(lengths[i] for i in b)) for b in batches}
+
+    encode, notes, graphs = _corpus_encoder(impl, model, folder, dtype, device)
+    run = lambda: encode(texts)  # noqa: E731
+    first_pass_s = time_once(run, device)
+    measure(run, **notes, case=f"encode corpus {model} {_dtype_name(dtype)} n={len(texts)}", impl=impl,
+            ours=impl == "fastbert_encode", op="encode_corpus", dtype=_dtype_name(dtype), bound="compute",
+            tokens=sum(lengths), sequences=len(texts), flops=encoder_flops(MODELS[model][0], lengths),
+            first_pass_s=round(first_pass_s, 4),
+            params={"model": model, "texts": len(texts), "batch_size": CORPUS_BATCH, "max_length": max_length,
+                    "tokens_per_text": round(sum(lengths) / len(lengths), 1), "longest": max(lengths),
+                    "batches": len(batches), "distinct_batch_shapes": len(shapes),
+                    "lengths_dist": CORPUS_LENGTHS_DIST})
+    if graphs is not None:
+        benchmark.extra_info.update(graph_cache_size=graphs.max_graphs, graphs_cached=len(graphs.graphs))
+        # optimize() hands a call back to transformers when it sees an argument it does not handle: then
+        # st_optimized would silently time sentence-transformers itself.
+        assert graphs.seen or graphs.graphs, f"{impl}: fastbert's encoder never ran"
+    if impl == "st_encode":
+        return
+    # The timed path's own output (graph replays or captures, after warm-up) against sentence-transformers.
+    ours = run().float().cpu()
+    st_encode, _, _ = _corpus_encoder("st_encode", model, folder, dtype, device)
+    cosine = torch.nn.functional.cosine_similarity(ours, st_encode(texts).float().cpu(), dim=-1)
+    benchmark.extra_info["min_cosine_vs_st"] = round(float(cosine.min()), 6)
+    assert float(cosine.min()) >= MIN_COSINE, f"{impl}: min cosine {float(cosine.min()):.6f} vs sentence-transformers"
 
 
 def test_encoder(measure, settings, checkpoint, model, dtype, shape, impl):

@@ -25,7 +25,7 @@ EPS = 1e-12  # BERT's LayerNorm eps
 # name: (N, K, activation); every BERT projection has a bias
 LINEAR_SHAPES = {"qkv": (2304, 768, None), "ffn_up": (3072, 768, "gelu"), "ffn_down": (768, 3072, None)}
 TINY_LINEAR_SHAPES = {"qkv": (96, 64, None), "ffn_up": (128, 64, "gelu"), "ffn_down": (64, 128, None)}
-LINEAR_IMPLS = ("triton", "torch_matmul", "torch_linear", "torch_unfused")
+LINEAR_IMPLS = ("triton", "triton_persistent", "torch_matmul", "torch_linear", "torch_unfused")
 ACTIVATIONS = {None: lambda y: y, "gelu": F.gelu, "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
                "relu": F.relu}
 
@@ -97,6 +97,12 @@ def test_linear(measure, settings, sizes, dtype, shape, impl):
         from fastbert.kernels.linear import linear
 
         fn = _cycling(sets, lambda x: linear(x, weight, bias, activation))
+    elif impl == "triton_persistent":  # the TMA kernel, sm_90+ only
+        from fastbert.kernels.linear_persistent import is_supported, linear_persistent
+
+        if not is_supported(sets[0][0], weight):
+            pytest.skip("linear_persistent needs sm_90+ and TMA-addressable operands")
+        fn = _cycling(sets, lambda x: linear_persistent(x, weight, bias, activation))
     elif impl == "torch_matmul":  # cuBLAS GEMM alone: the ceiling the fused epilogue is judged against
         fn = _cycling(sets, lambda x: torch.matmul(x, weight.t()))
     elif impl == "torch_linear":  # what eager transformers runs: addmm with the bias, then the activation
@@ -104,7 +110,7 @@ def test_linear(measure, settings, sizes, dtype, shape, impl):
     else:  # matmul, then bias and activation as separate kernels
         fn = _cycling(sets, lambda x: act(torch.matmul(x, weight.t()) + bias))
     measure(fn, cuda_graph=True, case=f"linear {shape} M={m} N={n} K={k} act={activation} {_dtype_name(dtype)}",
-            impl=impl, ours=impl == "triton", op="linear", dtype=_dtype_name(dtype), bound="compute",
+            impl=impl, ours=impl.startswith("triton"), op="linear", dtype=_dtype_name(dtype), bound="compute",
             params={"M": m, "N": n, "K": k, "bias": True, "activation": activation, "shape": shape},
             flops=flops.gemm_flops(m, n, k), bytes=flops.gemm_bytes(m, n, k, size, bias=True))
 

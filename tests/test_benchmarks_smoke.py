@@ -58,7 +58,8 @@ def test_tiny_suites_and_report(tmp_path):
     impls = {(b["extra_info"]["op"], b["extra_info"]["impl"]) for b in results["benchmarks"]}
     for expected in [("linear", "triton"), ("linear", "torch_matmul"), ("attention", "triton"),
                      ("layer_norm", "triton"), ("embeddings", "triton"), ("encoder", "fastbert"),
-                     ("encoder", "fastbert_padded"), ("encoder", "hf_eager")]:
+                     ("encoder", "fastbert_padded"), ("encoder", "hf_eager"), ("encode_corpus", "fastbert_encode"),
+                     ("encode_corpus", "st_optimized"), ("encode_corpus", "st_encode")]:
         assert expected in impls, f"missing {expected}; ran {sorted(impls)}"
 
     out = tmp_path / "report"
@@ -67,7 +68,7 @@ def test_tiny_suites_and_report(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stdout + report.stderr
     text = (out / "REPORT.md").read_text()
-    for section in ("## Environment", "## Targets", "## Kernels", "## Encoder"):
+    for section in ("## Environment", "## Targets", "## Kernels", "## Encoding a corpus", "## Encoder"):
         assert section in text
     for plot in ("speedup.png", "padding.png", "tflops.png"):
         assert (out / plot).stat().st_size > 1000
@@ -82,7 +83,8 @@ def test_tiny_profile(tmp_path):
     assert "| tiny 2x16 |" in run.stdout and (out / "PROFILE.md").read_text() in run.stdout
     result = json.loads((out / "profile.json").read_text())
     assert result["environment"]["torch"] and result["size"] == "tiny"
-    assert result["categories"] == ["linear", "cublas_gemm", "attention", "layer_norm", "embeddings", "other"]
+    assert result["categories"] == ["linear", "linear_tma", "cublas_gemm", "attention", "layer_norm", "embeddings",
+                                    "other"]
     (case,) = result["cases"]
     assert "error" not in case and "skipped" not in case, case
     for key in ("wall_graph_us", "wall_graph_b2b_us", "wall_eager_us", "wall_eager_b2b_us", "device_total_us",
