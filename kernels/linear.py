@@ -166,13 +166,9 @@ _linear = triton.autotune(
 )(triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})(_linear_kernel))
 
 
-def linear(x, weight, bias=None, activation=None) -> torch.Tensor:
-    """activation(x @ weight.T + bias).
-
-    x: [M, K], unit last stride, any row stride. weight: [N, K], unit last stride. bias: [N] or None.
-    All of one float dtype (fp32, fp16, bf16) on one device. activation: None, "gelu", "gelu_tanh",
-    "relu". Returns a contiguous [M, N] tensor in x's dtype.
-    """
+def check_linear_args(x, weight, bias, activation):
+    """Validate a linear call (errors name the argument); returns (M, N, K). Shared by every GEMM kernel
+    of this op, so they accept and reject exactly the same inputs."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     check_tensor("x", x, ndim=2)
@@ -187,13 +183,29 @@ def linear(x, weight, bias=None, activation=None) -> torch.Tensor:
         check_same("bias", bias, "x", x)
         if bias.shape[0] != N:
             raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({N},) to match weight's N")
+    return M, N, K
 
+
+def dot_precision(dtype):
+    """tl.dot's input_precision: fp32 operands get IEEE products unless PyTorch allows TF32 for its own
+    matmuls; 16-bit operands run on tensor cores whatever the flag ("tf32" is then ignored)."""
+    allow_tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return "tf32" if dtype != torch.float32 or allow_tf32 else "ieee"
+
+
+def linear(x, weight, bias=None, activation=None) -> torch.Tensor:
+    """activation(x @ weight.T + bias).
+
+    x: [M, K], unit last stride, any row stride. weight: [N, K], unit last stride. bias: [N] or None.
+    All of one float dtype (fp32, fp16, bf16) on one device. activation: None, "gelu", "gelu_tanh",
+    "relu". Returns a contiguous [M, N] tensor in x's dtype.
+    """
+    M, N, K = check_linear_args(x, weight, bias, activation)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out
 
-    allow_tf32 = x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    input_precision = "tf32" if x.dtype != torch.float32 or allow_tf32 else "ieee"
+    input_precision = dot_precision(x.dtype)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
     _linear[grid](
         x, weight, bias if bias is not None else x, out,

@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._validate import check_same, check_tensor, is_interpreter, max_shared_bytes
-from .linear import ACTIVATIONS, _apply_activation
+from ._validate import is_interpreter, max_shared_bytes
+from .linear import _apply_activation, check_linear_args, dot_precision
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -204,21 +204,7 @@ def linear_persistent(x, weight, bias=None, activation=None) -> torch.Tensor:
     All of one float dtype (fp32, fp16, bf16) on one device. activation: None, "gelu", "gelu_tanh",
     "relu". Returns a contiguous [M, N] tensor in x's dtype. Raises ValueError where is_supported is False.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    check_tensor("x", x, ndim=2)
-    check_tensor("weight", weight, ndim=2)
-    check_same("weight", weight, "x", x)
-    M, K = x.shape
-    N = weight.shape[0]
-    if weight.shape[1] != K:
-        raise ValueError(f"weight has shape {tuple(weight.shape)}: its second dimension must equal x's K={K}")
-    if bias is not None:
-        check_tensor("bias", bias, ndim=1)
-        check_same("bias", bias, "x", x)
-        if bias.shape[0] != N:
-            raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({N},) to match weight's N")
-
+    M, N, K = check_linear_args(x, weight, bias, activation)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out
@@ -228,8 +214,7 @@ def linear_persistent(x, weight, bias=None, activation=None) -> torch.Tensor:
     if problem is not None:
         raise ValueError(problem)
 
-    allow_tf32 = x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    input_precision = "tf32" if x.dtype != torch.float32 or allow_tf32 else "ieee"
+    input_precision = dot_precision(x.dtype)
     # Placeholder block shapes: each config's pre-hook writes its own before the launch.
     x_desc = TensorDescriptor(x, [M, K], [x.stride(0), 1], [16, 16])
     w_desc = TensorDescriptor(weight, [N, K], [weight.stride(0), 1], [16, 16])
