@@ -81,12 +81,20 @@ class GemmPicker:
             if torch.cuda.is_current_stream_capturing():
                 return "triton"
             names = [name for name, c in self.candidates.items() if c.supports(x, weight)]
-            rejected = [name for name in names
-                        if name != "cublas" and not self._agrees(name, x, weight, bias, activation)]
+            rejected = {}
+            for name in names:
+                if name == "cublas":
+                    continue
+                try:
+                    if not self._agrees(name, x, weight, bias, activation):
+                        rejected[name] = "its output disagreed with cuBLAS"
+                except Exception as error:  # noqa: BLE001 - a kernel that cannot run here must not fail the forward
+                    rejected[name] = f"it failed: {error!r}"[:300]
             if rejected:
-                self.rejected[key] = rejected
-                warnings.warn(f"fastbert: GEMM {rejected} disagreed with cuBLAS at {_describe(key)}; not used "
-                              "for this shape (please report it)", stacklevel=3)
+                self.rejected[key] = list(rejected)
+                reasons = "; ".join(f"{name}: {why}" for name, why in rejected.items())
+                warnings.warn(f"fastbert: GEMM candidates not used at {_describe(key)} ({reasons}); cuBLAS "
+                              "or another candidate serves this shape (please report it)", stacklevel=3)
             self.timings[key] = {name: self._time(name, x, weight, bias, activation)
                                  for name in names if name not in rejected}
             choice = min(self.timings[key], key=self.timings[key].get)

@@ -63,10 +63,21 @@ def test_auto_times_each_token_bucket_once(picker):
 
 def test_a_candidate_that_disagrees_with_cublas_is_never_chosen(picker, monkeypatch):
     monkeypatch.setattr(picker, "_agrees", lambda name, *args: name != "triton")
-    with pytest.warns(UserWarning, match="disagreed with cuBLAS"):
+    with pytest.warns(UserWarning, match="triton: its output disagreed with cuBLAS"):
         assert picker(_fake_cuda(100), torch.empty(16, 8), None, "gelu") == "cublas"  # Triton would be faster
     assert all(name != "triton" for name, _, _, _ in picker.timed)
     assert list(picker.rejected.values()) == [["triton"]]
+
+
+def test_a_candidate_that_fails_to_run_is_never_chosen(picker, monkeypatch):
+    def agrees(name, *args):
+        if name == "triton":
+            raise RuntimeError("out of resources: shared memory")
+        return True
+
+    monkeypatch.setattr(picker, "_agrees", agrees)
+    with pytest.warns(UserWarning, match="triton: it failed: RuntimeError"):
+        assert picker(_fake_cuda(100), torch.empty(16, 8), None, "gelu") == "cublas"
 
 
 def test_extra_candidates_compete_where_they_are_supported(picker, monkeypatch):
