@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one GPU script: on a CUDA machine with torch, triton, transformers, sentence-transformers, pytest,
 # pytest-benchmark and matplotlib already installed (no network, fastbert not installed), run
-#   1. the gpu-marked tests (bf16, TF32, BERT-sized shapes, every autotune config, CUDA-graph replay)
+#   1. the encoder tests on CUDA (graph replay, the GEMM picker, fastbert against transformers), then the
+#      gpu-marked kernel tests (bf16, TF32, BERT-sized shapes, every autotune config)
 #   2. the kernel benchmarks (quick sizes, fp16 then bf16, timed as CUDA-graph replays)
 #   3. the encoder benchmarks (quick grid, fp16; every fastbert row carries its error against transformers)
 #   4. the encoder profile (benchmarks/profile_encoder.py): wall time with and without CUDA graphs against
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --out) out_root="$2"; shift 2 ;;
         --out=*) out_root="${1#--out=}"; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown argument $1 (usage: gpu_check.sh [--out DIR])" >&2; exit 2 ;;
     esac
 done
@@ -74,11 +75,19 @@ stage() {
 
 # 1. gpu-marked tests ------------------------------------------------------------------------------------
 rest_opts=(-q -rfE -p no:cacheprovider --durations=5 --ignore=tests/test_benchmarks_smoke.py)
+encoder_tests=(tests/test_graphs.py tests/test_gemm.py tests/test_model.py tests/test_encode.py tests/test_patch.py)
 {
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     $PY -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "triton", triton.__version__, "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None)'
-    [ "$tests_s" -gt 0 ] && stage tests-gpu "$tests_s" $PY -m pytest tests -m gpu "${rest_opts[@]}"
+    if [ "$tests_s" -gt 0 ]; then
+        # First, all of the tests that only a GPU gives meaning to: graph replay, the GEMM picker, the whole
+        # encoder against transformers (these files' unmarked tests run on CUDA too); then the gpu-marked
+        # kernel tests, newest kernel first.
+        stage tests-encoder "$((tests_s * 2 / 5))" $PY -m pytest "${encoder_tests[@]}" "${rest_opts[@]}"
+        stage tests-gpu "$((tests_s * 3 / 5))" $PY -m pytest tests/kernels/test_linear_persistent.py tests/kernels \
+            -m gpu "${rest_opts[@]}"
+    fi
 } 2>&1 | tee -a "$log"
 
 # 2-5. benchmarks: each stage stops starting new cases before its budget ends (15 s; profile: a third) --
@@ -118,7 +127,7 @@ fi
 rest=$((total_s - (SECONDS - start_all)))
 if [ "$tests_s" -gt 0 ] && [ "$rest" -ge 30 ]; then
     stage tests-rest "$rest" $PY -m pytest tests -m "not gpu" -k "not for_gpus and not configs_compile" \
-        "${rest_opts[@]}" 2>&1 | tee -a "$log"
+        "${rest_opts[@]}" "${encoder_tests[@]/#/--ignore=}" 2>&1 | tee -a "$log"
 else
     echo "=== [tests-rest] skipped: ${rest}s of the total budget left" | tee -a "$log"
 fi
