@@ -130,21 +130,22 @@ class GemmPicker:
         encoder's graphs never pay. A shape that cannot be captured is charged infinity (never chosen)."""
         fn = self._implementation(name)
         try:
-            for _ in range(3):
-                fn(x, weight, bias, activation)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for _ in range(self.repeats):
+            with torch.cuda.device(x.device):  # capture and events on the operands' GPU, not the current one
+                for _ in range(3):
                     fn(x, weight, bias, activation)
-            graph.replay()  # once untimed: the first replay uploads the graph
-            samples = []
-            for _ in range(3):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                graph.replay()
-                end.record()
-                end.synchronize()
-                samples.append(start.elapsed_time(end) / 1e3 / self.repeats)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    for _ in range(self.repeats):
+                        fn(x, weight, bias, activation)
+                graph.replay()  # once untimed: the first replay uploads the graph
+                samples = []
+                for _ in range(3):
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    graph.replay()
+                    end.record()
+                    end.synchronize()
+                    samples.append(start.elapsed_time(end) / 1e3 / self.repeats)
         except RuntimeError:
             return float("inf")
         return sorted(samples)[1]

@@ -68,17 +68,18 @@ class CudaGraphs:
 
     def capture(self, fn):
         """(graph with .replay(), fn's outputs, which every replay rewrites in place)."""
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        # Warm up on a side stream, as CUDA graph capture requires, then capture.
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            outputs = fn()
+        with torch.cuda.device(self.device):  # the model's GPU, whichever is current
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            # Warm up on a side stream, as CUDA graph capture requires, then capture.
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                outputs = fn()
         return graph, outputs
 
 
