@@ -69,8 +69,9 @@ class TritonOps:
         self.kernels = load_kernels(device)
         extra = {}
         persistent = importlib.import_module("fastbert.kernels.linear_persistent")
-        if torch.device(device).type == "cuda" and persistent.is_available(device):
-            # Hopper and newer: the TMA persistent GEMM competes too, where TMA can address the operands.
+        if persistent.is_available(device):
+            # Hopper and newer (or Triton's interpreter, where gemm='triton_persistent' tests it): the TMA
+            # persistent GEMM competes too, where TMA can address the operands.
             extra["triton_persistent"] = Candidate(persistent.linear_persistent, persistent.is_supported)
         elif gemm == "triton_persistent":
             raise ValueError("gemm='triton_persistent' needs a CUDA GPU of compute capability 9.0 or newer")

@@ -71,10 +71,12 @@ class GemmPicker:
 
     def choose(self, x, weight, bias, activation):
         """Which implementation serves this call: fixed by the mode, or measured once per shape."""
+        if self.mode != "auto":
+            fixed = self.candidates[self.mode]
+            usable = fixed.supports(x, weight) and (self.mode != "cublas" or x.device.type == "cuda")
+            return self.mode if usable else "triton"
         if x.device.type != "cuda":
             return "triton"  # cuBLAS is a CUDA library; on CPU (Triton's interpreter) the kernel under test runs
-        if self.mode != "auto":
-            return self.mode if self.candidates[self.mode].supports(x, weight) else "triton"
         key = self._key(x, weight, bias, activation)
         choice = self.choices.get(key)
         if choice is None:

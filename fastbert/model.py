@@ -65,7 +65,10 @@ def prepare_weights(weights, config, dtype, device):
             tensor[:hidden] *= scale
         # .to() returns the tensor itself when nothing changes, so weights already in the right dtype
         # and place (a live transformers model's) are shared, not copied.
-        prepared[name] = tensor.detach().to(device=device, dtype=dtype).contiguous()
+        tensor = tensor.detach().to(device=device, dtype=dtype).contiguous()
+        # ...unless misaligned: a safetensors file mapped on the CPU aligns tensors to 8 bytes only, and
+        # TMA (kernels/linear_persistent.py) and vectorised loads want 16.
+        prepared[name] = tensor.clone() if tensor.data_ptr() % 16 else tensor
     return prepared
 
 

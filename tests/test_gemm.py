@@ -111,11 +111,37 @@ def test_fixed_modes_never_time(picker, mode):
     assert picker.timed == []
 
 
-def test_cpu_always_runs_the_triton_kernel(monkeypatch):
+def test_cpu_runs_the_triton_kernel_never_cublas(monkeypatch):
     triton = Recorder("triton")
     for mode in ("auto", "cublas"):
         assert GemmPicker(triton, mode)(torch.zeros(4, 8), torch.zeros(16, 8), None) == "triton"
     assert triton.calls == 2
+
+
+def test_the_tma_gemm_serves_the_whole_encoder(tmp_path, device):
+    """gemm='triton_persistent' routes every projection through kernels/linear_persistent.py (on CPU,
+    through the interpreter; on a GPU, sm_90+): the encoder must still match transformers."""
+    from fastbert.kernels.linear_persistent import is_available
+
+    from tests.bert_factory import load_fastbert, random_batch, random_bert
+
+    if not is_available(device):
+        pytest.skip("linear_persistent needs sm_90+ (or Triton's interpreter)")
+    hf_model = random_bert(tmp_path, hidden_size=64, num_attention_heads=2, intermediate_size=96,
+                           num_hidden_layers=2)
+    model = load_fastbert(tmp_path, "triton", torch.float32, gemm="triton_persistent", cuda_graphs=False)
+    picker = model.model.ops.gemm
+    persistent = Recorder("unused")
+    real = picker.candidates["triton_persistent"].fn
+    picker.candidates["triton_persistent"].fn = lambda *args: (persistent(*args), real(*args))[1]
+    ids, mask, types = random_batch(hf_model.config.vocab_size, [1, 9, 23], seq_len=24)
+    out = model(ids, mask, types)
+    with torch.no_grad():
+        expected = hf_model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    assert persistent.calls == 4 * 2  # QKV, attention output, FFN in and out, in both layers
+    real_tokens = mask.bool()
+    error = (out.last_hidden_state.float().cpu()[real_tokens] - expected.last_hidden_state[real_tokens]).abs().max()
+    assert error.item() <= 1e-4
 
 
 def test_unknown_mode_is_rejected():
