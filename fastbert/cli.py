@@ -102,16 +102,17 @@ def _resolve_runtime(device, dtype, backend):
     return device, dtype, backend
 
 
-def _load_model(path, device, dtype, backend):
+def _load_model(path, device, dtype, backend, gemm="auto"):
     from .model import FastBertModel
 
     try:
-        return FastBertModel.from_pretrained(path, dtype=dtype, device=device, backend=backend)
+        return FastBertModel.from_pretrained(path, dtype=dtype, device=device, backend=backend, gemm=gemm)
     except Exception as err:  # whatever a user's folder holds, name the folder and the problem
         raise CliError(f"cannot load the model in {path}: {_one_line(err)}") from err
 
 
 def _add_runtime_options(parser, default_backend):
+    from .gemm import GEMMS
     from .model import BACKENDS, DTYPES
 
     parser.add_argument("--model", metavar="PATH",
@@ -120,6 +121,9 @@ def _add_runtime_options(parser, default_backend):
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when a GPU is present)")
     parser.add_argument("--backend", choices=BACKENDS, default=default_backend,
                         help=f"default: {default_backend} ('auto' = triton on a GPU, torch on CPU)")
+    parser.add_argument("--gemm", choices=GEMMS, default="auto",
+                        help="triton backend on a GPU: 'auto' times each GEMM shape against cuBLAS and keeps the "
+                             "faster; or pin one")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -131,7 +135,7 @@ def cmd_encode(args):
     path = _model_path(args.model)
     device, dtype, backend = _resolve_runtime(args.device, args.dtype, args.backend)
     texts = read_texts(args)
-    model = _load_model(path, device, dtype, backend)
+    model = _load_model(path, device, dtype, backend, args.gemm)
     progress = args.progress
     if progress is None:
         progress = len(texts) >= PROGRESS_MIN_TEXTS and sys.stderr.isatty()
@@ -161,7 +165,7 @@ def cmd_verify(args):
     path = _model_path(args.model)
     device, dtype, backend = _resolve_runtime(args.device, args.dtype, args.backend)
     # Loading errors are the user's folder (exit 2); anything later is a fastbert failure (exit 1).
-    model = _load_model(path, device, dtype, backend)
+    model = _load_model(path, device, dtype, backend, args.gemm)
     report = run_verify(model, use_transformers=not args.no_transformers)
     print(format_report(report))
     return 0 if report.passed else 1

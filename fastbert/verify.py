@@ -185,11 +185,20 @@ def run_verify(model, use_transformers=True, sentences=SENTENCES) -> Report:
                   f"{config.num_attention_heads} heads, {config.hidden_act}"),
         ("fastbert", f"backend {model.backend}{' (Triton interpreter)' if interpreted else ''}, "
                      f"{model.device}, {str(model.dtype).removeprefix('torch.')}"),
+        *([("gemms", _gemm_picks(model.ops.gemm))] if hasattr(model.ops, "gemm") else []),
         ("oracles", "; ".join(oracle_text)),
         ("input", f"{len(sentences)} sentences ({', '.join(kind for kind, _ in sentences)}), "
                   f"{tokens} real tokens, padded to {mask.shape[1]}"),
     ]
     return Report(description, list(oracles), checks, notes, time.perf_counter() - start)
+
+
+def _gemm_picks(picker):
+    """Which GEMM implementation served the checked projections (fastbert/gemm.py)."""
+    if picker.mode != "auto":
+        return f"{picker.mode} (fixed)"
+    picks = sorted(set(picker.choices.values()))
+    return f"auto: {', '.join(picks)}" if picks else "auto: Triton kernel (the only one on CPU)"
 
 
 def _number(value, kind):
