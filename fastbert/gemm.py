@@ -1,12 +1,12 @@
-"""Which GEMM runs each projection: fastbert's Triton kernel, or cuBLAS, measured per shape.
+"""Which GEMM runs each projection: fastbert's Triton kernels or cuBLAS, measured per shape.
 
 On an H200 (benchmarks/results/nvidia-h200) the Triton GEMM reaches 56-69% of cuBLAS on BERT's plain
 projections but beats cuBLAS + a separate GELU kernel on the FFN-in projection, where its fused epilogue
-saves a round trip through memory. Neither wins everywhere, and the winner depends on the GPU, dtype and
-token count, so in "auto" mode each GEMM shape is timed both ways on its first use and the faster one is
-kept, the way an autotuner picks tiles. Both paths compute in fp32 accumulators and round once per
-kernel; the cuBLAS path rounds once more, between the GEMM and the activation, exactly as transformers
-does, so its numbers match transformers at least as closely.
+saves a round trip through memory; on sm_90+ a TMA persistent kernel (kernels/linear_persistent.py)
+competes too. Neither wins everywhere, and the winner depends on the GPU, dtype and token count, so in
+"auto" mode every candidate is timed on a shape's first use and the fastest is kept, the way an autotuner
+picks tiles. All compute in fp32 accumulators; the cuBLAS path rounds once more, between the GEMM and the
+activation, exactly as transformers does, so its numbers match transformers at least as closely.
 
 Timing happens eagerly, on the first call with a new shape; never while a CUDA graph is being captured
 (a shape first seen during capture runs the Triton kernel and is timed at its next eager call)."""
@@ -67,7 +67,10 @@ class GemmPicker:
         self.candidates["triton"].fn = fn
 
     def __call__(self, x, weight, bias, activation=None):
-        return self._implementation(self.choose(x, weight, bias, activation))(x, weight, bias, activation)
+        name = self.choose(x, weight, bias, activation)
+        if name not in ("triton", "cublas") and not self.candidates[name].supports(x, weight):
+            name = "triton"  # chosen for this shape on operands it could address; these it cannot (alignment)
+        return self._implementation(name)(x, weight, bias, activation)
 
     def choose(self, x, weight, bias, activation):
         """Which implementation serves this call: fixed by the mode, or measured once per shape."""

@@ -90,6 +90,17 @@ def test_extra_candidates_compete_where_they_are_supported(picker, monkeypatch):
     assert picker(_fake_cuda(10), torch.empty(16, 8), None) == "cublas"  # not offered at this size
 
 
+def test_a_shape_won_by_an_extra_candidate_falls_back_where_it_cannot_address_the_operands(picker, monkeypatch):
+    from fastbert.gemm import Candidate
+
+    aligned = {"ok": True}
+    picker.candidates["hopper"] = Candidate(Recorder("hopper"), supports=lambda x, weight: aligned["ok"])
+    monkeypatch.setattr(picker, "_time", lambda name, *args: 0.5 if name == "hopper" else 1.0)
+    assert picker(_fake_cuda(100), torch.empty(16, 8), None) == "hopper"
+    aligned["ok"] = False  # same shape key, operands TMA cannot address (e.g. a misaligned row view)
+    assert picker(_fake_cuda(100), torch.empty(16, 8), None) == "triton"
+
+
 def test_a_fixed_mode_falls_back_to_triton_where_unsupported(picker):
     from fastbert.gemm import Candidate
 
