@@ -11,12 +11,12 @@ from fastbert.kernels.linear import fits_shared_memory, linear, linear_configs, 
 
 from tests.conftest import pinned_linear_config
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
+from tests.kernels.linear_cases import ACTIVATIONS, BERT_SHAPES, check, make_inputs
 from tests.kernels.references import linear_ref
 from tests.tolerances import assert_close, nan_padded, nan_row_padded, tolerance
 
 # The module itself: fastbert.kernels re-exports the function under the same name `linear`.
 linear_module = importlib.import_module("fastbert.kernels.linear")
-ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu")
 # Odd sizes that are multiples of no tile (K=45 and 129 also exercise the masked K loop), then hidden
 # sizes of MiniLM (384) and BERT-base (768) kept small enough for the interpreter.
 ODD_SHAPES = [(67, 45), (130, 96), (384, 129)]
@@ -24,23 +24,6 @@ HIDDEN_SHAPES = [(1152, 384), (384, 1536), (768, 768)]
 # The config every GPU test runs unless it requests `autotuned` (tests/conftest.py pins it): the smallest
 # tile, which fits every dtype's shared memory on A100 and H100.
 SMALL_CONFIG = pinned_linear_config()
-
-
-def make_inputs(M, N, K, dtype, device, bias=True):
-    """Weights scaled by 1/sqrt(K) keep outputs O(1), where GELU and ReLU are not trivially linear."""
-    x = torch.randn(M, K, device=device).to(dtype)
-    weight = (torch.randn(N, K, device=device) / math.sqrt(K)).to(dtype)
-    b = torch.randn(N, device=device).to(dtype) if bias else None
-    return x, weight, b
-
-
-def check(out, x, weight, bias, activation, backend):
-    expected = linear_ref(x, weight, bias, activation)
-    same_dtype = None
-    if x.dtype != torch.float32:
-        same_dtype = linear_ref(x, weight, bias, activation, upcast=False)
-    assert out.dtype == x.dtype and out.is_contiguous()
-    assert_close(out, expected, x.dtype, backend, torch_same_dtype=same_dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -173,20 +156,12 @@ def test_every_gpu_config(config, dtype, device, backend, monkeypatch):
     check(linear(x, weight, bias, "gelu"), x, weight, bias, "gelu", backend)
 
 
-# The projections of BERT-base (QKV, attention output, FFN in and out) and MiniLM, with the epilogue each
-# one uses; M=4099 leaves a partial row tile.
-BERT_SHAPES = [
-    (2304, 768, None), (768, 768, None), (3072, 768, "gelu"), (768, 3072, None),
-    (1152, 384, None), (384, 384, None), (1536, 384, "gelu"), (384, 1536, None),
-]
-
-
 @pytest.mark.gpu
 # fp16 only: each (dtype, shape, token bucket) is a full autotuning sweep, and bf16 runs the same shapes
 # in test_linear_bf16 with the pinned config.
 @pytest.mark.parametrize("dtype", [torch.float16])
 @pytest.mark.parametrize("N, K, activation", BERT_SHAPES)
-@pytest.mark.parametrize("M", [4096, 4099])
+@pytest.mark.parametrize("M", [4096, 4099])  # 4099 leaves a partial row tile
 def test_linear_bert_shapes(M, N, K, activation, dtype, device, backend, autotuned):
     x, weight, bias = make_inputs(M, N, K, dtype, device)
     check(linear(x, weight, bias, activation), x, weight, bias, activation, backend)

@@ -18,11 +18,11 @@ from fastbert.kernels.linear_persistent import (
 
 from tests.conftest import pinned_linear_persistent_config
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
+from tests.kernels.linear_cases import ACTIVATIONS, BERT_SHAPES, check, make_inputs
 from tests.kernels.references import linear_ref
 from tests.tolerances import assert_close, nan_padded, nan_row_padded
 
 persistent_module = importlib.import_module("fastbert.kernels.linear_persistent")
-ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu")
 # Multiples of no tile (the interpreter's are 64 wide) but of 8 elements, so fp16 and fp32 rows are
 # 16-byte multiples as TMA requires; 40 and 136 leave a partial K step.
 ODD_SHAPES = [(72, 40), (200, 136), (136, 264)]
@@ -35,21 +35,6 @@ def _needs_sm90(device):
     """On a GPU older than sm_90 the kernel cannot run: skip rather than fail."""
     if device.type == "cuda" and not is_available(device):
         pytest.skip("linear_persistent needs compute capability 9.0+")
-
-
-def make_inputs(M, N, K, dtype, device, bias=True):
-    """Weights scaled by 1/sqrt(K) keep outputs O(1), where GELU and ReLU are not trivially linear."""
-    x = torch.randn(M, K, device=device).to(dtype)
-    weight = (torch.randn(N, K, device=device) / math.sqrt(K)).to(dtype)
-    b = torch.randn(N, device=device).to(dtype) if bias else None
-    return x, weight, b
-
-
-def check(out, x, weight, bias, activation, backend):
-    expected = linear_ref(x, weight, bias, activation)
-    same_dtype = linear_ref(x, weight, bias, activation, upcast=False) if x.dtype != torch.float32 else None
-    assert out.dtype == x.dtype and out.is_contiguous()
-    assert_close(out, expected, x.dtype, backend, torch_same_dtype=same_dtype)
 
 
 def run_checked(x, weight, bias, activation, backend):
@@ -181,18 +166,11 @@ def test_every_gpu_config(config, dtype, device, backend, monkeypatch):
     run_checked(*make_inputs(4099, 2312, 776, dtype, device), "gelu", backend)
 
 
-# BERT-base and MiniLM projections with their epilogues; M=4099 leaves a partial row tile.
-BERT_SHAPES = [
-    (2304, 768, None), (768, 768, None), (3072, 768, "gelu"), (768, 3072, None),
-    (1152, 384, None), (384, 384, None), (1536, 384, "gelu"), (384, 1536, None),
-]
-
-
 @pytest.mark.gpu
 # fp16 only: each (dtype, shape, token bucket) is a full autotuning sweep; bf16 runs hidden sizes in test_bf16.
 @pytest.mark.parametrize("dtype", [torch.float16])
 @pytest.mark.parametrize("N, K, activation", BERT_SHAPES)
-@pytest.mark.parametrize("M", [4096, 4099])
+@pytest.mark.parametrize("M", [4096, 4099])  # 4099 leaves a partial row tile
 def test_bert_shapes(M, N, K, activation, dtype, device, backend, autotuned):
     run_checked(*make_inputs(M, N, K, dtype, device), activation, backend)
 
