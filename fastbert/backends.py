@@ -13,14 +13,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from .gemm import GEMMS, Candidate, GemmPicker
-
-_TORCH_ACTIVATIONS = {
-    None: lambda x: x,
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-}
+from .gemm import GEMMS, Candidate, GemmPicker, torch_linear
 
 
 class TorchOps:
@@ -33,7 +26,7 @@ class TorchOps:
         return self.layer_norm(summed, weights["embeddings.norm.weight"], weights["embeddings.norm.bias"], eps)
 
     def linear(self, x, weight, bias, activation=None):
-        return _TORCH_ACTIVATIONS[activation](F.linear(x, weight, bias))
+        return torch_linear(x, weight, bias, activation)
 
     def attention(self, q, k, v, packing):
         # Attention alone runs on a [B, max_seqlen] grid, so that one batched SDPA call serves every

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 GEMMS = ("auto", "triton", "triton_persistent", "cublas")  # triton_persistent: sm_90+ only (TMA)
 
-_CUBLAS_ACTIVATIONS = {
+_TORCH_ACTIVATIONS = {
     None: lambda y: y,
     "gelu": F.gelu,
     "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
@@ -26,10 +26,10 @@ _CUBLAS_ACTIVATIONS = {
 }
 
 
-def cublas_linear(x, weight, bias, activation=None):
-    """activation(x @ weight.T + bias) through torch: cuBLAS(Lt) with the bias fused, the activation a
-    second kernel."""
-    return _CUBLAS_ACTIVATIONS[activation](F.linear(x, weight, bias))
+def torch_linear(x, weight, bias, activation=None):
+    """activation(x @ weight.T + bias) in PyTorch: on a GPU cuBLAS(Lt) with the bias fused and the
+    activation a second kernel (the "cublas" candidate); on a CPU the torch backend's GEMM."""
+    return _TORCH_ACTIVATIONS[activation](F.linear(x, weight, bias))
 
 
 class Candidate:
@@ -49,7 +49,7 @@ class GemmPicker:
     that disagrees (a kernel bug only a real GPU shows) is never chosen, and a warning says so."""
 
     def __init__(self, triton_linear, mode="auto", repeats=5, extra=None):
-        self.candidates = {"triton": Candidate(triton_linear), "cublas": Candidate(cublas_linear), **(extra or {})}
+        self.candidates = {"triton": Candidate(triton_linear), "cublas": Candidate(torch_linear), **(extra or {})}
         if mode != "auto" and mode not in self.candidates:
             raise ValueError(f"gemm must be one of {('auto', *self.candidates)}, got {mode!r}")
         self.mode = mode
@@ -57,14 +57,6 @@ class GemmPicker:
         self.choices = {}  # shape key -> candidate name
         self.timings = {}  # shape key -> {candidate name: seconds}, for reports
         self.rejected = {}  # shape key -> candidates whose output disagreed with cuBLAS
-
-    @property
-    def triton_linear(self):
-        return self.candidates["triton"].fn
-
-    @triton_linear.setter
-    def triton_linear(self, fn):
-        self.candidates["triton"].fn = fn
 
     def __call__(self, x, weight, bias, activation=None):
         name = self.choose(x, weight, bias, activation)
@@ -116,14 +108,14 @@ class GemmPicker:
         return (_bucket(x.shape[0]), weight.shape[0], weight.shape[1], x.dtype, bias is not None, activation)
 
     def _implementation(self, name):
-        return cublas_linear if name == "cublas" else self.candidates[name].fn
+        return self.candidates[name].fn
 
     def _agrees(self, name, x, weight, bias, activation):
         """Whether a candidate's output matches cuBLAS's within what rounding explains: relative error of
         the whole output under 2% for 16-bit types, 0.5% for fp32 (TF32 products). A wrong tile, a
         missed edge or a NaN is off by order one."""
         ours = self._implementation(name)(x, weight, bias, activation).float()
-        reference = cublas_linear(x, weight, bias, activation).float()
+        reference = self.candidates["cublas"].fn(x, weight, bias, activation).float()
         limit = 5e-3 if x.dtype == torch.float32 else 2e-2
         error = torch.linalg.vector_norm(ours - reference) / torch.linalg.vector_norm(reference).clamp_min(1e-30)
         return bool(torch.isfinite(ours).all()) and float(error) <= limit

@@ -50,7 +50,7 @@ def test_at_most_seven_launches_per_layer_and_no_other_ops(tmp_path, layers):
     for name in ("embeddings", "linear", "attention", "layer_norm"):
         setattr(counting, name, _counting(recorder, name, getattr(kernels, name)))
     model.model.ops.kernels = counting
-    model.model.ops.gemm.triton_linear = counting.linear  # the picker's handle on the kernel
+    model.model.ops.gemm.candidates["triton"].fn = counting.linear  # the picker's handle on the kernel
     ids, mask, types = random_batch(211, [5, 9, 2], seq_len=9)
     with recorder:
         model(ids, mask, types)
