@@ -138,16 +138,15 @@ class GraphCache:
         tokens = packing.num_tokens
         for buffer, value in zip(captured.inputs, (ids, positions, types)):
             buffer[:tokens].copy_(value)
-        bounds = torch.tensor(shape.cu_seqlens(packing.offsets), dtype=torch.int32)
-        if captured.cu_seqlens.device.type == "cuda":
-            bounds = bounds.pin_memory()
+        pinned = captured.cu_seqlens.device.type == "cuda"  # pinned: the upload does not wait on the GPU
+        bounds = torch.tensor(shape.cu_seqlens(packing.offsets), dtype=torch.int32, pin_memory=pinned)
         captured.cu_seqlens.copy_(bounds, non_blocking=True)
 
     def _capture(self, key, shape, packing, ids, positions, types):
         inputs = tuple(torch.zeros(shape.tokens, dtype=t.dtype, device=t.device) for t in (ids, positions, types))
-        cu_seqlens = torch.zeros(shape.batch + 1, dtype=torch.int32, device=packing.cu_seqlens.device)
+        cu_seqlens = torch.zeros(shape.batch + 1, dtype=torch.int32, device=packing.device)
         bounds = shape.cu_seqlens(packing.offsets)
-        static = Packing(shape.batch, shape.longest, None, cu_seqlens, bounds, shape.longest)
+        static = Packing(shape.batch, shape.longest, None, bounds, shape.longest, packing.device, cu_seqlens)
         captured = _Captured(None, inputs, cu_seqlens, None)
         self._load(captured, shape, packing, ids, positions, types)
         captured.graph, captured.outputs = self.runner.capture(

@@ -153,6 +153,7 @@ class FastBertModel:
 
     def _encode_packed(self, packing, ids, positions, types, output_hidden_states):
         """Packed token ids [T] -> (last_hidden_state [B, S, H], pooler_output [B, H], hidden_states)."""
+        _ = packing.cu_seqlens  # uploaded before the first launch (a graph replay uploads its bucket's own)
         hidden, pooled, states = self._encode_tokens(packing, ids, positions, types, output_hidden_states)
         states = tuple(packing.unpack(s) for s in states) if output_hidden_states else None
         return packing.unpack(hidden), pooled, states

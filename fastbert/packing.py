@@ -15,15 +15,23 @@ class Packing:
     """Where the real tokens of a padded [B, S] batch live once packed into [T, ...].
 
     token_indices [T] int64: flat positions (row * S + column) of the real tokens, row-major.
-    cu_seqlens [B+1] int32: packed offsets of each sequence (on the model's device).
-    offsets: the same offsets as a host list; max_seqlen: the longest sequence."""
+    offsets: packed offsets of each sequence, a host list [B+1]; max_seqlen: the longest sequence.
+    cu_seqlens: the offsets as an int32 tensor on `device`, uploaded on first use (a CUDA-graph replay
+    uploads its own bucket's offsets and never needs it), or given."""
 
     batch_size: int
     seq_len: int
-    token_indices: torch.Tensor
-    cu_seqlens: torch.Tensor
+    token_indices: torch.Tensor | None
     offsets: list
     max_seqlen: int
+    device: torch.device
+    _cu_seqlens: torch.Tensor | None = None
+
+    @property
+    def cu_seqlens(self):
+        if self._cu_seqlens is None:
+            self._cu_seqlens = _move(torch.tensor(self.offsets, dtype=torch.int32), self.device)
+        return self._cu_seqlens
 
     @property
     def num_tokens(self):
@@ -42,7 +50,7 @@ class Packing:
     def padded_layout(self):
         """(flat positions of the packed tokens in a [B, max_seqlen] grid, key mask [B, 1, 1, max_seqlen]):
         lets the torch backend run attention for the whole batch in one call."""
-        device = self.cu_seqlens.device
+        device = self.device
         lengths = torch.tensor([end - start for start, end in zip(self.offsets[:-1], self.offsets[1:])])
         columns = torch.arange(self.max_seqlen)
         key_mask = columns[None, :] < lengths[:, None]
@@ -123,8 +131,7 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
 
     if batch == 0 or seq_len == 0:
         empty = torch.zeros(0, dtype=torch.long, device=to_device)
-        packing = Packing(batch, seq_len, empty, torch.zeros(batch + 1, dtype=torch.int32, device=to_device),
-                          [0] * (batch + 1), 0)
+        packing = Packing(batch, seq_len, empty, [0] * (batch + 1), 0, to_device)
         return packing, empty, empty, empty
 
     # All statistics in one tensor, read back with a single host synchronisation. On a GPU every small
@@ -171,7 +178,6 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
     num_tokens = offsets[-1]
     # nonzero_static knows the result size already, so it needs no second synchronisation.
     token_indices = torch.nonzero_static(mask.flatten(), size=num_tokens).squeeze(1)
-    cu_seqlens = torch.tensor(offsets, dtype=torch.int32, device=device)
 
     def packed(tensor):
         # Without padding the flat tensor is already packed: skip the gather.
@@ -181,9 +187,9 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
     packed_ids = packed(input_ids)
     packed_positions = token_indices % seq_len if position_ids is None else packed(position_ids)
     packed_types = torch.zeros_like(packed_ids) if token_type_ids is None else packed(token_type_ids)
-    token_indices, cu_seqlens, packed_ids, packed_positions, packed_types = (
-        _move(t, to_device) for t in (token_indices, cu_seqlens, packed_ids, packed_positions, packed_types))
-    packing = Packing(batch, seq_len, token_indices, cu_seqlens, offsets, max(lengths_host))
+    token_indices, packed_ids, packed_positions, packed_types = (
+        _move(t, to_device) for t in (token_indices, packed_ids, packed_positions, packed_types))
+    packing = Packing(batch, seq_len, token_indices, offsets, max(lengths_host), to_device)
     return packing, packed_ids, packed_positions, packed_types
 
 

@@ -76,7 +76,7 @@ def test_graph_shapes_bound_the_filler():
         offsets = [0]
         for n in lengths:
             offsets.append(offsets[-1] + n)
-        packing = Packing(len(lengths), max(lengths), None, None, offsets, max(lengths))
+        packing = Packing(len(lengths), max(lengths), None, offsets, max(lengths), torch.device("cpu"))
         shape = GraphShape.of(packing)
         bounds = shape.cu_seqlens(offsets)
         assert len(bounds) == shape.batch + 1 and bounds[: len(offsets)] == offsets and bounds[-1] == shape.tokens
