@@ -20,8 +20,7 @@ Linear weights keep torch's [out_features, in_features] layout.
 """
 
 import json
-import pickle
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 
@@ -30,6 +29,10 @@ from .config import BertConfig
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
+TORCH_INDEX_FILE = "pytorch_model.bin.index.json"
+# Read in this order: the first present wins (safetensors need no unpickling).
+CHECKPOINT_FILES = (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, TORCH_FILE, TORCH_INDEX_FILE)
+_FINITE_CHECK_SLICE = 1 << 24
 
 # Buffers transformers may have saved alongside the parameters; they carry no learned values.
 _IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -91,36 +94,39 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint folder, on the CPU, under the checkpoint's own names.
 
     Reads model.safetensors when present (or a sharded model.safetensors.index.json), else
-    pytorch_model.bin with torch.load(weights_only=True). `path` may also be one of those files.
+    pytorch_model.bin (or a sharded pytorch_model.bin.index.json) with torch.load(weights_only=True), so
+    a pickle can never run code. `path` may also be one of those files. Shards named by an index must lie
+    inside the index's folder.
     """
     path = Path(path)
     if path.is_file():
         return _read_file(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint folder {path} does not exist")
-    for name in (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, TORCH_FILE):
+    for name in CHECKPOINT_FILES:
         if (path / name).is_file():
             return _read_file(path / name)
-    raise FileNotFoundError(f"no {SAFETENSORS_FILE} or {TORCH_FILE} in {path}")
+    raise FileNotFoundError(f"no {SAFETENSORS_FILE} or {TORCH_FILE} in {path} (nor a sharded index of either)")
 
 
 def _read_file(file: Path) -> dict[str, torch.Tensor]:
     if file.name.endswith(".index.json"):
         return _read_sharded(file)
     if file.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(file), device="cpu")
-        except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        except Exception as err:  # SafetensorError, OSError, ...: whatever the bytes are, name the file
             raise ValueError(f"{file} is not a readable safetensors file (corrupt or truncated?)") from err
     try:
         state_dict = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError, AttributeError) as err:
+    except Exception as err:
+        # Junk bytes reach the legacy unpickler, which fails with whatever it trips on first (struct.error,
+        # KeyError, IndexError, UnpicklingError, ...): all of them mean this file cannot be read.
         raise ValueError(
             f"{file} is not a readable PyTorch checkpoint "
-            "(corrupt, truncated, or pickling objects other than tensors?)"
+            f"(corrupt, truncated, or pickling objects other than tensors?): {type(err).__name__}"
         ) from err
     if not isinstance(state_dict, dict) or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
         raise ValueError(f"{file} does not hold a state dict (a mapping of names to tensors)")
@@ -130,15 +136,60 @@ def _read_file(file: Path) -> dict[str, torch.Tensor]:
 def _read_sharded(index_file: Path) -> dict[str, torch.Tensor]:
     try:
         weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{index_file} is not a valid safetensors index (needs a 'weight_map')") from err
-    state_dict = {}
-    for shard in sorted(set(weight_map.values())):
-        shard_file = index_file.parent / shard
+        shards = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{index_file} is not a valid checkpoint index (needs a 'weight_map' object)") from err
+    state_dict, origin = {}, {}
+    for shard in shards:
+        shard_file = _shard_path(index_file, shard)
         if not shard_file.is_file():
             raise FileNotFoundError(f"shard {shard_file} listed in {index_file} does not exist")
-        state_dict.update(_read_file(shard_file))
+        for name, tensor in _read_file(shard_file).items():
+            if name in state_dict:
+                raise ValueError(f"{index_file}: tensor {name!r} is in both {origin[name]} and {shard}")
+            state_dict[name], origin[name] = tensor, shard
     return state_dict
+
+
+def _shard_path(index_file: Path, shard) -> Path:
+    """The shard file an index names, which must be a weights file inside the index's folder.
+
+    Checked on the name, not the resolved path: the Hugging Face cache links each file of a snapshot
+    folder to a blob outside it, and those links are the checkpoint's own."""
+    if not isinstance(shard, str) or not shard:
+        raise ValueError(f"{index_file} names a shard {shard!r} that is not a file name")
+    parts = PurePosixPath(shard.replace("\\", "/")).parts
+    if PurePosixPath(shard).is_absolute() or PureWindowsPath(shard).is_absolute() or ".." in parts:
+        raise ValueError(
+            f"{index_file} names the shard {shard!r} outside the checkpoint folder: shards must be relative "
+            "paths inside the folder that holds the index"
+        )
+    if not shard.endswith((".safetensors", ".bin")):
+        raise ValueError(f"{index_file} names the shard {shard!r}, which is not a .safetensors or .bin file")
+    return index_file.parent.joinpath(*parts)
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], source) -> None:
+    """Raise one ValueError naming every floating-point tensor that holds NaN or infinity: such a
+    checkpoint would encode every text to NaN without a word."""
+    bad = []
+    for name, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            continue
+        flat = tensor.reshape(-1)
+        nans = infs = 0
+        # In slices: a boolean copy of a 250k-token embedding table would cost a quarter of a gigabyte.
+        for start in range(0, flat.numel(), _FINITE_CHECK_SLICE):
+            part = flat[start : start + _FINITE_CHECK_SLICE]
+            if not torch.isfinite(part).all():
+                nans += int(torch.isnan(part).sum())
+                infs += int(torch.isinf(part).sum())
+        if nans or infs:
+            counts = ", ".join(f"{n} {kind}" for n, kind in ((nans, "NaN"), (infs, "inf")) if n)
+            bad.append(f"{name} ({counts})")
+    if bad:
+        shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
+        raise ValueError(f"checkpoint {source} holds non-finite values in {len(bad)} tensor(s): {shown}")
 
 
 def convert_state_dict(
@@ -221,8 +272,11 @@ def convert_state_dict(
 def load_weights(
     path, config: BertConfig, dtype: torch.dtype | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """read_state_dict + convert_state_dict, casting floating-point tensors to `dtype` when given."""
-    weights, head = convert_state_dict(read_state_dict(path), config)
+    """read_state_dict + check_finite + convert_state_dict, casting floating-point tensors to `dtype` when
+    given."""
+    state_dict = read_state_dict(path)
+    check_finite(state_dict, path)
+    weights, head = convert_state_dict(state_dict, config)
     if dtype is not None:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
