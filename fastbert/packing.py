@@ -63,10 +63,22 @@ class Packing:
         return packed[self.cu_seqlens[:-1].long().clamp_(max=packed.shape[0] - 1)]
 
 
+# Index dtypes the kernels and torch indexing take as they are; every other integer dtype is widened to
+# int64 (int8 ids would otherwise index wrongly in torch, and uint8 would be read as a boolean mask).
+_INDEX_DTYPES = (torch.int32, torch.int64)
+# Integer dtypes whose reductions (aminmax) PyTorch lacks on the CPU.
+_WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, *_WIDE_UNSIGNED)
+
+
 def _check_index_tensor(name, tensor, shape, device):
+    """`tensor` checked as an integer [B, S] tensor on `device`, in an index dtype (int32 kept, any other
+    integer dtype converted to int64; values are range-checked later)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+    if tensor.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {tensor.layout}")
+    if tensor.dtype not in _INTEGER_DTYPES:
         raise TypeError(f"{name} must hold integers, got dtype {tensor.dtype}")
     if tuple(tensor.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(tensor.shape)} but input_ids has shape {tuple(shape)}")
@@ -74,6 +86,7 @@ def _check_index_tensor(name, tensor, shape, device):
         raise ValueError(
             f"{name} is on {tensor.device} but the model is on {device}: move it with .to({str(device)!r})"
         )
+    return tensor if tensor.dtype in _INDEX_DTYPES else tensor.long()
 
 
 def _mask_stats(attention_mask, nonzero):
@@ -83,6 +96,8 @@ def _mask_stats(attention_mask, nonzero):
         return [], []
     if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
         return [(nonzero & (attention_mask != 1)).sum()], ["not_binary"]
+    if attention_mask.dtype in _WIDE_UNSIGNED:
+        attention_mask = attention_mask.long()  # values past 2**63 wrap negative: still reported as not 0/1
     return list(attention_mask.aminmax()), ["mask_min", "mask_max"]
 
 
@@ -101,7 +116,7 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
-    _check_index_tensor("input_ids", input_ids, input_ids.shape, device)
+    input_ids = _check_index_tensor("input_ids", input_ids, input_ids.shape, device)
     batch, seq_len = input_ids.shape
     if seq_len > config.max_position_embeddings:
         raise ValueError(
@@ -120,19 +135,26 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
                 f"attention_mask has shape {tuple(attention_mask.shape)} "
                 f"but input_ids has shape {tuple(input_ids.shape)}"
             )
+        if attention_mask.layout != torch.strided:
+            raise TypeError(f"attention_mask must be a dense tensor, got layout {attention_mask.layout}")
+        dtype = attention_mask.dtype
+        if not (dtype == torch.bool or dtype in _INTEGER_DTYPES or dtype.is_floating_point or dtype.is_complex):
+            raise TypeError(f"attention_mask must hold 0 and 1 as bool, integer or float, got dtype {dtype}")
         if attention_mask.device != device:
             raise ValueError(f"attention_mask is on {attention_mask.device} but the model is on {device}")
-        mask = attention_mask != 0
-        mask_checks = _mask_stats(attention_mask, mask)
     if token_type_ids is not None:
-        _check_index_tensor("token_type_ids", token_type_ids, input_ids.shape, device)
+        token_type_ids = _check_index_tensor("token_type_ids", token_type_ids, input_ids.shape, device)
     if position_ids is not None:
-        _check_index_tensor("position_ids", position_ids, input_ids.shape, device)
+        position_ids = _check_index_tensor("position_ids", position_ids, input_ids.shape, device)
 
     if batch == 0 or seq_len == 0:
+        # Nothing to check or pack (and reductions such as aminmax refuse empty tensors).
         empty = torch.zeros(0, dtype=torch.long, device=to_device)
         packing = Packing(batch, seq_len, empty, [0] * (batch + 1), 0, to_device)
         return packing, empty, empty, empty
+    if attention_mask is not None:
+        mask = attention_mask != 0
+        mask_checks = _mask_stats(attention_mask, mask)
 
     # All statistics in one tensor, read back with a single host synchronisation. On a GPU every small
     # op here costs the host more than the GPU work, so each statistic is one reduction (aminmax).

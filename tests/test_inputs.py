@@ -132,3 +132,49 @@ def test_validation_and_packing_stay_a_handful_of_ops():
     # mask != 0, lengths, 3 x aminmax (ids, types, mask range), one cat to read back, nonzero_static
     # and the ids, positions and types of the packed tokens (cu_seqlens is uploaded when first used).
     assert len(counter.ops) <= 11, counter.ops
+
+
+INTEGER_DTYPES = [torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32,
+                  torch.uint64]
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
+def test_every_integer_dtype_gives_the_int64_result(model, dtype):
+    # Small vocabulary so the ids fit int8: the same values in every dtype give the same output.
+    ids, mask, types = random_batch(100, [4, 6], seq_len=6)
+    expected = model(ids, mask, types)
+    out = model(ids.to(dtype), mask.to(dtype), types.to(dtype), position_ids=torch.arange(6).repeat(2, 1).to(dtype))
+    torch.testing.assert_close(out.last_hidden_state, expected.last_hidden_state, rtol=0, atol=0)
+    torch.testing.assert_close(out.pooler_output, expected.pooler_output, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.uint64], ids=str)
+def test_out_of_range_ids_in_narrow_dtypes(model, dtype):
+    ids, mask, _ = random_batch(100, [4, 6], seq_len=6)
+    ids[1, 2] = 300 if dtype == torch.uint64 else -1 if dtype == torch.int8 else 250
+    with pytest.raises(ValueError, match=r"input_ids holds token ids in \[.*\] outside \[0, vocab_size=211\)"):
+        model(ids.to(dtype), mask)
+    if dtype == torch.uint64:  # a value past 2**63 wraps negative once widened: still out of range
+        huge = torch.full((1, 2), 2**63 + 5, dtype=torch.uint64)
+        with pytest.raises(ValueError, match="input_ids holds token ids"):
+            model(huge)
+
+
+def test_non_integer_dtypes_are_one_type_error(model):
+    ids, mask, types = _batch()
+    for bad in (ids.bool(), ids.double(), ids.to(torch.complex64), ids.half()):
+        with pytest.raises(TypeError, match="input_ids must hold integers"):
+            model(bad)
+        with pytest.raises(TypeError, match="token_type_ids must hold integers"):
+            model(ids, mask, bad)
+    with pytest.raises(TypeError, match="input_ids must be a dense tensor"):
+        model(ids.to_sparse())
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, *INTEGER_DTYPES, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0, 0)])
+def test_empty_batch_with_any_mask_dtype(model, mask_dtype, shape):
+    ids = torch.zeros(shape, dtype=torch.long)
+    out = model(ids, torch.ones(shape, dtype=mask_dtype), torch.zeros(shape, dtype=torch.int8))
+    assert out.last_hidden_state.shape == (*shape, 64)
+    assert out.pooler_output.shape == (shape[0], 64)
