@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the command ran and failed (verify out of tolerance, a benchmark failed, an
 unexpected error); 2 a usage or input problem (bad option value, unknown model folder, unreadable or
-empty input, unknown output format), reported as one line on stderr. --debug adds the traceback.
+empty input, a text that is not valid Unicode, unknown output format), reported as one line on stderr.
+--debug adds the traceback.
 """
 
 import argparse
@@ -436,7 +437,11 @@ def main(argv=None):
         return 1
     except OSError as err:  # writing the output: disk full, permission denied, ...
         return _fail(prog, err, 2, debug)
-    except Exception as err:  # a failure inside fastbert, not a usage problem
+    except Exception as err:  # a failure inside fastbert, not a usage problem...
+        from .tokenizer import UntokenizableTextError
+
+        if isinstance(err, UntokenizableTextError):  # ...except an input text that is not valid Unicode
+            return _fail(prog, err, 2, debug)
         hint = "" if debug else " (rerun with --debug for the traceback)"
         return _fail(prog, f"{type(err).__name__}: {err}{hint}", 1, debug)
 

@@ -4,10 +4,11 @@ Gives the same ids, attention mask and token-type ids as
 `transformers.AutoTokenizer.from_pretrained(path)(texts, pairs, padding=True, truncation=True,
 max_length=..., return_tensors="pt")`.
 
-Truncation length: by default the model's own maximum (tokenizer_config.json's model_max_length, else
-config.json's max_position_embeddings), exactly as transformers truncates. sentence-transformers
-truncates shorter for some models (all-MiniLM-L6-v2: max_seq_length 256 in sentence_bert_config.json);
-that value is exposed as `Tokenizer.max_seq_length` but not applied by default — pass
+Truncation length: by default the model's own maximum: tokenizer_config.json's model_max_length, as
+transformers truncates, but never more tokens than the model's position embeddings serve (config.json's
+max_position_embeddings, less the RoBERTa family's position offset), where transformers would fail.
+sentence-transformers truncates shorter for some models (all-MiniLM-L6-v2: max_seq_length 256 in
+sentence_bert_config.json); that value is exposed as `Tokenizer.max_seq_length` but not applied by default — pass
 `max_length=tok.max_seq_length` (to the constructor or the call) to reproduce SentenceTransformer.encode.
 A max_length above the model's maximum is clamped to it (transformers would only warn, then fail in the
 model's position embedding).
@@ -28,6 +29,15 @@ from tokenizers.models import WordPiece
 # transformers writes int(1e30) as model_max_length when a tokenizer has no limit of its own.
 _NO_LIMIT = int(1e20)
 _SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class UntokenizableTextError(ValueError):
+    """A text the tokenizer cannot take (a lone surrogate: not valid Unicode). `indices`: the positions of
+    every such text in the batch."""
+
+    def __init__(self, message, indices):
+        super().__init__(message)
+        self.indices = indices
 
 
 class Tokenizer:
@@ -74,7 +84,11 @@ class Tokenizer:
 
         model_max = tok_config.get("model_max_length")
         if not isinstance(model_max, int) or isinstance(model_max, bool) or not 0 < model_max < _NO_LIMIT:
-            model_max = _read_json(path / "config.json").get("max_position_embeddings")
+            model_max = None
+        # A tokenizer may allow more tokens than the model has positions for (a checkpoint trimmed to fewer
+        # positions, or a RoBERTa whose 514 positions serve 512 tokens): the model's limit wins.
+        limits = [n for n in (model_max, _position_limit(path)) if n is not None]
+        model_max = min(limits) if limits else None
         st_max = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
         return cls(
             tokenizer,
@@ -143,13 +157,13 @@ class Tokenizer:
         library also builds every overflow window and, for pairs, their cross product, which takes
         seconds to minutes once both segments run to thousands of tokens. Same result, linear time."""
         cls_id, sep_id = self._special
-        firsts = [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        firsts = [e.ids for e in _encode_batch(self._tok, "texts", texts)]
         if text_pairs is None:
             budget = None if limit is None else limit - 2
             return [([cls_id, *a[:budget], sep_id], [0] * (len(a[:budget]) + 2)) for a in firsts]
         if limit is not None and limit < 3:
             raise ValueError(f"max_length={limit} leaves no room for a pair's [CLS] A [SEP] B [SEP]")
-        seconds = [e.ids for e in self._tok.encode_batch(text_pairs, add_special_tokens=False)]
+        seconds = [e.ids for e in _encode_batch(self._tok, "text_pairs", text_pairs)]
         rows = []
         for a, b in zip(firsts, seconds, strict=True):
             if limit is not None:
@@ -163,6 +177,9 @@ class Tokenizer:
             self._tok.no_truncation()
         else:
             self._tok.enable_truncation(max_length=limit, strategy="longest_first")
+        _check_encodable("texts", texts)
+        if text_pairs is not None:
+            _check_encodable("text_pairs", text_pairs)
         inputs = texts if text_pairs is None else list(zip(texts, text_pairs, strict=True))
         try:
             encodings = self._tok.encode_batch(inputs, add_special_tokens=True)
@@ -183,6 +200,46 @@ class Tokenizer:
         if self.model_max_length is not None:
             return min(max_length, self.model_max_length)
         return max_length
+
+
+def _encode_batch(tokenizer: _HFTokenizer, name: str, texts: list[str]):
+    """`tokenizers`' encode_batch without special tokens; a text it cannot take is named by its index."""
+    try:
+        return tokenizer.encode_batch(texts, add_special_tokens=False)
+    except Exception:  # the library raises a bare TypeError/Exception that names no text
+        _check_encodable(name, texts)
+        raise
+
+
+def _check_encodable(name: str, texts: list[str]) -> None:
+    """Raise UntokenizableTextError naming every text that is not valid Unicode (a lone surrogate such as
+    '\\ud800', which Python strings allow but UTF-8, and so `tokenizers`, cannot carry)."""
+    bad = []
+    for index, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            bad.append((index, err.start, text[err.start]))
+    if bad:
+        shown = ", ".join(f"{name}[{index}] (a lone surrogate {char!r} at character {start})"
+                          for index, start, char in bad[:8])
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        raise UntokenizableTextError(
+            f"cannot tokenize {shown}{more}: not valid Unicode text; remove or replace the surrogates "
+            "(e.g. text.encode('utf-8', 'replace').decode())", [index for index, _, _ in bad])
+
+
+def _position_limit(path: Path) -> int | None:
+    """How many tokens the position embeddings of the model in `path` serve, when config.json says."""
+    from .config import BertConfig
+
+    try:
+        config = BertConfig.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError):  # not a model fastbert loads: the raw field, if any
+        positions = _read_json(path / "config.json").get("max_position_embeddings")
+        return positions if isinstance(positions, int) and not isinstance(positions, bool) and positions > 0 else None
+    # max_sequence_length: positions less the RoBERTa family's offset (fastbert.config, where defined).
+    return getattr(config, "max_sequence_length", config.max_position_embeddings)
 
 
 def _bert_special_ids(tokenizer: _HFTokenizer) -> tuple[int, int] | None:

@@ -237,3 +237,60 @@ def test_non_bert_post_processor_uses_the_library(minilm_path, tmp_path, hf_tok)
         return_tensors="pt",
     )
     assert_same(plain(TEXTS[:4], PAIRS[:4], max_length=12), expected)
+
+
+@pytest.mark.parametrize("post_processor", ["bert", "library"])
+def test_lone_surrogates_are_a_value_error_naming_the_texts(minilm_path, tmp_path, post_processor):
+    from fastbert.tokenizer import UntokenizableTextError
+
+    path = minilm_path
+    if post_processor == "library":
+        spec = json.loads((minilm_path / "tokenizer.json").read_text())
+        spec["post_processor"] = None
+        (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+        path = tmp_path
+    tok = Tokenizer.from_pretrained(path)
+    texts = ["fine", "a\ud800b", "also fine", "\udfff"]
+    with pytest.raises(UntokenizableTextError, match=r"texts\[1\] \(a lone surrogate '\\ud800' at character 1\), "
+                                                     r"texts\[3\] \(a lone surrogate '\\udfff' at character 0\)"
+                       ) as caught:
+        tok(texts)
+    assert isinstance(caught.value, ValueError) and caught.value.indices == [1, 3]
+    with pytest.raises(UntokenizableTextError, match=r"text_pairs\[0\]"):
+        tok(["a", "b"], ["x\ud8ff", "y"])
+    assert tok(["a\U0001f600b"])["input_ids"].shape[0] == 1  # a proper surrogate pair's character is fine
+
+
+def test_truncation_never_exceeds_the_position_embeddings(minilm_path, tmp_path):
+    # A tokenizer allowing 512 tokens on a model with 40 positions: truncate to 40, where transformers
+    # would pass 512 ids to an embedding table of 40 rows.
+    from fastbert import FastBertModel
+    from tests.bert_factory import random_bert
+
+    random_bert(tmp_path, vocab_size=30522, max_position_embeddings=40, hidden_size=32, num_attention_heads=2)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(minilm_path / name, tmp_path / name)
+    (tmp_path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256}))
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["model_max_length"] == 512
+    tok = Tokenizer.from_pretrained(tmp_path)
+    assert tok.model_max_length == 40 and tok([LONG])["input_ids"].shape == (1, 40)
+    assert tok([LONG], max_length=300)["input_ids"].shape == (1, 40)
+    model = FastBertModel.from_pretrained(tmp_path, backend="torch", device="cpu")
+    assert model.encode([LONG, "short"]).shape == (2, 32)
+    assert model.encode([LONG], max_length=500).shape == (1, 32)
+
+
+def test_encode_and_cli_name_an_untokenizable_text(minilm_path, tmp_path, capsys):
+    from fastbert import FastBertModel
+    from fastbert.cli import main
+
+    model = FastBertModel.from_pretrained(minilm_path, backend="torch", device="cpu")
+    with pytest.raises(ValueError, match=r"cannot tokenize texts\[2\] \(a lone surrogate"):
+        model.encode(["one", "two", "bad \ud800 text"])
+    corpus = tmp_path / "in.jsonl"
+    corpus.write_text('{"text": "fine"}\n{"text": "bad \\ud800"}\n', encoding="utf-8")
+    code = main(["encode", "--model", str(minilm_path), "--input", str(corpus), "--backend", "torch",
+                 "--device", "cpu", "--output", str(tmp_path / "out.npy")])
+    err = capsys.readouterr().err
+    assert code == 2 and r"texts[1] (a lone surrogate '\ud800' at character 4)" in err, err
+    assert not (tmp_path / "out.npy").exists()
