@@ -104,16 +104,10 @@ def load_kernels(device):
         check_interpreter_support()
     loaded = sys.modules.get("fastbert.kernels")
     if loaded is None:
-        if device.type == "cpu":
-            if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-                # Triton decorates its own library functions (tl.cdiv, tl.sigmoid, ...) when it is
-                # imported: imported for the GPU, they cannot run inside interpreted kernels.
-                raise RuntimeError(
-                    "the triton backend on CPU runs through Triton's interpreter, which must be switched on "
-                    "before triton is first imported, and triton is already imported in this process: set "
-                    "TRITON_INTERPRET=1 in the environment, or use backend='torch' on CPU"
-                )
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             os.environ["TRITON_INTERPRET"] = "1"
+            if "triton" in sys.modules:  # imported before us, by transformers, torch or the user
+                interpret_imported_triton()
         loaded = importlib.import_module("fastbert.kernels")
     interpreted = loaded.is_interpreter()
     if device.type == "cpu" and not interpreted:
@@ -129,6 +123,42 @@ def load_kernels(device):
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {device} is not supported by the triton backend (cuda or cpu)")
     return loaded
+
+
+def interpret_imported_triton():
+    """Make an already imported Triton's own library functions (tl.sum, tl.cdiv, tl.sigmoid, ...) run
+    inside interpreted kernels.
+
+    triton.jit picks compiled or interpreted when it decorates a function, so the functions Triton
+    decorated at its import, before TRITON_INTERPRET was set, are compiled-kernel functions that the
+    interpreter cannot call. Each is decorated again here, now that the interpreter is on, exactly as
+    an import with TRITON_INTERPRET=1 would have: in triton.language's modules and as tensor methods.
+    The switch is for the whole process; on a machine with a GPU it would break other libraries' GPU
+    kernels, so there the user must choose (the error says how)."""
+    import triton
+    from triton.runtime.jit import JITFunction
+
+    if torch.cuda.is_available():
+        raise RuntimeError(
+            "the triton backend on CPU runs through Triton's interpreter, but triton is already imported for "
+            "the GPU in this process (switching it would break GPU kernels): set TRITON_INTERPRET=1 in the "
+            "environment before starting Python, run on device='cuda', or use backend='torch' on CPU"
+        )
+    redecorated = {}
+
+    def interpreted(function):
+        if id(function) not in redecorated:
+            redecorated[id(function)] = triton.jit(function.fn)
+        return redecorated[id(function)]
+
+    modules = [module for name, module in list(sys.modules.items())
+               if module is not None and (name == "triton.language" or name.startswith("triton.language."))]
+    namespaces = [*modules, *(value for module in modules for value in vars(module).values()
+                              if isinstance(value, type) and value.__module__ == module.__name__)]
+    for namespace in namespaces:
+        for name, value in list(vars(namespace).items()):
+            if isinstance(value, JITFunction):
+                setattr(namespace, name, interpreted(value))
 
 
 def _version_tuple(version):
