@@ -17,6 +17,8 @@ ENCODER_PATHS = {
     "BertForQuestionAnswering": "bert",
     "BertForMaskedLM": "bert",
     "SentenceTransformer": "0.auto_model",
+    # A reranker: its transformers model (a *ForSequenceClassification), resolved again through this table.
+    "CrossEncoder": "model",
 }
 
 _STATE = "_fastbert_encoder"
@@ -29,6 +31,8 @@ def _find_encoder(model):
     encoder = model
     for attribute in filter(None, ENCODER_PATHS[class_name].split(".")):
         encoder = getattr(encoder, attribute)
+    if encoder is not model and ENCODER_PATHS.get(type(encoder).__name__):
+        return _find_encoder(encoder)  # a wrapper's model, which keeps its encoder one level further down
     if type(encoder).__name__ != "BertModel":
         raise TypeError(f"{class_name} wraps a {type(encoder).__name__}, not a BertModel: fastbert runs BERT only")
     return encoder
@@ -61,7 +65,8 @@ def _fast_forward(encoder, fast, original_forward):
             pooler_output=out.pooler_output if encoder.pooler is not None else None,
             hidden_states=out.hidden_states,
         )
-        use_dict = return_dict if return_dict is not None else getattr(config, "use_return_dict", True)
+        # config.return_dict, not the deprecated config.use_return_dict property, which logs a warning.
+        use_dict = return_dict if return_dict is not None else getattr(config, "return_dict", True)
         return result if use_dict else result.to_tuple()
 
     return forward
@@ -70,7 +75,7 @@ def _fast_forward(encoder, fast, original_forward):
 def optimize(model, backend="auto", dtype=None):
     """Accelerate `model` in place and return it. Supported: transformers BertModel,
     BertFor{SequenceClassification,TokenClassification,QuestionAnswering,MaskedLM}, and a
-    sentence-transformers SentenceTransformer whose transformer is BERT.
+    sentence-transformers SentenceTransformer or CrossEncoder whose transformer is BERT.
 
     The encoder runs on the model's device, in the model's dtype unless `dtype` is given. Outputs
     at padded positions are zero (transformers computes values there that nothing should read).

@@ -1,0 +1,78 @@
+"""fastbert.optimize on a sentence-transformers CrossEncoder (a reranker around BertForSequenceClassification):
+predict and rank give the unpatched model's scores, and restore gives the original model back."""
+
+import shutil
+
+import pytest
+import torch
+
+import fastbert
+from fastbert.patch import is_optimized
+from tests.bert_factory import random_bert
+from tests.tolerances import tolerance
+
+st = pytest.importorskip("sentence_transformers")
+
+PAIRS = [("what is the capital of France?", "Paris is the capital of France."),
+         ("what is the capital of France?", "Berlin is a city in Germany. " * 12),
+         ("how do plants make food?", "Photosynthesis turns light into chemical energy."),
+         ("深度学习是什么", "Deep learning uses neural networks."),
+         ("", "an empty query")]
+
+
+def reranker_folder(folder, tokenizer_folder, num_labels):
+    """A random BertForSequenceClassification saved by transformers with all-MiniLM's tokenizer: the layout of a
+    cross-encoder checkpoint. Weights larger than BERT's initialisation spread the scores apart."""
+    random_bert(folder, model_class="BertForSequenceClassification", vocab_size=30522, num_labels=num_labels,
+                max_position_embeddings=64, initializer_range=0.3)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tokenizer_folder / name).is_file():
+            shutil.copy(tokenizer_folder / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("backend, num_labels", [("torch", 1), ("triton", 1), ("torch", 3)])
+def test_cross_encoder_scores_equal_the_unpatched_model(tmp_path, minilm_path, backend, num_labels):
+    folder = reranker_folder(tmp_path, minilm_path, num_labels)
+    model = st.CrossEncoder(str(folder), device="cpu", max_length=64)
+    logits = model.predict(PAIRS, activation_fn=torch.nn.Identity(), convert_to_tensor=True)
+    scores = model.predict(PAIRS, convert_to_tensor=True)
+    assert logits.std(dim=0).min() > 0.1, "random scores too close together to test anything"
+    bert, original_forward = model.model.bert, model.model.bert.forward
+
+    assert fastbert.optimize(model, backend=backend) is model and is_optimized(model)
+    fast, calls = bert._fastbert_encoder, []
+    fast_forward = fast.forward
+    fast.forward = lambda *args, **kwargs: calls.append(1) or fast_forward(*args, **kwargs)
+    patched_logits = model.predict(PAIRS, activation_fn=torch.nn.Identity(), convert_to_tensor=True)
+    assert calls, "CrossEncoder.predict did not reach fastbert's encoder"
+    # fp32 against fp32: the interpreter's and PyTorch's rounding differ in the last bits only.
+    atol, rtol = tolerance(torch.float32, "interpreter")
+    torch.testing.assert_close(patched_logits, logits, atol=atol / 10, rtol=rtol / 10)
+    torch.testing.assert_close(model.predict(PAIRS, convert_to_tensor=True), scores, atol=atol / 10, rtol=rtol / 10)
+    if num_labels == 1:
+        query, documents = PAIRS[0][0], [document for _, document in PAIRS]
+        fast.forward = fast_forward
+        patched_ranking = model.rank(query, documents, return_documents=True)
+        fastbert.restore(model)
+        ranking = model.rank(query, documents, return_documents=True)
+        assert [hit["corpus_id"] for hit in patched_ranking] == [hit["corpus_id"] for hit in ranking]
+        torch.testing.assert_close(torch.tensor([hit["score"] for hit in patched_ranking]),
+                                   torch.tensor([hit["score"] for hit in ranking]), atol=atol / 10, rtol=rtol / 10)
+    else:
+        fastbert.restore(model)
+
+    assert not is_optimized(model) and "forward" not in vars(bert) and bert.forward == original_forward
+    assert torch.equal(model.predict(PAIRS, activation_fn=torch.nn.Identity(), convert_to_tensor=True), logits)
+
+
+def test_cross_encoder_around_another_model_is_refused(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=1, n_head=2, num_labels=1)
+    inner = transformers.GPT2ForSequenceClassification(config)
+
+    class CrossEncoder(torch.nn.Module):  # the attribute sentence-transformers' CrossEncoder exposes
+        model = inner
+
+    with pytest.raises(TypeError, match="CrossEncoder wraps a GPT2ForSequenceClassification"):
+        fastbert.optimize(CrossEncoder())
