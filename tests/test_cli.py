@@ -189,7 +189,7 @@ def test_bench_quick_writes_report(tmp_path):
 # _make_inputs. SUBPROCESS covers each kind of error through the console script; IN_PROCESS, the
 # variations of the same code paths, through cli.main (milliseconds instead of an import of torch each).
 SUBPROCESS = {
-    "unknown_model": (["encode", "--model", "nowhere", "x"], 2, "model folder not found: nowhere", {}),
+    "unknown_model": (["encode", "--model", "./nowhere", "x"], 2, "model folder not found: nowhere", {}),
     "folder_without_config": (["verify", "--model", "not_a_model"], 2, "no config.json", {}),
     "missing_input": (["encode", "--input", "missing.txt"], 2, "cannot read --input missing.txt", {}),
     "blank_input": (["encode", "--input", "blank.txt"], 2, "blank.txt holds no text", {}),
