@@ -11,6 +11,21 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # a bare GPU box without the dev extra: the property tests skip themselves
+    settings = None
+if settings is not None:
+    # Property tests run under Triton's interpreter, where one example costs 0.1-1 s: the "ci" profile (the
+    # default) keeps each property to a few examples, drawn the same way on every run (derandomize), so a
+    # CI result does not vary between runs. HYPOTHESIS_PROFILE=thorough searches far wider, at random.
+    # Examples share the session fixtures (device, backend) and the autouse seed fixture, and reseed.
+    _SHARED_FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True, database=None,
+                              suppress_health_check=_SHARED_FIXTURES)
+    settings.register_profile("thorough", max_examples=300, deadline=None, suppress_health_check=_SHARED_FIXTURES)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 HAS_CUDA = torch.cuda.is_available()
 BACKEND = "cuda" if HAS_CUDA else "interpreter"
 
