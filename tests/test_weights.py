@@ -372,3 +372,19 @@ def test_non_finite_check_covers_every_slice(monkeypatch):
     with pytest.raises(ValueError, match=r"t \(1 inf\)"):
         weights.check_finite({"t": tensor, "ids": torch.arange(3)}, "x")
     weights.check_finite({"t": torch.zeros(5, 9), "empty": torch.zeros(0, 3)}, "x")
+
+
+@pytest.mark.parametrize("command", ["verify", "encode"])
+def test_cli_names_the_non_finite_tensor(tmp_path, capsys, command):
+    from fastbert.cli import main
+    from tests.bert_factory import random_bert
+
+    model = random_bert(tmp_path)
+    with torch.no_grad():
+        model.encoder.layer[0].attention.self.key.weight[1, 1] = float("nan")
+    model.save_pretrained(tmp_path)
+    args = [command, "--model", str(tmp_path), "--backend", "torch", "--device", "cpu"]
+    code = main(args + (["some text"] if command == "encode" else []))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "holds non-finite values in 1 tensor(s): encoder.layer.0.attention.self.key.weight (1 NaN)" in err, err
