@@ -104,9 +104,9 @@ def load_kernels(device):
         check_interpreter_support()
     loaded = sys.modules.get("fastbert.kernels")
     if loaded is None:
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        if device.type == "cpu":
             os.environ["TRITON_INTERPRET"] = "1"
-            if "triton" in sys.modules:  # imported before us, by transformers, torch or the user
+            if "triton" in sys.modules:  # imported before us, by sentence-transformers, torch or the user
                 interpret_imported_triton()
         loaded = importlib.import_module("fastbert.kernels")
     interpreted = loaded.is_interpreter()
@@ -132,33 +132,32 @@ def interpret_imported_triton():
     triton.jit picks compiled or interpreted when it decorates a function, so the functions Triton
     decorated at its import, before TRITON_INTERPRET was set, are compiled-kernel functions that the
     interpreter cannot call. Each is decorated again here, now that the interpreter is on, exactly as
-    an import with TRITON_INTERPRET=1 would have: in triton.language's modules and as tensor methods.
-    The switch is for the whole process; on a machine with a GPU it would break other libraries' GPU
-    kernels, so there the user must choose (the error says how)."""
+    an import with TRITON_INTERPRET=1 would have: in triton.language's modules and as tensor methods
+    (nothing to do where Triton was imported with the interpreter on). The switch is for the whole
+    process; on a machine with a GPU it would break other libraries' GPU kernels, so there the user
+    must choose (the error says how)."""
     import triton
     from triton.runtime.jit import JITFunction
 
+    modules = [module for name, module in list(sys.modules.items())
+               if module is not None and (name == "triton.language" or name.startswith("triton.language."))]
+    namespaces = [*modules, *(value for module in modules for value in vars(module).values()
+                              if isinstance(value, type) and value.__module__ == module.__name__)]
+    compiled = [(namespace, name, value) for namespace in namespaces for name, value in vars(namespace).items()
+                if isinstance(value, JITFunction)]
+    if not compiled:
+        return
     if torch.cuda.is_available():
         raise RuntimeError(
             "the triton backend on CPU runs through Triton's interpreter, but triton is already imported for "
             "the GPU in this process (switching it would break GPU kernels): set TRITON_INTERPRET=1 in the "
             "environment before starting Python, run on device='cuda', or use backend='torch' on CPU"
         )
-    redecorated = {}
-
-    def interpreted(function):
+    redecorated = {}  # one interpreted function per original, however many names it has
+    for namespace, name, function in compiled:
         if id(function) not in redecorated:
             redecorated[id(function)] = triton.jit(function.fn)
-        return redecorated[id(function)]
-
-    modules = [module for name, module in list(sys.modules.items())
-               if module is not None and (name == "triton.language" or name.startswith("triton.language."))]
-    namespaces = [*modules, *(value for module in modules for value in vars(module).values()
-                              if isinstance(value, type) and value.__module__ == module.__name__)]
-    for namespace in namespaces:
-        for name, value in list(vars(namespace).items()):
-            if isinstance(value, JITFunction):
-                setattr(namespace, name, interpreted(value))
+        setattr(namespace, name, redecorated[id(function)])
 
 
 def _version_tuple(version):

@@ -54,9 +54,32 @@ def test_triton_backend_on_cpu_works_whatever_was_imported_first(tmp_path, prelu
     assert float(result.stdout.split("max error")[1]) <= max(atol, rtol), result.stdout
 
 
-def test_an_imported_triton_is_not_switched_on_a_gpu_machine(monkeypatch):
+def _add_one(x):
+    return x + 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter is chosen on CPU-only machines")
+def test_compiled_library_functions_are_redecorated_and_not_on_a_gpu_machine(monkeypatch):
+    """A stand-in for a Triton library module imported without the interpreter: one compiled-kernel
+    function under two names. It is switched once, to one interpreted function; never where a GPU is."""
+    import types
+
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
     from fastbert.backends import interpret_imported_triton
 
+    compiled = JITFunction(_add_one)
+    library = types.ModuleType("triton.language.stand_in")
+    library.add_one = library.alias = compiled
+    monkeypatch.setitem(sys.modules, "triton.language.stand_in", library)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(RuntimeError, match="set TRITON_INTERPRET=1 .* or use backend='torch' on CPU"):
         interpret_imported_triton()
+    assert library.add_one is compiled
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "triton.language.stand_in", library)
+    interpret_imported_triton()
+    assert isinstance(library.add_one, InterpretedFunction) and library.alias is library.add_one
+    assert library.add_one.fn is _add_one
+    interpret_imported_triton()  # nothing left to switch: a no-op
