@@ -270,7 +270,7 @@ def test_pickles_that_run_code_stay_refused(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({"a": Exploit()}))
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({"a": Exploit()}, protocol=2))
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
         read_state_dict(tmp_path)
 
