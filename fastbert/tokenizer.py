@@ -177,13 +177,15 @@ class Tokenizer:
             self._tok.no_truncation()
         else:
             self._tok.enable_truncation(max_length=limit, strategy="longest_first")
-        _check_encodable("texts", texts)
-        if text_pairs is not None:
-            _check_encodable("text_pairs", text_pairs)
         inputs = texts if text_pairs is None else list(zip(texts, text_pairs, strict=True))
         try:
             encodings = self._tok.encode_batch(inputs, add_special_tokens=True)
         except Exception as err:  # `tokenizers` raises a bare Exception, e.g. when pairs cannot fit
+            # ...or a TypeError naming no text for one that is not valid Unicode: name it (checked only
+            # after a failure, so that good batches pay nothing).
+            _check_encodable("texts", texts)
+            if text_pairs is not None:
+                _check_encodable("text_pairs", text_pairs)
             raise ValueError(f"cannot tokenize within max_length={limit}: {err}") from err
         finally:
             self._tok.no_truncation()
