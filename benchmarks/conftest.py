@@ -1,8 +1,10 @@
 """pytest-benchmark harness: options, the `measure` fixture, the environment record, and crash-safe JSON.
 
 Options (command line, or the environment variable in brackets):
-  --bench-size tiny|quick|full [FASTBERT_BENCH_SIZE, default quick]  tiny = CPU smoke sizes
-  --bench-models bert-base,minilm [FASTBERT_BENCH_MODELS]            tiny defaults to the 'tiny' model
+  --bench-size tiny|headline|quick|full [FASTBERT_BENCH_SIZE, default quick]  tiny = CPU smoke sizes;
+                                                  headline = the encoder rows that decide the next step
+  --bench-models bert-base,minilm [FASTBERT_BENCH_MODELS]            tiny defaults to the 'tiny' model,
+                                                                     headline to bert-base
   --bench-dtypes float16,bfloat16 [FASTBERT_BENCH_DTYPES]            quick: float16; full: both
   --bench-budget SECONDS [FASTBERT_BENCH_BUDGET]  tests starting after the budget are skipped, so a
                                                   stage ends on time and still writes its JSON
@@ -28,10 +30,10 @@ import pytest  # noqa: E402
 
 from benchmarks.timing import environment, plan_iterations, synchronized_timer  # noqa: E402
 
-SIZES = ("tiny", "quick", "full")
+SIZES = ("tiny", "headline", "quick", "full")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # rounds per benchmark, target seconds per round, warm-up calls
-ROUNDS = {"tiny": (2, 0.0, 1), "quick": (10, 0.02, 3), "full": (25, 0.05, 5)}
+ROUNDS = {"tiny": (2, 0.0, 1), "headline": (10, 0.02, 3), "quick": (10, 0.02, 3), "full": (25, 0.05, 5)}
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,9 @@ def bench_settings(config) -> Settings:
         return config._fastbert_settings
     size = config.getoption("--bench-size")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    models = config.getoption("--bench-models") or ("tiny" if size == "tiny" else "bert-base,minilm")
-    default_dtypes = {"tiny": "float32", "quick": "float16", "full": "float16,bfloat16"}[size]
+    default_models = {"tiny": "tiny", "headline": "bert-base"}.get(size, "bert-base,minilm")
+    models = config.getoption("--bench-models") or default_models
+    default_dtypes = {"tiny": "float32", "headline": "float16", "quick": "float16", "full": "float16,bfloat16"}[size]
     dtypes = config.getoption("--bench-dtypes") or default_dtypes
     compile_opt = config.getoption("--bench-compile")
     budget = config.getoption("--bench-budget")

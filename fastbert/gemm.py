@@ -8,9 +8,15 @@ competes too. Neither wins everywhere, and the winner depends on the GPU, dtype 
 picks tiles. All compute in fp32 accumulators; the cuBLAS path rounds once more, between the GEMM and the
 activation, exactly as transformers does, so its numbers match transformers at least as closely.
 
-Timing happens eagerly, on the first call with a new shape; never while a CUDA graph is being captured
-(a shape first seen during capture runs the Triton kernel and is timed at its next eager call)."""
+Decisions are made eagerly, on the first call with a new shape, and at the M the decision will serve: a
+shape is keyed by its token bucket (tokens rounded up to a power of two) and timed on operands of the
+bucket's full size, each candidate replayed until the timing is stable (_time). A CUDA graph is never
+captured around an undecided shape: fastbert's graph cache runs one eager warm-up pass of the exact
+batch it captures, which decides every shape first, and a shape first met during someone else's capture
+is an error that says so, never a silent untimed pick."""
 
+import math
+import statistics
 import warnings
 
 import torch
@@ -48,12 +54,19 @@ class GemmPicker:
     Before a Triton candidate is timed its output is checked against cuBLAS on the same operands: one
     that disagrees (a kernel bug only a real GPU shows) is never chosen, and a warning says so."""
 
+    # Timing: at least MIN_REPLAY_S of GEMM calls per graph replay (small shapes take a few microseconds;
+    # one replay of five would be as short as the event timer's own jitter), and the median of SAMPLES
+    # replays.
+    MIN_REPLAY_S = 200e-6
+    MAX_REPEATS = 256
+    SAMPLES = 7
+
     def __init__(self, triton_linear, mode="auto", repeats=5, extra=None):
         self.candidates = {"triton": Candidate(triton_linear), "cublas": Candidate(torch_linear), **(extra or {})}
         if mode != "auto" and mode not in self.candidates:
             raise ValueError(f"gemm must be one of {('auto', *self.candidates)}, got {mode!r}")
         self.mode = mode
-        self.repeats = repeats
+        self.repeats = repeats  # calls per graph replay for the first, sizing measurement
         self.choices = {}  # shape key -> candidate name
         self.timings = {}  # shape key -> {candidate name: seconds}, for reports
         self.rejected = {}  # shape key -> candidates whose output disagreed with cuBLAS
@@ -76,7 +89,10 @@ class GemmPicker:
         choice = self.choices.get(key)
         if choice is None:
             if torch.cuda.is_current_stream_capturing():
-                return "triton"
+                raise RuntimeError(
+                    f"fastbert: the GEMM at {_describe(key)} was first met while a CUDA graph was being "
+                    "captured, where it cannot be timed: run one eager call of the same shape before capturing "
+                    "(FastBertModel's own graphs do), or fix the implementation with gemm='triton'/'cublas'")
             names = [name for name, c in self.candidates.items() if c.supports(x, weight)]
             rejected = {}
             for name in names:
@@ -92,7 +108,10 @@ class GemmPicker:
                 reasons = "; ".join(f"{name}: {why}" for name, why in rejected.items())
                 warnings.warn(f"fastbert: GEMM candidates not used at {_describe(key)} ({reasons}); cuBLAS "
                               "or another candidate serves this shape (please report it)", stacklevel=3)
-            self.timings[key] = {name: self._time(name, x, weight, bias, activation)
+            # Timed at the bucket's full token count: the decision serves every M of the bucket, and the
+            # largest is where a wrong pick costs most.
+            operand = self.operand_at_bucket(x, key[0])
+            self.timings[key] = {name: self._time(name, operand, weight, bias, activation)
                                  for name in names if name not in rejected}
             choice = min(self.timings[key], key=self.timings[key].get)
             self.choices[key] = choice
@@ -102,6 +121,22 @@ class GemmPicker:
         """{"NxK[+activation]": candidate name} for the shapes measured at this token count."""
         bucket = _bucket(tokens)
         return {_describe(key, tokens=False): choice for key, choice in self.choices.items() if key[0] == bucket}
+
+    def timings_for(self, tokens):
+        """{"NxK[+activation]": {candidate name: microseconds per call}} for the shapes measured at this
+        token count (the numbers each decision of choices_for was made on)."""
+        bucket = _bucket(tokens)
+        return {_describe(key, tokens=False): {name: round(seconds * 1e6, 3) for name, seconds in timing.items()}
+                for key, timing in self.timings.items() if key[0] == bucket}
+
+    @staticmethod
+    def operand_at_bucket(x, bucket):
+        """x [M, K] grown to [bucket, K] by repeating its rows (real values: no zeros or junk that could
+        time differently), or x itself when M is the bucket already."""
+        rows = x.shape[0]
+        if rows == bucket or rows == 0:
+            return x
+        return x.repeat(-(-bucket // rows), 1)[:bucket]
 
     @staticmethod
     def _key(x, weight, bias, activation):
@@ -122,30 +157,39 @@ class GemmPicker:
 
     def _time(self, name, x, weight, bias, activation):
         """Device seconds of one call: warm-up calls first (the first Triton call autotunes its tiles), then
-        replays of a CUDA graph of `repeats` calls, as the encoder runs them. Timing eager calls instead
-        would charge Triton's host launch cost, which is larger than many of these GEMMs and which the
-        encoder's graphs never pay. A shape that cannot be captured is charged infinity (never chosen)."""
+        replays of a CUDA graph of calls, as the encoder runs them. Timing eager calls instead would charge
+        Triton's host launch cost, which is larger than many of these GEMMs and which the encoder's graphs
+        never pay. One replay of `repeats` calls sizes the graph that is timed: enough calls for
+        MIN_REPLAY_S per replay, the median of SAMPLES replays. A shape that cannot be captured is charged
+        infinity (never chosen)."""
         fn = self._implementation(name)
         try:
             with torch.cuda.device(x.device):  # capture and events on the operands' GPU, not the current one
                 for _ in range(3):
                     fn(x, weight, bias, activation)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    for _ in range(self.repeats):
-                        fn(x, weight, bias, activation)
-                graph.replay()  # once untimed: the first replay uploads the graph
-                samples = []
-                for _ in range(3):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    graph.replay()
-                    end.record()
-                    end.synchronize()
-                    samples.append(start.elapsed_time(end) / 1e3 / self.repeats)
+                first = self._replays(fn, (x, weight, bias, activation), self.repeats, samples=1)
+                calls = min(self.MAX_REPEATS, max(self.repeats, math.ceil(self.MIN_REPLAY_S / max(first, 1e-9) - 1e-6)))
+                return self._replays(fn, (x, weight, bias, activation), calls, self.SAMPLES)
         except RuntimeError:
             return float("inf")
-        return sorted(samples)[1]
+
+    @staticmethod
+    def _replays(fn, args, calls, samples):
+        """Median seconds per call over `samples` replays of a graph of `calls` calls."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn(*args)
+        graph.replay()  # once untimed: the first replay uploads the graph
+        times = []
+        for _ in range(samples):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / calls)
+        return statistics.median(times)
 
 
 def _describe(key, tokens=True):

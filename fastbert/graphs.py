@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import staging
 from .packing import Packing
 
 
@@ -66,17 +67,21 @@ class CudaGraphs:
         self.device = device
         self.pool = None
 
-    def capture(self, fn):
-        """(graph with .replay(), fn's outputs, which every replay rewrites in place)."""
+    def warm_up(self, fn):
+        """One eager run of fn on a side stream, as CUDA graph capture requires. Nothing is being captured,
+        so Triton's autotuners and the GEMM picker (which time, and so synchronise) decide here."""
         with torch.cuda.device(self.device):  # the model's GPU, whichever is current
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            # Warm up on a side stream, as CUDA graph capture requires, then capture.
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 fn()
             torch.cuda.current_stream(self.device).wait_stream(side)
+
+    def capture(self, fn):
+        """(graph with .replay(), fn's outputs, which every replay rewrites in place); fn was warmed up."""
+        with torch.cuda.device(self.device):
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 outputs = fn()
@@ -138,9 +143,12 @@ class GraphCache:
         tokens = packing.num_tokens
         for buffer, value in zip(captured.inputs, (ids, positions, types)):
             buffer[:tokens].copy_(value)
-        pinned = captured.cu_seqlens.device.type == "cuda"  # pinned: the upload does not wait on the GPU
-        bounds = torch.tensor(shape.cu_seqlens(packing.offsets), dtype=torch.int32, pin_memory=pinned)
-        captured.cu_seqlens.copy_(bounds, non_blocking=True)
+        bounds = shape.cu_seqlens(packing.offsets)
+        if captured.cu_seqlens.device.type == "cuda":
+            # From a reused pinned buffer: queued without waiting, and no pinned allocation per replay.
+            staging.upload(bounds, captured.cu_seqlens.device, torch.int32, out=captured.cu_seqlens)
+        else:
+            captured.cu_seqlens.copy_(torch.tensor(bounds, dtype=torch.int32))
 
     def _capture(self, key, shape, packing, ids, positions, types):
         inputs = tuple(torch.zeros(shape.tokens, dtype=t.dtype, device=t.device) for t in (ids, positions, types))
@@ -149,8 +157,11 @@ class GraphCache:
         static = Packing(shape.batch, shape.longest, None, bounds, shape.longest, packing.device, cu_seqlens)
         captured = _Captured(None, inputs, cu_seqlens, None)
         self._load(captured, shape, packing, ids, positions, types)
-        captured.graph, captured.outputs = self.runner.capture(
-            lambda: self.encode_tokens(static, *inputs, key[1]))
+        run = lambda: self.encode_tokens(static, *inputs, key[1])  # noqa: E731
+        # The warm-up runs the exact batch that is captured, eagerly: every GEMM shape is decided at the
+        # token count the graph will serve before capture starts (the picker refuses to decide inside).
+        self.runner.warm_up(run)
+        captured.graph, captured.outputs = self.runner.capture(run)
         self.graphs[key] = captured
         while len(self.graphs) > self.max_graphs:
             self.graphs.popitem(last=False)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import staging
+
 
 @dataclass
 class Packing:
@@ -30,7 +32,10 @@ class Packing:
     @property
     def cu_seqlens(self):
         if self._cu_seqlens is None:
-            self._cu_seqlens = _move(torch.tensor(self.offsets, dtype=torch.int32), self.device)
+            if self.device.type == "cuda":
+                self._cu_seqlens = staging.upload(self.offsets, self.device, torch.int32)
+            else:
+                self._cu_seqlens = torch.tensor(self.offsets, dtype=torch.int32, device=self.device)
         return self._cu_seqlens
 
     @property
@@ -219,6 +224,7 @@ def _move(tensor, device):
     if tensor.device == device:
         return tensor
     if tensor.device.type == "cpu" and device.type == "cuda":
-        # Pinned memory makes the copy asynchronous: the host does not wait for the GPU's queue.
-        return tensor.contiguous().pin_memory().to(device, non_blocking=True)
+        # Through a reused pinned buffer: the copy is queued, the host does not wait for the GPU, and no
+        # pinned memory is allocated per call.
+        return staging.upload(tensor, device)
     return tensor.to(device)

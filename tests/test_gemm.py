@@ -36,6 +36,7 @@ def picker(monkeypatch):
 
     monkeypatch.setattr(picker, "_time", fake_time)
     monkeypatch.setattr(picker, "_agrees", lambda name, *args: True)
+    monkeypatch.setattr(picker, "operand_at_bucket", lambda x, bucket: _fake_cuda(bucket, x.dtype))
     picker.candidates["cublas"].fn = Recorder("cublas")
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     picker.timed = timed
@@ -109,10 +110,50 @@ def test_a_fixed_mode_falls_back_to_triton_where_unsupported(picker):
     assert picker(_fake_cuda(100), torch.empty(16, 8), None) == "triton"
 
 
-def test_auto_never_times_while_a_graph_is_captured(picker, monkeypatch):
+def test_a_shape_first_met_during_capture_is_refused_never_run_untimed(picker, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    assert picker(_fake_cuda(64), torch.empty(16, 8), None) == "triton"
+    with pytest.raises(RuntimeError, match="first met while a CUDA graph was being captured"):
+        picker(_fake_cuda(64), torch.empty(16, 8), None)
     assert picker.timed == [] and picker.choices == {}
+
+
+def test_a_shape_decided_before_capture_replays_its_choice_inside(picker, monkeypatch):
+    weight = torch.empty(16, 8)
+    assert picker(_fake_cuda(100), weight, None) == "cublas"  # the eager warm-up decides
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert picker(_fake_cuda(120), weight, None) == "cublas"  # same bucket, inside the capture: no timing
+    assert len(picker.timed) == 2
+
+
+def test_a_shape_is_timed_at_the_token_count_of_its_bucket(picker):
+    """A decision serves every M of its power-of-two bucket: timed at the bucket's full M."""
+    weight = torch.empty(16, 8)
+    picker(_fake_cuda(100), weight, None)
+    picker(_fake_cuda(513), weight, None, "gelu")
+    assert {m for _, m, _, _ in picker.timed} == {128, 1024}
+    assert picker.timings_for(100) == {"16x8": {"triton": 2e6, "cublas": 1e6}}
+
+
+def test_operand_at_bucket_repeats_real_rows():
+    x = torch.arange(12.0).view(3, 4)
+    grown = GemmPicker.operand_at_bucket(x, 8)
+    assert grown.shape == (8, 4) and torch.equal(grown[:3], x) and torch.equal(grown[3:6], x)
+    assert GemmPicker.operand_at_bucket(x, 3) is x
+
+
+def test_timing_replays_enough_calls_to_be_stable(monkeypatch):
+    """One sizing replay of `repeats` calls, then a graph of enough calls for MIN_REPLAY_S, median of SAMPLES."""
+    picker = GemmPicker(Recorder("triton"))
+    replays = []
+
+    def fake_replays(fn, args, calls, samples):
+        replays.append((calls, samples))
+        return 2e-6  # a 2 us GEMM
+
+    monkeypatch.setattr(picker, "_replays", fake_replays)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: __import__("contextlib").nullcontext())
+    assert picker._time("triton", _fake_cuda(128), torch.empty(16, 8), None, None) == 2e-6
+    assert replays == [(picker.repeats, 1), (100, picker.SAMPLES)]
 
 
 @pytest.mark.parametrize("mode", ["triton", "cublas"])

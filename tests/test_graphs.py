@@ -49,8 +49,14 @@ class EagerReplay:
     writes its results into the captured outputs, which is what a real replay does to its buffers."""
 
     captures = 0
+    warm_ups = 0
+
+    def warm_up(self, fn):
+        fn()
+        self.warm_ups += 1
 
     def capture(self, fn):
+        assert self.warm_ups > self.captures, "captured without an eager warm-up of the same batch"
         outputs = fn()
         self.captures += 1
 
