@@ -86,6 +86,7 @@ def _attention_kernel(
     cu_seqlens_ptr,  # [B + 1] int32: sequence b is tokens cu_seqlens[b] .. cu_seqlens[b+1]
     scale_log2e,  # fp32: softmax scale times log2(e), so the kernel exponentiates with exp2
     SEQLEN_BUCKET,  # next power of two of max_seqlen: unused in the body, only the autotuner's key
+    PROGRAMS_BUCKET,  # bucket of the program count (program_count_bucket): unused in the body, a key
     stride_qt,
     stride_qh,
     stride_kt,
@@ -150,7 +151,8 @@ def attention_configs(gpu: bool) -> list[triton.Config]:
 
     gpu=True: a short list for Hopper/Ampere tensor cores. 128-row query tiles with 8 warps suit long
     sequences (more reuse of each key tile); 64-row tiles give short sequences (BERT's 128) enough programs
-    to fill every SM. gpu=False: one large tile for the interpreter, whose time grows with the number of
+    to fill every SM; 32-row tiles are for the smallest launches (one sequence of 128 with 12 heads is 24
+    programs of 64 rows for 100+ SMs), where more, shorter programs finish sooner. gpu=False: one large tile for the interpreter, whose time grows with the number of
     programs; 64 keys per tile still exercise both the full-tile loop and the masked tail tile in tests.
     """
     if not gpu:
@@ -168,6 +170,8 @@ def attention_configs(gpu: bool) -> list[triton.Config]:
         config(64, 128, 4, 2),
         config(64, 32, 4, 3),
         config(128, 128, 8, 3),
+        config(32, 64, 2, 3),
+        config(32, 128, 4, 2),
     ]
 
 
@@ -198,10 +202,24 @@ def _prune_configs(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda c: shared_bytes_estimate(c, head_dim, q.element_size()))]
 
 
+# Program-count buckets (at 64 query rows per program): up to about one program per SM of a large GPU,
+# up to a few waves, and beyond. 1x128 (BERT-base: 24 programs) and 32x128 (768) fall in different buckets.
+PROGRAM_BUCKETS = (128, 512, 2048)
+
+
+def program_count_bucket(batch: int, heads: int, max_seqlen: int) -> int:
+    """The autotune key's measure of launch size: batch x heads x query blocks of 64 rows, as the
+    smallest PROGRAM_BUCKETS entry that holds it (or one past the largest). The best tile depends on it as
+    much as on the length: few programs want small tiles that reach every SM, many want large ones."""
+    programs = batch * heads * triton.cdiv(max_seqlen, 64)
+    return next((bucket for bucket in PROGRAM_BUCKETS if programs <= bucket), PROGRAM_BUCKETS[-1] * 2)
+
+
 _attention = triton.autotune(
     configs=attention_configs(not is_interpreter()),
-    # max_seqlen enters only as a power-of-two bucket: varlen batches change T and max_seqlen every call.
-    key=["SEQLEN_BUCKET", "HEAD_DIM", "INPUT_PRECISION"],
+    # max_seqlen enters only as a power-of-two bucket and the launch size as a program-count bucket:
+    # varlen batches change T and max_seqlen every call, and each new key is a full autotuning sweep.
+    key=["SEQLEN_BUCKET", "PROGRAMS_BUCKET", "HEAD_DIM", "INPUT_PRECISION"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_attention_kernel)
 
@@ -261,6 +279,7 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None) -> torch.Tensor:
         q, k, v, out, cu_seqlens,
         float(scale) * _LOG2E,
         max(triton.next_power_of_2(max_seqlen), 16),
+        program_count_bucket(batch, heads, max_seqlen),
         q.stride(0), q.stride(1),
         k.stride(0), k.stride(1),
         v.stride(0), v.stride(1),

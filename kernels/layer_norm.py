@@ -74,26 +74,47 @@ def _layer_norm_kernel(
     tl.store(out_ptr + rows[:, None] * stride_out_row + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _config(block_n, gpu):
+# Programs a launch should have at least before rows are shared: two per SM of a 132-SM GPU. Below that
+# (a batch of one sequence: 128 rows), every row gets its own program so that the launch spreads over as
+# many SMs as it can; the GPU's own SM count is not read, so the launch policy stays a pure function.
+MIN_PROGRAMS = 264
+
+
+def _config(block_n, gpu, rows_per_program=None):
     """Launch policy for one row width (a heuristic table, not an autotune list: a row-wise LayerNorm has one
     sensible shape per width, and autotuning would retune on every new token count).
 
     GPU: tiles of at least 2048 elements (ROWS_PER_PROGRAM = 2048 // BLOCK_N rows when rows are narrower) and
     one warp per 512 elements, i.e. 16 values per thread and input. A sweep on H200 (fp16, residual, M=4096
-    and 16384, N=64..8192, rows 1..32, warps 1..32) put this within ~3% of the best measured config at every
-    width: fewer values per thread leaves too few bytes in flight, more (or wider tiles) cost occupancy.
+    and 16384, N=64..8192, rows 1..32, warps 1..32; benchmarks/results/nvidia-h200-kernel-dev) put this within
+    ~3% of the best measured config at every width: fewer values per thread leaves too few bytes in flight,
+    more (or wider tiles) cost occupancy. rows_per_program=1 is the small-launch variant (see config_for).
     Interpreter: one program per 16384 elements, since its time grows with the number of programs."""
     if not gpu:
         return triton.Config({"BLOCK_N": block_n, "ROWS_PER_PROGRAM": max(1, 16384 // block_n)}, num_warps=4)
-    rows = max(1, 2048 // block_n)
-    return triton.Config({"BLOCK_N": block_n, "ROWS_PER_PROGRAM": rows}, num_warps=rows * block_n // 512)
+    rows = rows_per_program or max(1, 2048 // block_n)
+    return triton.Config({"BLOCK_N": block_n, "ROWS_PER_PROGRAM": rows}, num_warps=max(1, rows * block_n // 512))
+
+
+def config_for(M, N, gpu=True):
+    """The config a launch of M rows of width N uses: chosen by row width (block_n) and, when the rows
+    are too few to give every SM work with several rows per program, one row per program."""
+    block_n = max(MIN_BLOCK_N, triton.next_power_of_2(N))
+    config = _config(block_n, gpu)
+    if gpu and config.kwargs["ROWS_PER_PROGRAM"] > 1 and triton.cdiv(M, config.kwargs["ROWS_PER_PROGRAM"]) < MIN_PROGRAMS:
+        config = _config(block_n, gpu, rows_per_program=1)
+    return config
 
 
 def layer_norm_configs(gpu: bool) -> list[triton.Config]:
-    """Every config the launcher can use, one per BLOCK_N (powers of two from 64 to 8192); the launcher picks
-    the one whose BLOCK_N is next_power_of_2(N). Listed whole so the compile check covers every launch."""
+    """Every config the launcher can use: per BLOCK_N (powers of two from 64 to 8192) the several-rows one
+    and, where it differs, the one-row one for small launches. Listed whole so the compile check covers
+    every launch."""
     block_sizes = [2**k for k in range(int(math.log2(MIN_BLOCK_N)), int(math.log2(MAX_N)) + 1)]
-    return [_config(block_n, gpu) for block_n in block_sizes]
+    configs = [_config(block_n, gpu) for block_n in block_sizes]
+    if gpu:
+        configs += [_config(block_n, gpu, rows_per_program=1) for block_n in block_sizes if 2048 // block_n > 1]
+    return configs
 
 
 def check_eps(eps):
@@ -133,8 +154,7 @@ def layer_norm(x, weight, bias, eps, residual=None) -> torch.Tensor:
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0:
         return out
-    block_n = max(MIN_BLOCK_N, triton.next_power_of_2(N))
-    config = _config(block_n, not is_interpreter())
+    config = config_for(M, N, gpu=not is_interpreter())
     rows = config.kwargs["ROWS_PER_PROGRAM"]
     grid = (triton.cdiv(M, rows),)
     _layer_norm_kernel[grid](
