@@ -5,7 +5,8 @@ as a user calls it, with CUDA graphs (the default) and without; profiles a few g
 torch.profiler and sums device time per kernel family; and times the input validation and packing
 (`fastbert.packing.pack_inputs`) alone. Wall >> device means the host, not the GPU, sets the pace.
 
-  python -m benchmarks.profile_encoder --out DIR [--size tiny|quick] [--models bert-base,minilm] [--budget S]
+  python -m benchmarks.profile_encoder --out DIR [--size tiny|quick] [--models bert-base,minilm]
+      [--cases 32x128,1x128,32x128p50] [--budget S]
 
 Writes DIR/profile.json (every number, with the environment record) and DIR/PROFILE.md (the table, also
 printed). quick: fp16 at 32x128, 1x128 and 32x128 with 50% padding on CUDA; tiny: the 'tiny' model, fp32,
@@ -187,11 +188,26 @@ def write(out, result):
         os.replace(out / (name + ".tmp"), out / name)
 
 
+def parse_cases(text):
+    """"32x128,1x128,32x128p50" -> [(32, 128, 0.0), (1, 128, 0.0), (32, 128, 0.5)]."""
+    cases = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        shape, _, padding = item.partition("p")
+        try:
+            batch, seq = (int(n) for n in shape.split("x"))
+            cases.append((batch, seq, int(padding) / 100 if padding else 0.0))
+        except ValueError:
+            raise SystemExit(f"profile_encoder: --cases entry {item!r} is not BxS or BxSpP (e.g. 32x128p50)") from None
+    return cases
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--size", choices=sorted(CASES), default="quick")
     parser.add_argument("--models", help="comma list (default: bert-base,minilm; tiny: tiny)")
+    parser.add_argument("--cases", help="comma list of BxS (or BxSpP: P percent padding) to run, in order "
+                        "(default: the size's own list)")
     parser.add_argument("--budget", type=float, help="seconds; cases that would start later are skipped")
     args = parser.parse_args(argv)
     begin, s = time.time(), SETTINGS[args.size]
@@ -203,7 +219,7 @@ def main(argv=None):
               "backend": "triton", "categories": [*CATEGORIES, "other"], "host_bound_ratio": HOST_BOUND, "cases": []}
     loaded = {}
     with tempfile.TemporaryDirectory(prefix="fastbert-profile-") as root:
-        for batch, seq, padding in CASES[args.size]:
+        for batch, seq, padding in parse_cases(args.cases) if args.cases else CASES[args.size]:
             for name in names:
                 case = {"case": f"{name} {batch}x{seq}" + (f" pad{padding:.0%}" if padding else ""), "model": name,
                         "dtype": result["dtype"], "batch": batch, "seq": seq, "padding_target": padding}

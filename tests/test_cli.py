@@ -150,17 +150,21 @@ STUB_SUITE = {
         "    benchmark(sum, [1, 2])\n"),
     "timing.py": "def device_slug():\n    return 'stub-device'\n",
     "report.py": (
-        "import argparse, json, pathlib\n"
+        "import argparse, json, os, pathlib\n"
         "parser = argparse.ArgumentParser()\n"
         "parser.add_argument('--input', action='append')\n"
         "parser.add_argument('--out')\n"
+        "parser.add_argument('--profile')\n"
+        "parser.add_argument('--check', action='store_true')\n"
         "args = parser.parse_args()\n"
         "data = json.loads(pathlib.Path(args.input[0]).read_text())\n"
         "size = data['benchmarks'][0]['extra_info']['size']\n"
-        "pathlib.Path(args.out, 'REPORT.md').write_text(f'size {size}')\n"),
+        "pathlib.Path(args.out, 'REPORT.md').write_text(f'size {size}')\n"
+        "raise SystemExit(3 if args.check and os.environ.get('STUB_TARGETS') == 'unmet' else 0)\n"),
     "gpu_check.sh": (
         'out="$2/stub-device"; mkdir -p "$out"\n'
-        'echo "size $FASTBERT_CHECK_SIZE tests $FASTBERT_CHECK_TESTS_S" > "$out/REPORT.md"\n'),
+        'echo "size $FASTBERT_CHECK_SIZE tests $FASTBERT_CHECK_TESTS_S" > "$out/REPORT.md"\n'
+        'echo \'{"benchmarks": [{"extra_info": {"size": "gpu"}}]}\' > "$out/headline.json"\n'),
 }
 
 
@@ -179,6 +183,19 @@ def test_bench_quick_writes_report(tmp_path):
     expected = "size quick tests 0" if torch.cuda.is_available() else "size quick"
     assert report.read_text().strip() == expected
     assert f"benchmark report in {report.parent}" in proc.stderr
+
+
+@pytest.mark.parametrize("targets, code", [("met", 0), ("unmet", 1)])
+def test_bench_check_exits_non_zero_when_a_target_is_not_met(tmp_path, targets, code):
+    suite = tmp_path / "checkout" / "benchmarks"
+    suite.mkdir(parents=True)
+    for name, text in STUB_SUITE.items():
+        (suite / name).write_text(text)
+    proc = subprocess.run(FASTBERT + ["bench", "--quick", "--check", "--out", "results"], cwd=tmp_path,
+                          env={**_env(), "FASTBERT_BENCHMARKS": str(suite), "STUB_TARGETS": targets},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert ("targets not met" in proc.stderr) == (code == 1)
 
 
 # ---------------------------------------------------------------------------------------------------
