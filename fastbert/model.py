@@ -47,6 +47,12 @@ def resolve_device_dtype_backend(device=None, dtype=None, backend="auto"):
         raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
     if backend == "auto":
         backend = "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type == "cuda" and dtype == torch.bfloat16:
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 0):
+            raise ValueError(f"bfloat16 needs a GPU of compute capability 8.0 or newer (Ampere); "
+                             f"{torch.cuda.get_device_name(device)} is sm_{major}{minor}: use dtype='float16' "
+                             "(or float32)")
     if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
         # Triton's interpreter computes bf16 arithmetic wrongly (silently); refuse rather than mislead.
         raise ValueError("the triton backend on CPU (Triton's interpreter) cannot run bfloat16: use "

@@ -192,14 +192,23 @@ def fits_shared_memory(config: triton.Config, head_dim: int, element_size: int, 
     return shared_bytes_estimate(config, head_dim, element_size) <= max_shared_bytes
 
 
+# For GPUs with little shared memory (a T4, sm_75: 64 KB per block), where no entry of
+# attention_configs(True) fits by the estimate in fp32: one K/V stage of 32-key tiles, 53 KB in fp32 at
+# head_dim 128 (sm_75 has no asynchronous copies to pipeline anyway).
+SMALL_SHARED_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=2, num_stages=1)
+
+
+def fitting_configs(configs, head_dim: int, element_size: int, max_shared_bytes: int) -> list[triton.Config]:
+    """The pruning rule applied: the configs that fit, or SMALL_SHARED_CONFIG when none does."""
+    kept = [c for c in configs if fits_shared_memory(c, head_dim, element_size, max_shared_bytes)]
+    return kept or [SMALL_SHARED_CONFIG]
+
+
 def _prune_configs(configs, named_args, **kwargs):
     if is_interpreter():
         return configs
     q = named_args["q_ptr"]
-    head_dim = kwargs["HEAD_DIM"]
-    limit = max_shared_bytes(q)
-    kept = [c for c in configs if fits_shared_memory(c, head_dim, q.element_size(), limit)]
-    return kept or [min(configs, key=lambda c: shared_bytes_estimate(c, head_dim, q.element_size()))]
+    return fitting_configs(configs, kwargs["HEAD_DIM"], q.element_size(), max_shared_bytes(q))
 
 
 # Program-count buckets (at 64 query rows per program): up to about one program per SM of a large GPU,
