@@ -11,9 +11,12 @@ attend only among themselves, and their outputs are dropped. Sequence boundaries
 kernels from a device buffer refilled before each replay, so one graph serves every batch of its
 bucket: the sentence batches of an encode() call, whose shapes all differ, replay a handful of graphs.
 
-A bucket is captured the second time it is seen (the first run, eager, also warms Triton's
-autotuner and fastbert's GEMM picker, neither of which may run during capture); the least recently
-used graphs are dropped beyond `max_graphs`."""
+A bucket is captured the second time it is seen, after one eager warm-up run of the exact padded batch
+the graph will hold, so that Triton's autotuners and fastbert's GEMM picker have decided every shape at
+the token count the graph serves (neither may time anything during capture); the least recently used
+graphs are dropped beyond `max_graphs`. Per replay the host copies the batch into the graph's inputs and
+uploads its sequence offsets through a reused pinned buffer (fastbert/staging.py): no allocation of
+pinned memory and no wait for the GPU."""
 
 import math
 import warnings

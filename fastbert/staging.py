@@ -15,7 +15,9 @@ import threading
 
 import torch
 
-RING_SIZE = 8  # uploads in flight per device: a forward makes at most 5 (ids, positions, types, indices, offsets)
+# Uploads in flight per device before one waits: a forward makes at most 5 (ids, positions, types, token
+# indices, offsets), so the host can queue about three forwards ahead of the GPU (encode's pipelining).
+RING_SIZE = 16
 
 
 class _Slot:
