@@ -170,7 +170,7 @@ def attention_configs(gpu: bool) -> list[triton.Config]:
         config(64, 128, 4, 2),
         config(64, 32, 4, 3),
         config(128, 128, 8, 3),
-        config(32, 64, 2, 3),
+        config(32, 64, 4, 3),
         config(32, 128, 4, 2),
     ]
 
@@ -195,7 +195,7 @@ def fits_shared_memory(config: triton.Config, head_dim: int, element_size: int, 
 # For GPUs with little shared memory (a T4, sm_75: 64 KB per block), where no entry of
 # attention_configs(True) fits by the estimate in fp32: one K/V stage of 32-key tiles, 53 KB in fp32 at
 # head_dim 128 (sm_75 has no asynchronous copies to pipeline anyway).
-SMALL_SHARED_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=2, num_stages=1)
+SMALL_SHARED_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)
 
 
 def fitting_configs(configs, head_dim: int, element_size: int, max_shared_bytes: int) -> list[triton.Config]:
