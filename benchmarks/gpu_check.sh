@@ -3,7 +3,7 @@
 # pytest-benchmark and matplotlib already installed (no network, fastbert not installed). Headline first:
 # the numbers that decide the next step are on disk within about 6 minutes of a cold start (empty Triton
 # cache), the rest follows, the whole run stays within 9 minutes.
-#   A. headline (default budgets 240 + 50 + 20 s)
+#   A. headline (default budgets 270 + 45 + 20 s)
 #   1. headline: BERT-base encoder rows at 1x128 and 32x128, fp16: fastbert (each row with its error
 #      against transformers fp32 and transformers SDPA fp16's error on the same input, and the GEMM
 #      picker's choice and timings for every projection shape), HF eager, HF SDPA, then
@@ -11,7 +11,7 @@
 #   2. profile: the same two shapes (benchmarks/profile_encoder.py): device time split by kernel family,
 #      host overhead, CUDA graphs against eager
 #   3. report: REPORT.md from what stages 1-2 wrote
-#   B. the rest (default budgets 55 + 75 + 60 + 15 s, then what is left of the total)
+#   B. the rest (default budgets 50 + 75 + 50 + 20 s, then what is left of the 540 s total)
 #   4. kernels: kernel benchmarks (quick sizes, fp16; FASTBERT_CHECK_KERNEL_DTYPES=float16,bfloat16 adds bf16)
 #   5. encoder: the quick encoder grid (both models, padded batches, the corpus encode)
 #   6. tests: the encoder tests on CUDA (graph replay, the GEMM picker, fastbert against transformers),
@@ -51,12 +51,12 @@ fi
 export FASTBERT_GIT_COMMIT
 # Autotune results cached on disk: every stage after the first reuses the tiles the headline tuned.
 export TRITON_CACHE_AUTOTUNING=1
-headline_s="${FASTBERT_CHECK_HEADLINE_S:-240}"
-profile_s="${FASTBERT_CHECK_PROFILE_S:-50}"
+headline_s="${FASTBERT_CHECK_HEADLINE_S:-270}"
+profile_s="${FASTBERT_CHECK_PROFILE_S:-45}"
 report_s="${FASTBERT_CHECK_REPORT_S:-20}"
-kernels_s="${FASTBERT_CHECK_KERNELS_S:-55}"
+kernels_s="${FASTBERT_CHECK_KERNELS_S:-50}"
 encoder_s="${FASTBERT_CHECK_ENCODER_S:-75}"
-tests_s="${FASTBERT_CHECK_TESTS_S:-60}"
+tests_s="${FASTBERT_CHECK_TESTS_S:-50}"
 total_s="${FASTBERT_CHECK_TOTAL_S:-540}"
 size="${FASTBERT_CHECK_SIZE:-quick}"
 start_all=$SECONDS
