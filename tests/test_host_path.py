@@ -12,6 +12,7 @@ from fastbert.graphs import GraphCache
 from fastbert.staging import Staging
 from tests.bert_factory import random_batch, random_bert
 from tests.test_graphs import EagerReplay
+from tests.test_launches import _counting
 
 
 class FakeEvent:
@@ -98,7 +99,7 @@ class _HostReads(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.reads, self.inside_launcher = [], False
+        self.reads, self.events, self.inside_launcher = [], [], False  # events: launches (tests.test_launches)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not self.inside_launcher and func.overloadpacket.__name__ in self.SYNCING:
@@ -122,19 +123,9 @@ def test_a_replayed_forward_reads_the_device_once(tmp_path, monkeypatch, padded)
     class Quiet:  # kernel launches, with the recorder paused inside them
         pass
 
-    def paused(launcher):
-        def launch(*args, **kwargs):
-            recorder.inside_launcher = True
-            try:
-                return launcher(*args, **kwargs)
-            finally:
-                recorder.inside_launcher = False
-
-        return launch
-
     quiet = Quiet()
     for name in ("embeddings", "linear", "attention", "layer_norm"):
-        setattr(quiet, name, paused(getattr(kernels, name)))
+        setattr(quiet, name, _counting(recorder, name, getattr(kernels, name)))
     model.ops.kernels = quiet
     model.ops.gemm.candidates["triton"].fn = quiet.linear
     lengths = [7, 3, 5] if padded else [7, 7, 7]
