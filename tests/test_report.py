@@ -135,3 +135,23 @@ def test_plots_are_saved_with_a_tight_bounding_box(tmp_path, monkeypatch):
     _, records = report.load([_write(tmp_path / "h.json", _headline_rows())])
     assert [p.name for p in write_plots(records, tmp_path)] == ["speedup.png"]  # no FLOPs, no padded batches
     assert saved == ["tight"]
+
+
+def test_gpu_check_runs_the_headline_first_within_its_budgets():
+    """The script's contract, read from the script: the headline stages come first and their default
+    budgets fit ~6 minutes; every stage's default budget together fits the 9-minute total."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    budgets = {name.lower(): int(seconds) for name, seconds in re.findall(r'FASTBERT_CHECK_(\w+)_S:-(\d+)', text)}
+    order = re.findall(r"^\s*(?:\S+=\S+ )?(?:stage|report) ([\w-]+)", text, flags=re.MULTILINE)
+    assert order[:3] == ["headline", "profile", "report-headline"], order
+    assert order.index("kernels") > order.index("report-headline") and order[-1] == "tests-rest"
+    headline = budgets["headline"] + budgets["profile"] + budgets["report"]
+    assert headline <= 360, budgets
+    rest = budgets["kernels"] + budgets["encoder"] + budgets["tests"] + budgets["report"]
+    assert headline + rest <= budgets["total"] <= 540, budgets
