@@ -14,9 +14,11 @@ import time
 import traceback
 from pathlib import Path
 
-from .textio import CliError, output_format, print_embeddings, read_texts, write_output
+from .corpus import Interrupted
+from .textio import CliError, print_embeddings
 
-# Inputs at least this long get a progress bar on an interactive stderr (about a second of work on a CPU).
+# Inputs at least this long get a progress bar on an interactive stderr (about a second of work on a CPU);
+# a stream of unknown length always does.
 PROGRESS_MIN_TEXTS = 256
 
 
@@ -135,26 +137,64 @@ def _add_runtime_options(parser, default_backend):
 # encode
 
 
+def _progress_bar(args, reader):
+    total = getattr(reader, "total", None)
+    show = args.progress
+    if show is None:
+        show = sys.stderr.isatty() and (total is None or total >= PROGRESS_MIN_TEXTS)
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="encode", unit="text")
+
+
 def cmd_encode(args):
-    output, suffix = output_format(args.output)
+    import functools
+
+    from .corpus import check_output, encode_chunk, encode_records, write_corpus
+    from .records import open_reader, require_pyarrow
+
+    # Everything a user gave is checked before the model loads; the output before anything is written.
+    output = suffix = None
+    if args.output is not None:
+        output, suffix = check_output(args.output, args.input, args.resume)
+        if suffix == ".parquet":
+            require_pyarrow("Parquet output")
+    elif args.resume:
+        raise CliError("--resume continues an --output file: give --output")
+    if args.texts and args.input is not None:
+        raise CliError("give texts as arguments or with --input, not both")
     path = _model_path(args.model)
     device, dtype, backend = _resolve_runtime(args.device, args.dtype, args.backend)
-    texts = read_texts(args)
-    model = _load_model(path, device, dtype, backend, args.gemm)
-    progress = args.progress
-    if progress is None:
-        progress = len(texts) >= PROGRESS_MIN_TEXTS and sys.stderr.isatty()
+    reader = open_reader(args.input, args.texts, args.input_format, args.text_field)
+    from .embedding import default_pooling
+
+    pooling = args.pooling or default_pooling(path)
+    encode_texts = functools.partial(encode_chunk, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                                     pooling=pooling, normalize=args.normalize, max_length=args.max_length)
+    load_model = functools.partial(_load_model, path, device, dtype, backend, args.gemm)
+    progress = _progress_bar(args, reader)
     start = time.perf_counter()
-    # Every option was checked above: an exception from here on is a fastbert failure (exit 1).
-    embeddings = model.encode(texts, batch_size=args.batch_size, max_tokens=args.max_tokens, pooling=args.pooling,
-                              normalize=args.normalize, max_length=args.max_length,
-                              show_progress_bar=progress).numpy()
+    try:
+        if output is None:
+            model = load_model()
+            rows = encode_records(reader, model, encode_texts, args.text_field, args.chunk_size,
+                                  on_rows=lambda first, records, embeddings: print_embeddings(
+                                      [record[args.text_field] for record in records], embeddings, first),
+                                  progress_bar=progress)
+            return 0
+        # What shapes the rows: a resumed run must match it (device, backend and batching may change).
+        settings = {"model": str(path.resolve()), "dtype": str(dtype).removeprefix("torch."), "pooling": pooling,
+                    "normalize": args.normalize, "max_length": args.max_length, "text_field": args.text_field,
+                    "embedding_field": args.embedding_field, "format": suffix}
+        rows, dim, model = write_corpus(output, suffix, settings, args.resume, reader, load_model, encode_texts,
+                                        args.text_field, args.embedding_field, args.chunk_size, progress)
+    finally:
+        if progress is not None:
+            progress.close()
     seconds = time.perf_counter() - start
-    if output is None:
-        print_embeddings(texts, embeddings)
-        return 0
-    write_output(output, suffix, texts, embeddings)
-    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} float32 embeddings to {output} "
+    print(f"wrote {rows} x {dim} float32 embeddings to {output} "
           f"({model.backend}, {model.device}, {str(model.dtype).removeprefix('torch.')}; {seconds:.1f} s)",
           file=sys.stderr)
     return 0
@@ -368,6 +408,43 @@ def cmd_info(args):
 # Command line
 
 
+def encode_options():
+    """`fastbert encode`'s own options as a table of (flags, add_argument keywords): one row per option."""
+    from .corpus import OUTPUT_FORMATS
+    from .records import INPUT_FORMATS
+
+    return [
+        (("texts",), dict(nargs="*", metavar="TEXT", help="texts to embed")),
+        (("--input", "-i"), dict(metavar="FILE", help="read records from FILE ('-' for stdin)")),
+        (("--input-format",), dict(choices=INPUT_FORMATS,
+                                   help="default: by suffix (.jsonl/.ndjson, .csv, .parquet), else text lines "
+                                        "(JSONL when the first non-blank line is a JSON object)")),
+        (("--text-field",), dict(default="text", metavar="NAME",
+                                 help="the field (JSONL) or column (CSV, Parquet) holding the text (default: text)")),
+        (("--output", "-o"), dict(metavar="FILE", help=f"write embeddings to FILE: {', '.join(OUTPUT_FORMATS)}")),
+        (("--embedding-field",), dict(default="embedding", metavar="NAME",
+                                      help="JSONL field / Parquet column of the embedding (default: embedding)")),
+        (("--resume",), dict(action="store_true",
+                             help="continue an interrupted run from the rows complete in FILE.partial (same "
+                                  "input and options); keep them if this run is interrupted too")),
+        (("--chunk-size",), dict(type=_positive_int, default=4096, metavar="N",
+                                 help="records read, embedded and written at a time (default 4096; the first "
+                                      "chunks are smaller so that rows appear early)")),
+        (("--pooling",), dict(choices=("mean", "cls"),
+                              help="default: what the model folder declares (1_Pooling/config.json), else mean")),
+        (("--no-normalize",), dict(dest="normalize", action="store_false",
+                                   help="keep raw pooled vectors instead of unit-length ones")),
+        (("--max-tokens",), dict(type=_positive_int, default=16384, metavar="N",
+                                 help="padded tokens per batch (default 16384)")),
+        (("--batch-size",), dict(type=_positive_int, default=32, metavar="N", help="texts per batch (default 32)")),
+        (("--max-length",), dict(type=_max_length, metavar="N",
+                                 help="truncate texts to N tokens (default: the model folder's max_seq_length)")),
+        (("--progress",), dict(action=argparse.BooleanOptionalAction, default=None,
+                               help=f"progress bar on stderr (default: on a terminal, unless fewer than "
+                                    f"{PROGRESS_MIN_TEXTS} texts are known to come)")),
+    ]
+
+
 def build_parser():
     from . import __version__
 
@@ -382,26 +459,15 @@ def build_parser():
 
     encode = commands.add_parser(
         "encode", parents=[common], help="embed texts",
-        description="Embed texts. Input: TEXT arguments, --input FILE (one text per line, or JSONL with a "
-                    "\"text\" field; blank lines skipped) or stdin. Output: --output FILE (.npy, .jsonl, "
-                    ".csv) or one line per text on stdout.")
-    encode.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
-    encode.add_argument("--input", "-i", metavar="FILE", help="read texts from FILE ('-' for stdin)")
-    encode.add_argument("--output", "-o", metavar="FILE",
-                        help="write embeddings to FILE: .npy, .jsonl or .csv")
+        description="Embed texts, streaming: records are read, embedded and written chunk by chunk, so memory "
+                    "stays bounded and the first rows reach the disk within seconds. Input: TEXT arguments, "
+                    "--input FILE (text with one record per line, blank lines included; JSONL; CSV; Parquet) or "
+                    "stdin. Output: --output FILE (.npy, .jsonl, .csv, .parquet; input fields other than the "
+                    "text are carried to JSONL, CSV and Parquet) or one line per text on stdout. Row i of the "
+                    "output is input record i.")
+    for flags, options in encode_options():
+        encode.add_argument(*flags, **options)
     _add_runtime_options(encode, "auto")
-    encode.add_argument("--pooling", choices=("mean", "cls"),
-                        help="default: what the model folder declares (1_Pooling/config.json), else mean")
-    encode.add_argument("--no-normalize", dest="normalize", action="store_false",
-                        help="keep raw pooled vectors instead of unit-length ones")
-    encode.add_argument("--max-tokens", type=_positive_int, default=16384, metavar="N",
-                        help="padded tokens per batch (default 16384)")
-    encode.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
-                        help="texts per batch (default 32)")
-    encode.add_argument("--max-length", type=_max_length, metavar="N",
-                        help="truncate texts to N tokens (default: the model folder's max_seq_length)")
-    encode.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"progress bar on stderr (default: {PROGRESS_MIN_TEXTS}+ texts on a terminal)")
     encode.set_defaults(handler=cmd_encode)
 
     verify = commands.add_parser(
@@ -439,6 +505,12 @@ def _fail(prog, message, code, debug):
     return code
 
 
+def _print_resume_hint(err):
+    hint = getattr(err, "resume_hint", None)
+    if hint:
+        print(f"fastbert encode: {hint}", file=sys.stderr)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     prog, debug = "fastbert", False
@@ -452,10 +524,17 @@ def main(argv=None):
         prog = f"fastbert {args.command}"
         return args.handler(args)
     except CliError as err:
-        return _fail(getattr(err, "prog", prog), err, 2, debug)
-    except KeyboardInterrupt:
+        code = _fail(getattr(err, "prog", prog), err, 2, debug)
+        _print_resume_hint(err)
+        return code
+    except KeyboardInterrupt as err:
         print(f"{prog}: interrupted", file=sys.stderr)
+        _print_resume_hint(err)
         return 130
+    except Interrupted as err:  # SIGTERM (or SIGINT) during an encode: exit as the signal would
+        print(f"{prog}: interrupted ({err})", file=sys.stderr)
+        _print_resume_hint(err)
+        return 128 + err.signum
     except BrokenPipeError:
         # The reader of stdout went away (`fastbert encode ... | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

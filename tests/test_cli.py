@@ -72,10 +72,10 @@ def test_encode_jsonl_file_with_options_to_csv(tmp_path, api_model):
     assert code == 0, stderr
     with open(tmp_path / "out.csv", encoding="utf-8", newline="") as f:
         header, *table = list(csv.reader(f))
-    assert header == ["text"] + [f"dim_{i}" for i in range(384)]
-    assert [row[0] for row in table] == TEXTS
+    assert header == ["text", "id"] + [f"dim_{i}" for i in range(384)]  # the id is carried along
+    assert [row[0] for row in table] == TEXTS and [row[1] for row in table] == [str(i) for i in range(len(TEXTS))]
     expected = api_model.encode(TEXTS, pooling="cls", normalize=False, max_tokens=24, batch_size=2).numpy()
-    assert_same_embeddings(np.array([row[1:] for row in table], dtype=np.float32), expected)
+    assert_same_embeddings(np.array([row[2:] for row in table], dtype=np.float32), expected)
     assert np.abs(np.linalg.norm(expected, axis=1) - 1).max() > 0.1  # really not normalized
 
 
@@ -84,7 +84,7 @@ def test_encode_stdin_to_jsonl(tmp_path, api_model):
     code, _, stderr = run(["encode", *TORCH_CPU, "-o", "out.jsonl"], tmp_path, stdin="\n".join(lines) + "\n")
     assert code == 0, stderr
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
-    texts = [line.removesuffix("\r") for line in lines if line.strip()]  # blank lines are skipped
+    texts = [line.removesuffix("\r") for line in lines]  # one row per line, blank ones included
     assert [row["text"] for row in rows] == texts
     assert_same_embeddings(np.array([row["embedding"] for row in rows], dtype=np.float32),
                            api_model.encode(texts).numpy())
@@ -209,8 +209,8 @@ SUBPROCESS = {
     "unknown_model": (["encode", "--model", "./nowhere", "x"], 2, "model folder not found: nowhere", {}),
     "folder_without_config": (["verify", "--model", "not_a_model"], 2, "no config.json", {}),
     "missing_input": (["encode", "--input", "missing.txt"], 2, "cannot read --input missing.txt", {}),
-    "blank_input": (["encode", "--input", "blank.txt"], 2, "blank.txt holds no text", {}),
-    "empty_stdin": (["encode"], 2, "stdin holds no text", {}),
+    "empty_input": (["encode", "--input", "empty.txt"], 2, "empty.txt holds no records", {}),
+    "empty_stdin": (["encode"], 2, "stdin holds no records", {}),
     "unknown_output_format": (["encode", "x", "-o", "out.txt"], 2, "unknown extension '.txt'", {}),
     "max_tokens_zero": (["encode", "x", "--max-tokens", "0"], 2, "--max-tokens: must be a positive", {}),
     "bad_dtype": (["verify", "--dtype", "fp8"], 2, "argument --dtype: invalid choice: 'fp8'", {}),
@@ -242,6 +242,7 @@ SUBPROCESS_ERRORS = [name for name, case in SUBPROCESS.items() if case[1] == 2 a
 
 def _make_inputs(folder):
     (folder / "blank.txt").write_text("\n  \n\n")
+    (folder / "empty.txt").write_text("")
     (folder / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     (folder / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": "no text field"}\n')
     (folder / "broken.jsonl").write_text('{"text": "ok"}\n{"text": "unterminated\n')
