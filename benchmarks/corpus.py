@@ -1,7 +1,7 @@
 """Corpus benchmark: a file of texts in, a .npy of embeddings out, end to end (reading, tokenization, the model,
 writing), each engine in its own process, measured from outside.
 
-    python -m benchmarks.corpus --out DIR [--size tiny|quick|large] [--input FILE] [--budget S]
+    python -m benchmarks.corpus --out DIR [--size tiny|small|quick|large] [--input FILE] [--budget S]
                                 [--engines fastbert,st,st_pool] [--backend torch] [--device cpu]
 
 Engines:
@@ -9,15 +9,16 @@ Engines:
 - `st`: what a sentence-transformers user writes: read the lines, `SentenceTransformer(model).encode(lines)`,
   `numpy.save`;
 - `st_pool`: the same through sentence-transformers' multi-process pool (`start_multi_process_pool` with
-  one worker per core, `encode(lines, pool=pool)`), each worker with one thread.
+  one worker per core, each with one thread; on CUDA one per GPU), `encode(lines, pool=pool)`.
+On CUDA the sentence-transformers model runs in float16 (`.half()`), fastbert's default there.
 
 For each engine: wall seconds from launch to exit (model loading included), rows per second and tokens
 per second (tokens after truncation to all-MiniLM-L6-v2's 256, [CLS]/[SEP] included), the time until the
 first rows are on disk, and the peak resident memory of the engine's whole process tree (sampled every
 0.1 s, and the kernel's own peak of the main process). An engine that runs past --budget is stopped: for
 fastbert the rows committed by then count (its progress record); sentence-transformers writes nothing
-before the end, so a stopped run reports no rows. Sizes: `tiny` (CI smoke, 16 texts), `quick` (2,000
-texts), `large` (a generated file of >= 200 MB). Texts follow benchmarks.models.CORPUS_LENGTHS_DIST.
+before the end, so a stopped run reports no rows. Sizes: `tiny` (CI smoke, 16 texts), `small` (256 texts),
+`quick` (2,000 texts), `large` (a generated file of >= 200 MB). Texts follow benchmarks.models.CORPUS_LENGTHS_DIST.
 Writes DIR/corpus.json (with the environment record) and DIR/CORPUS.md, generated from it."""
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from benchmarks.models import CORPUS_LENGTHS_DIST, ST_MAX_SEQ_LENGTH, corpus
 
-SIZES = {"tiny": 16, "quick": 2000}
+SIZES = {"tiny": 16, "small": 256, "quick": 2000}
 LARGE_BYTES = 200 * 2**20
 ENGINES = ("fastbert", "st", "st_pool")
 SAMPLE_S = 0.1
@@ -193,8 +194,14 @@ def run_worker(engine: str, input_path: Path, model: str, device: str, output: P
     if lines and lines[-1] == "":
         lines.pop()
     st = SentenceTransformer(model, device=device)
+    targets = [device] * (os.cpu_count() or 1)
+    if device.startswith("cuda"):  # fastbert's default on a GPU is float16: compare like with like
+        import torch
+
+        st = st.half()
+        targets = [f"cuda:{index}" for index in range(torch.cuda.device_count())]
     if engine == "st_pool":
-        pool = st.start_multi_process_pool([device] * (os.cpu_count() or 1))
+        pool = st.start_multi_process_pool(targets)
         try:
             embeddings = st.encode(lines, pool=pool, batch_size=32)
         finally:
@@ -236,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--budget", type=float, default=600.0, help="seconds per engine before it is stopped")
     parser.add_argument("--model", default=None, help="checkpoint folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--note", help="conditions of this run, shown in the report (e.g. a shared machine)")
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--worker", choices=("st", "st_pool"), help=argparse.SUPPRESS)
@@ -265,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                            "lengths": "given file"}
     results = {"environment": environment(args.device), "size": args.size, "input": corpus_info,
                "budget_s": args.budget, "backend": args.backend, "device": args.device,
-               "model": _model_name(args.model), "engines": []}
+               "model": _model_name(args.model), "note": args.note, "engines": []}
     for engine in args.engines.split(","):
         output = work / f"{engine}.npy"
         output.unlink(missing_ok=True)

@@ -59,6 +59,8 @@ def render(data: dict, source: str) -> str:
              f"({info['lengths']}).", "",
              f"Model `{data['model']}`; fastbert `--backend {data['backend']} --device {data['device']}`; "
              f"size `{data['size']}`; each engine stopped after {data['budget_s']:.0f} s.", ""]
+    if data.get("note"):
+        lines += [f"Conditions of this run: {data['note']}", ""]
     lines += _table(["", "value"], [[key, env.get(key)] for key in ENVIRONMENT_KEYS])
     lines += ["", "## End to end", ""]
     lines += _table(["engine", "status", "rows", "seconds", "rows/s", "tokens/s", "tokens/s vs st",

@@ -201,7 +201,10 @@ class PartialOutput:
             if self.rows == 0:
                 self.truncate()  # nothing complete to check against the input: start the file afresh
         else:
-            self._write_progress()
+            try:
+                self._write_progress()
+            except OSError as err:
+                raise _write_error(err, self.output) from err
         return self
 
     def _lock(self):
@@ -300,7 +303,12 @@ class PartialOutput:
 def encode_chunk(model, texts, **options):
     """One chunk's embeddings, float32 numpy [len(texts), dim]: the run's only call into the model (the
     place to switch to a chunked encode API that overlaps tokenization with the model)."""
-    return model.encode(texts, **options).numpy()
+    import numpy as np
+
+    embeddings = model.encode(texts, **options)
+    if hasattr(embeddings, "numpy"):  # a torch tensor (sentence-transformers' convert_to_numpy gives numpy)
+        embeddings = embeddings.cpu().numpy()
+    return np.asarray(embeddings, dtype=np.float32)
 
 
 def _fields(reader, records):
