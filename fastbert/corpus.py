@@ -173,27 +173,24 @@ class PartialOutput:
         self.temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         self.format = format_class(text_field, embedding_field)
         self.rows, self.bytes, self.digest, self.file = 0, 0, None, None
-        self.owned = False  # True once this run holds the partial file: only then may it delete it
+        # True once this run holds the partial file and has checked it is its own: only then may it delete it.
+        self.owned = False
 
     def open(self, resume):
         """Continue the partial file (resume) or create it, which proves the folder takes new files."""
-        if resume and self.partial.exists():
-            self._load_progress()
-            mode = "r+b"
-        else:
-            if self.progress.exists():
-                self.progress.unlink()  # left by a run that ended between its rename and this cleanup
-            mode = "xb"
+        resuming = resume and self.partial.exists()
+        if not resuming and self.progress.exists():
+            self.progress.unlink()  # left by a run that ended between its rename and this cleanup
         try:
-            self.file = open(self.partial, mode)  # noqa: SIM115 - closed by finish() or abandon()
+            self.file = open(self.partial, "r+b" if resuming else "xb")  # noqa: SIM115 - closed by finish/abandon
         except FileExistsError as err:
             raise CliError(f"{self.partial} appeared meanwhile: is another fastbert encode writing "
                            f"{self.output}?") from err
         except OSError as err:
             raise _write_error(err, self.output) from err
-        self._lock()
-        self.owned = True
-        if mode == "r+b":
+        self._lock()  # before reading the progress record: a live run may be rewriting it
+        if resuming:
+            self._load_progress()
             size = os.fstat(self.file.fileno()).st_size
             if size < self.bytes:
                 raise CliError(f"cannot resume: {self.partial} holds {size} bytes, fewer than the {self.bytes} "
@@ -204,7 +201,9 @@ class PartialOutput:
             try:
                 self._write_progress()
             except OSError as err:
+                self.owned = True  # our new, empty file: remove it
                 raise _write_error(err, self.output) from err
+        self.owned = True
         return self
 
     def _lock(self):

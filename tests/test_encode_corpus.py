@@ -399,3 +399,40 @@ def test_rows_reach_the_disk_before_the_input_ends(tmp_path):
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
     rows = read_output(tmp_path / "out.jsonl")
     assert [row["text"] for row in rows] == corpus_lines(10) + corpus_lines(3)
+
+
+def test_bad_record_mid_stream_leaves_nothing(in_process, tmp_path):
+    good = "".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(4))
+    (tmp_path / "in.jsonl").write_text(good + '{"text": "unterminated\n', encoding="utf-8")
+    code, _, stderr = in_process("-i", "in.jsonl", "-o", "out.parquet", "--chunk-size", "2")
+    assert code == 2 and "in.jsonl line 5: not valid JSON" in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_parquet_text_column_is_checked_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    _forbid_model(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    pq.write_table(pa.table({"text": [1, 2], "body": ["a", "b"]}), tmp_path / "in.parquet")
+    assert cli.main(["encode", *TORCH_CPU, "-i", "in.parquet", "-o", "out.npy"]) == 2
+    assert "column 'text' holds int64, not strings" in capsys.readouterr().err
+    assert cli.main(["encode", *TORCH_CPU, "-i", "in.parquet", "-o", "out.npy", "--text-field", "title"]) == 2
+    assert "no column 'title' in ['text', 'body']" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+
+
+def test_a_second_run_on_the_same_output_is_refused(in_process, tmp_path):
+    """A live run holds a lock on its partial file: --resume from another process must not write into it."""
+    import fcntl
+
+    (tmp_path / "in.txt").write_text("a\n")
+    partial, progress = partial_paths(tmp_path / "out.npy")
+    with open(partial, "wb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        progress.write_text(json.dumps({"version": 1, "rows": 0, "bytes": 0, "input_sha256": None,
+                                        "settings": {}, "format_state": None}))
+        code, _, stderr = in_process("-i", "in.txt", "-o", "out.npy", "--resume")
+    assert code == 2 and "another fastbert encode is writing out.npy" in stderr, stderr
+    assert partial.exists() and progress.exists()  # the other run's files are left alone
