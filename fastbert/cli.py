@@ -1,8 +1,9 @@
 """The `fastbert` command line: encode, verify, bench, info.
 
 Exit codes: 0 success; 1 the command ran and failed (verify out of tolerance, a benchmark failed, an
-unexpected error); 2 a usage or input problem (bad option value, unknown model folder, unreadable or
-empty input, a text that is not valid Unicode, unknown output format), reported as one line on stderr.
+unexpected error); 2 a usage, input or output problem (bad option value, unknown model folder, unreadable or
+empty input, a text that is not valid Unicode, unknown output format, an output that cannot be written or a
+full disk), reported as one line on stderr; 128 + N when signal N stopped an encode (130 SIGINT, 143 SIGTERM).
 --debug adds the traceback.
 """
 
@@ -10,16 +11,12 @@ import argparse
 import json
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 
+from .cli_encode import cmd_encode, encode_options
 from .corpus import Interrupted
-from .textio import CliError, print_embeddings
-
-# Inputs at least this long get a progress bar on an interactive stderr (about a second of work on a CPU);
-# a stream of unknown length always does.
-PROGRESS_MIN_TEXTS = 256
+from .textio import CliError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,71 +130,7 @@ def _add_runtime_options(parser, default_backend):
                              "faster; or pin one")
 
 
-# ---------------------------------------------------------------------------------------------------
-# encode
-
-
-def _progress_bar(args, reader):
-    total = getattr(reader, "total", None)
-    show = args.progress
-    if show is None:
-        show = sys.stderr.isatty() and (total is None or total >= PROGRESS_MIN_TEXTS)
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="encode", unit="text")
-
-
-def cmd_encode(args):
-    import functools
-
-    from .corpus import check_output, encode_chunk, encode_records, write_corpus
-    from .records import open_reader, require_pyarrow
-
-    # Everything a user gave is checked before the model loads; the output before anything is written.
-    output = suffix = None
-    if args.output is not None:
-        output, suffix = check_output(args.output, args.input, args.resume)
-        if suffix == ".parquet":
-            require_pyarrow("Parquet output")
-    elif args.resume:
-        raise CliError("--resume continues an --output file: give --output")
-    if args.texts and args.input is not None:
-        raise CliError("give texts as arguments or with --input, not both")
-    path = _model_path(args.model)
-    device, dtype, backend = _resolve_runtime(args.device, args.dtype, args.backend)
-    reader = open_reader(args.input, args.texts, args.input_format, args.text_field)
-    from .embedding import default_pooling
-
-    pooling = args.pooling or default_pooling(path)
-    encode_texts = functools.partial(encode_chunk, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                                     pooling=pooling, normalize=args.normalize, max_length=args.max_length)
-    load_model = functools.partial(_load_model, path, device, dtype, backend, args.gemm)
-    progress = _progress_bar(args, reader)
-    start = time.perf_counter()
-    try:
-        if output is None:
-            model = load_model()
-            rows = encode_records(reader, model, encode_texts, args.text_field, args.chunk_size,
-                                  on_rows=lambda first, records, embeddings: print_embeddings(
-                                      [record[args.text_field] for record in records], embeddings, first),
-                                  progress_bar=progress)
-            return 0
-        # What shapes the rows: a resumed run must match it (device, backend and batching may change).
-        settings = {"model": str(path.resolve()), "dtype": str(dtype).removeprefix("torch."), "pooling": pooling,
-                    "normalize": args.normalize, "max_length": args.max_length, "text_field": args.text_field,
-                    "embedding_field": args.embedding_field, "format": suffix}
-        rows, dim, model = write_corpus(output, suffix, settings, args.resume, reader, load_model, encode_texts,
-                                        args.text_field, args.embedding_field, args.chunk_size, progress)
-    finally:
-        if progress is not None:
-            progress.close()
-    seconds = time.perf_counter() - start
-    print(f"wrote {rows} x {dim} float32 embeddings to {output} "
-          f"({model.backend}, {model.device}, {str(model.dtype).removeprefix('torch.')}; {seconds:.1f} s)",
-          file=sys.stderr)
-    return 0
+# encode: the command and its options live in cli_encode.py
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -406,43 +339,6 @@ def cmd_info(args):
 
 # ---------------------------------------------------------------------------------------------------
 # Command line
-
-
-def encode_options():
-    """`fastbert encode`'s own options as a table of (flags, add_argument keywords): one row per option."""
-    from .corpus import OUTPUT_FORMATS
-    from .records import INPUT_FORMATS
-
-    return [
-        (("texts",), dict(nargs="*", metavar="TEXT", help="texts to embed")),
-        (("--input", "-i"), dict(metavar="FILE", help="read records from FILE ('-' for stdin)")),
-        (("--input-format",), dict(choices=INPUT_FORMATS,
-                                   help="default: by suffix (.jsonl/.ndjson, .csv, .parquet), else text lines "
-                                        "(JSONL when the first non-blank line is a JSON object)")),
-        (("--text-field",), dict(default="text", metavar="NAME",
-                                 help="the field (JSONL) or column (CSV, Parquet) holding the text (default: text)")),
-        (("--output", "-o"), dict(metavar="FILE", help=f"write embeddings to FILE: {', '.join(OUTPUT_FORMATS)}")),
-        (("--embedding-field",), dict(default="embedding", metavar="NAME",
-                                      help="JSONL field / Parquet column of the embedding (default: embedding)")),
-        (("--resume",), dict(action="store_true",
-                             help="continue an interrupted run from the rows complete in FILE.partial (same "
-                                  "input and options); keep them if this run is interrupted too")),
-        (("--chunk-size",), dict(type=_positive_int, default=4096, metavar="N",
-                                 help="records read, embedded and written at a time (default 4096; the first "
-                                      "chunks are smaller so that rows appear early)")),
-        (("--pooling",), dict(choices=("mean", "cls"),
-                              help="default: what the model folder declares (1_Pooling/config.json), else mean")),
-        (("--no-normalize",), dict(dest="normalize", action="store_false",
-                                   help="keep raw pooled vectors instead of unit-length ones")),
-        (("--max-tokens",), dict(type=_positive_int, default=16384, metavar="N",
-                                 help="padded tokens per batch (default 16384)")),
-        (("--batch-size",), dict(type=_positive_int, default=32, metavar="N", help="texts per batch (default 32)")),
-        (("--max-length",), dict(type=_max_length, metavar="N",
-                                 help="truncate texts to N tokens (default: the model folder's max_seq_length)")),
-        (("--progress",), dict(action=argparse.BooleanOptionalAction, default=None,
-                               help=f"progress bar on stderr (default: on a terminal, unless fewer than "
-                                    f"{PROGRESS_MIN_TEXTS} texts are known to come)")),
-    ]
 
 
 def build_parser():
