@@ -163,6 +163,13 @@ def test_fields_are_carried(in_process, api_model, tmp_path, source, target):
                       expected(api_model, [r["text"] for r in RECORDS]))
 
 
+def test_csv_columns_are_fixed_by_the_first_records(in_process, tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"text": "a"}\n{"text": "b", "id": 1}\n', encoding="utf-8")
+    code, _, stderr = in_process("-i", "in.jsonl", "-o", "out.csv", "--chunk-size", "1")
+    assert code == 2 and "input record 2 has field(s) ['id'] that the first record lacks" in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
 def test_text_field_option_and_clashing_embedding_field(in_process, tmp_path):
     (tmp_path / "in.jsonl").write_text('{"body": "a", "embedding": 1}\n', encoding="utf-8")
     code, _, stderr = in_process("-i", "in.jsonl", "-o", "out.jsonl", "--text-field", "body")
@@ -364,16 +371,17 @@ def test_resume_after_kill_equals_an_uninterrupted_run(in_process, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.npy", "whole.npy"]
 
 
-@pytest.mark.parametrize("resume", [False, True])
-def test_sigterm_leaves_no_partial_files_unless_resuming(tmp_path, resume):
+@pytest.mark.parametrize("signum, resume", [(signal.SIGTERM, False), (signal.SIGTERM, True),
+                                            (signal.SIGINT, False)])
+def test_signals_leave_no_partial_files_unless_resuming(tmp_path, signum, resume):
     (tmp_path / "in.txt").write_text("\n".join(corpus_lines(160)) + "\n")
     proc = _start(["-i", "in.txt", "-o", "out.csv", "--chunk-size", "8"] + (["--resume"] if resume else []),
                   tmp_path)
     wait_for_rows(tmp_path / "out.csv.progress.json", 8, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
-    assert "interrupted (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert proc.returncode == 128 + signum, stderr
+    assert f"interrupted ({signal.Signals(signum).name})" in stderr and "Traceback" not in stderr
     left = sorted(p.name for p in tmp_path.iterdir())
     if resume:
         assert left == ["in.txt", "out.csv.partial", "out.csv.progress.json"]
