@@ -29,6 +29,12 @@ def _cell(value):
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+def _number_format(dim):
+    """One %-format for a whole embedding: a single C-level call per row, twice as fast as formatting each
+    value. %.9g round-trips float32 exactly and keeps the text half the size of repr(float64)."""
+    return ",".join(["%.9g"] * dim)
+
+
 class RowFormat:
     """Base of the formats. `start` is the header (bytes) once the first chunk fixes fields and dimension."""
 
@@ -95,14 +101,12 @@ class JsonlFormat(RowFormat):
         return b""
 
     def rows(self, records, embeddings):
-        key = json_text(self.embedding_field)
+        key, numbers = json_text(self.embedding_field), _number_format(embeddings.shape[1])
         lines = []
         for record, row in zip(records, embeddings.tolist(), strict=True):
             body = escape_line_breaks(json.dumps(record, ensure_ascii=False, default=str))
-            # %.9g round-trips float32 exactly and keeps the file half the size of repr(float64).
-            numbers = ",".join(f"{value:.9g}" for value in row)
             separator = ", " if len(body) > 2 else ""
-            lines.append(f"{body[:-1]}{separator}{key}: [{numbers}]}}\n")
+            lines.append(f"{body[:-1]}{separator}{key}: [{numbers % tuple(row)}]}}\n")
         return "".join(lines).encode("utf-8")
 
 
@@ -115,20 +119,22 @@ class CsvFormat(RowFormat):
         clash = sorted(set(columns) & set(fields))
         if clash:
             raise CliError(f"input field(s) {clash[:3]} clash with the CSV embedding columns dim_0..dim_{dim - 1}")
-        return self._lines([list(fields) + columns])
+        return self._lines([list(fields) + columns], [""])
 
     @staticmethod
-    def _lines(rows):
+    def _lines(rows, tails):
+        """CSV lines: each row's cells quoted by the csv module, then its preformatted tail (numbers)."""
         buffer = io.StringIO()
-        csv.writer(buffer).writerows(rows)
+        writer = csv.writer(buffer, lineterminator="")
+        for row, tail in zip(rows, tails, strict=True):
+            writer.writerow(row)
+            buffer.write(tail + "\r\n")
         return buffer.getvalue().encode("utf-8")
 
     def rows(self, records, embeddings):
-        fields = self.state["fields"]
-        table = []
-        for record, row in zip(records, embeddings.tolist(), strict=True):
-            table.append([_cell(record.get(field)) for field in fields] + [f"{value:.9g}" for value in row])
-        return self._lines(table)
+        fields, numbers = self.state["fields"], "," + _number_format(embeddings.shape[1])
+        cells = [[_cell(record.get(field)) for field in fields] for record in records]
+        return self._lines(cells, [numbers % tuple(row) for row in embeddings.tolist()])
 
 
 class ParquetFormat(RowFormat):
