@@ -343,8 +343,11 @@ def encode_records(reader, model, encode_texts, text_field, chunk_size, sink=Non
             sink.format.check(chunk, number)
         try:
             embeddings = encode_texts(model, [record[text_field] for record in chunk])
-        except ValueError as err:  # a text the model refuses; its index counts from the chunk's first record
-            raise CliError(f"cannot encode input records {number}-{number + len(chunk) - 1}: {err}") from err
+        except ValueError as err:  # a text the model refuses: name its record (err's index counts in the chunk)
+            indices = getattr(err, "indices", None)
+            where = (f"record {', '.join(str(number + i) for i in indices[:5])}" if indices
+                     else f"records {number}-{number + len(chunk) - 1}")
+            raise CliError(f"cannot encode input {where}: {err}") from err
         if sink is not None:
             header = b""
             if sink.format.state is None:
