@@ -444,3 +444,36 @@ def test_a_second_run_on_the_same_output_is_refused(in_process, tmp_path):
         code, _, stderr = in_process("-i", "in.txt", "-o", "out.npy", "--resume")
     assert code == 2 and "another fastbert encode is writing out.npy" in stderr, stderr
     assert partial.exists() and progress.exists()  # the other run's files are left alone
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv", ".parquet"])
+def test_full_disk_then_resume_gives_every_row_once(in_process, api_model, tmp_path, monkeypatch, suffix):
+    """Every format's partial file continues where its last commit ended (Parquet: an Arrow stream)."""
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    lines = corpus_lines(10)
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    real, calls = PartialOutput.append, {"n": 0}
+
+    def third_fails(self, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            self.file.write(data[: len(data) // 2])  # half a chunk reaches the disk before it fills up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(PartialOutput, "append", third_fails)
+    args = ["-i", "in.txt", "-o", f"out{suffix}", "--chunk-size", "3", "--resume"]
+    code, _, stderr = in_process(*args)
+    assert code == 2 and "6 rows are complete" in stderr, stderr
+    monkeypatch.setattr(PartialOutput, "append", real)
+    code, _, stderr = in_process(*args)
+    assert code == 0, stderr
+    if suffix == ".npy":
+        embeddings = np.load(tmp_path / "out.npy")
+    else:
+        rows = read_output(tmp_path / f"out{suffix}")
+        assert [row["text"] for row in rows] == lines
+        embeddings = np.array([row["embedding"] for row in rows], dtype=np.float32)
+    assert_rows_equal(embeddings, expected(api_model, lines))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", f"out{suffix}"]
