@@ -1,16 +1,27 @@
-"""GEMM with a fused epilogue: out = activation(x @ weight.T + bias), the nn.Linear of every BERT
-projection (the fused QKV projection is one call on a [3*hidden, hidden] weight).
+"""GEMM with a fused epilogue: out = activation(x @ weight.T + bias) + residual, the nn.Linear of every BERT
+projection (the fused QKV projection is one call on a [3*hidden, hidden] weight; the residual add serves the
+attention-output and FFN-out projections, whose sums feed a LayerNorm).
 
 x [M, K] may be a row view of a wider buffer (any row stride, unit last stride); weight [N, K] is in
-nn.Linear layout; bias [N] is optional. fp32, fp16 and bf16, all operands the same dtype; the output is a
-new contiguous [M, N] tensor in that dtype. The product accumulates in fp32; bias and activation are
-applied to the fp32 accumulator and the result is rounded once, at the store. fp32 inputs use IEEE fp32
-products unless torch.backends.cuda.matmul.allow_tf32 is set, as torch.matmul does.
+nn.Linear layout; bias [N] and residual [M, N] (any row stride, unit last stride) are optional. fp32, fp16
+and bf16, all operands the same dtype; the output is a new contiguous [M, N] tensor in that dtype. The
+product accumulates in fp32; bias, activation and residual are applied to the fp32 accumulator, in that
+order, and the result is rounded once, at the store. fp32 inputs use IEEE fp32 products unless
+torch.backends.cuda.matmul.allow_tf32 is set, as torch.matmul does.
+
+Grid: every launch keeps the GPU's SMs busy. Where one of the autotuned tiles gives at least one program per
+SM, the autotuner chooses among those tiles. Where none does (few tokens, or a narrow N: BERT's projections
+at M <= 512), the launcher splits K instead (plan_split_k): each program reduces a slice of K into an fp32
+partial tile, and a second kernel sums the partials in a fixed order (deterministic) and applies the epilogue
+once, after the sum, so GELU never sees a partial sum.
 
 Activations: None, "gelu" (exact, erf), "gelu_tanh" (tanh approximation), "relu".
 Limits: inference only (no autograd); M*row_stride and N*K may exceed 2**31 (offsets are int64).
 """
 
+
+import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -36,22 +47,59 @@ def _apply_activation(acc, ACTIVATION: tl.constexpr):
     return acc
 
 
+@triton.jit
+def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    # Grouped ordering: consecutive tiles sweep GROUP_M row tiles under one column tile before moving right,
+    # so a band of x rows and a band of weight rows stay in L2 while the SMs working at once reuse them.
+    num_pid_in_group = GROUP_M * num_pid_n
+    first_pid_m = (tile // num_pid_in_group) * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (tile % num_pid_in_group) % group_size_m
+    pid_n = (tile % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _epilogue(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, stride_rm,
+              HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr):
+    """activation(acc + bias) + residual on an fp32 tile [len(offs_m), len(offs_n)] (shared by every GEMM)."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    acc = _apply_activation(acc, ACTIVATION)
+    if HAS_RESIDUAL:
+        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        acc += tl.load(r_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _epilogue_store(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, out_ptr, stride_rm, stride_om,
+                    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr):
+    acc = _epilogue(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, stride_rm, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 # M is not specialised (a multiple of 16, or 1): token counts change every call and nothing is vectorised
 # along M, so one binary serves every batch.
-@triton.jit(do_not_specialize=["M", "M_BUCKET"])
+@triton.jit(do_not_specialize=["M", "M_BUCKET", "FILLING"])
 def _linear_kernel(
     x_ptr,  # [M, K], row stride stride_xm, unit column stride
     w_ptr,  # [N, K], row stride stride_wn, unit column stride (nn.Linear layout)
-    b_ptr,  # [N], or any pointer when HAS_BIAS is False
-    out_ptr,  # [M, N], row stride stride_om, unit column stride
+    b_ptr,  # [N], or None
+    r_ptr,  # [M, N] residual, row stride stride_rm, unit column stride; or None
+    out_ptr,  # [M, N], row stride stride_om, unit column stride; split K: [splits, M, N] fp32 partials
     M,  # rows of x and out (tokens)
     N,  # output features
     K,  # input features
     M_BUCKET,  # next power of two of M: unused in the body, only the autotuner's key
+    FILLING,  # bitmask of the autotuner's configs that fill the GPU at this M: unused, only the key
     stride_xm,
     stride_wn,
+    stride_rm,
     stride_om,
     HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
     ACTIVATION: tl.constexpr,  # "none", "gelu", "gelu_tanh" or "relu"
     INPUT_PRECISION: tl.constexpr,  # tl.dot precision for fp32 inputs: "ieee" or "tf32"
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: the K loop needs no mask
@@ -59,18 +107,16 @@ def _linear_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    EPILOGUE_SUBTILES: tl.constexpr,  # 1, or 2: the epilogue runs on column halves of the tile
 ):
-    # Grouped ordering: consecutive programs sweep GROUP_M row tiles under one column tile before moving
-    # right, so a band of x rows and a band of weight rows stay in L2 while they are reused.
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    # Axis 1 splits K: program k of S reduces K blocks [k*blocks/S, (k+1)*blocks/S) and stores its fp32
+    # partial tile in slice k of out (the launcher then passes no bias, residual or activation). S = 1
+    # (a 1-D grid) is the plain GEMM.
+    pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    split, splits = tl.program_id(1), tl.num_programs(1)
+    k_blocks = tl.cdiv(K, BLOCK_K)
+    k_first = split * k_blocks // splits
+    k_last = (split + 1) * k_blocks // splits
 
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -79,12 +125,12 @@ def _linear_kernel(
     # never reads outside x or weight; the wrapped results are dropped by the store mask.
     rows = offs_m % M
     cols = offs_n % N
-    x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :]  # [BLOCK_M, BLOCK_K]
-    w_ptrs = w_ptr + cols[None, :] * stride_wn + offs_k[:, None]  # [BLOCK_K, BLOCK_N]: weight tile, K-major
+    x_ptrs = x_ptr + rows[:, None] * stride_xm + (k_first * BLOCK_K + offs_k)[None, :]  # [BLOCK_M, BLOCK_K]
+    w_ptrs = w_ptr + cols[None, :] * stride_wn + (k_first * BLOCK_K + offs_k)[:, None]  # [BLOCK_K, BLOCK_N], K-major
 
     # Operands stay in their storage dtype into tl.dot (fp16/bf16 tensor cores); the accumulator is fp32.
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    for k in range(k_first, k_last):
         if EVEN_K:
             a = tl.load(x_ptrs)
             b = tl.load(w_ptrs)
@@ -96,19 +142,59 @@ def _linear_kernel(
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
+    out_ptr += split.to(tl.int64) * M * stride_om  # this split's partial tile (slice 0 without a split)
     # Epilogue on the fp32 accumulator, then one rounding at the store.
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
-        acc += bias[None, :]
-    acc = _apply_activation(acc, ACTIVATION)
+    if EPILOGUE_SUBTILES == 2:
+        # Column halves, one after the other: the exact-erf GELU's temporaries then cover half the tile, which
+        # keeps the widest tiles within the register file (no spills).
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        offs_left = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+        _epilogue_store(left, offs_m, offs_left, M, N, b_ptr, r_ptr, out_ptr, stride_rm, stride_om,
+                        HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+        _epilogue_store(right, offs_m, offs_left + BLOCK_N // 2, M, N, b_ptr, r_ptr, out_ptr, stride_rm, stride_om,
+                        HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+    else:
+        _epilogue_store(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, out_ptr, stride_rm, stride_om,
+                        HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
 
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+
+@triton.jit(do_not_specialize=["M", "SPLITS"])
+def _linear_split_reduce_kernel(
+    partials_ptr,  # [SPLITS, M, N] fp32, contiguous: the split-K partial products
+    b_ptr,  # [N], or None
+    r_ptr,  # [M, N] residual, row stride stride_rm, unit column stride; or None
+    out_ptr,  # [M, N], row stride stride_om, unit column stride
+    M,
+    N,
+    SPLITS,  # number of partials
+    stride_rm,
+    stride_om,
+    HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    ptrs = partials_ptr + offs_m[:, None] * N + offs_n[None, :]
+    # Summed in split order, always: the same inputs give the same bits on every run.
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for _ in range(SPLITS):
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += M.to(tl.int64) * N
+    _epilogue_store(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, out_ptr, stride_rm, stride_om,
+                    HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+
+
+def _config(block_m, block_n, block_k, num_warps, num_stages, subtiles=1):
+    tiles = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8, "EPILOGUE_SUBTILES": subtiles}
+    return triton.Config(tiles, num_warps=num_warps, num_stages=num_stages)
 
 
 def linear_configs(gpu: bool) -> list[triton.Config]:
-    """Tile configurations the autotuner chooses from.
+    """Tile configurations the autotuner chooses from (among those that fill the GPU at the call's M).
 
     gpu=True: a short list for Hopper/Ampere tensor cores. Multiples of 4 warps and tiles of at least 64
     rows let sm_90 use wgmma. On an H200 at BERT/MiniLM shapes (M 4096..16384) the winners were
@@ -117,22 +203,32 @@ def linear_configs(gpu: bool) -> list[triton.Config]:
     interpreter, whose time grows with the number of programs.
     """
     if not gpu:
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=1)]
-
-    def config(block_m, block_n, block_k, num_warps, num_stages):
-        tiles = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8}
-        return triton.Config(tiles, num_warps=num_warps, num_stages=num_stages)
-
+        return [_config(64, 64, 64, 4, 1)]
     return [
-        config(128, 256, 64, 8, 3),
-        config(256, 128, 64, 8, 3),
-        config(128, 128, 64, 8, 4),
-        # 96 KB of shared memory: two blocks per SM, so one block's epilogue overlaps another's main loop.
-        config(128, 128, 64, 8, 3),
-        config(128, 128, 64, 4, 3),
-        config(128, 64, 64, 4, 4),
-        config(64, 128, 64, 4, 4),
-        config(64, 64, 64, 4, 4),
+        _config(128, 256, 64, 8, 3, subtiles=2),
+        _config(256, 128, 64, 8, 3, subtiles=2),
+        _config(128, 128, 64, 8, 4),
+        # 96 KB of shared memory and (with the epilogue in halves) 118 registers on sm_90: two blocks per SM,
+        # so one block's epilogue overlaps another's main loop.
+        _config(128, 128, 64, 8, 3, subtiles=2),
+        _config(128, 128, 64, 4, 3, subtiles=2),
+        _config(128, 64, 64, 4, 4),
+        _config(64, 128, 64, 4, 4),
+        _config(64, 64, 64, 4, 4),
+    ]
+
+
+def split_k_configs() -> list[triton.Config]:
+    """Tiles for launches that split K, largest first (plan_split_k takes the first that fills the GPU).
+    The 32- and 16-row tiles serve few tokens (batch-1 sentences) on narrow projections, where even 64x64
+    tiles with one K block per program leave SMs idle."""
+    return [
+        _config(128, 128, 64, 8, 3),
+        _config(64, 128, 64, 4, 3),
+        _config(128, 64, 64, 4, 3),
+        _config(64, 64, 64, 4, 3),
+        _config(32, 64, 64, 4, 3),
+        _config(16, 64, 64, 4, 3),
     ]
 
 
@@ -148,32 +244,105 @@ def fits_shared_memory(config: triton.Config, element_size: int, max_shared_byte
     return shared_bytes_estimate(config, element_size) <= max_shared_bytes
 
 
+# For GPUs with little shared memory (a T4, sm_75: 64 KB per block), where no other tile fits in fp32: one
+# stage of 64x64x32 tiles, 16 KB in fp32 (sm_75 has no asynchronous copies to pipeline). The launcher's last
+# resort (split_k_configs ends with it).
+SMALL_SHARED_CONFIG = _config(64, 64, 32, 4, 1)
+
+
+def fits_registers(config: triton.Config, input_precision: str) -> bool:
+    """The register rule: IEEE fp32 products run on CUDA cores (FMA), which hold operand fragments in
+    registers beside the accumulator; past 32 accumulator values per thread ptxas spills (compiled for
+    sm_90: 64x64 on 4 warps fits, 128x64 spills). Tensor-core products (16-bit, TF32) fit every config."""
+    tiles = config.kwargs
+    return input_precision != "ieee" or tiles["BLOCK_M"] * tiles["BLOCK_N"] <= 32 * 32 * config.num_warps
+
+
+def tiles_of(config: triton.Config, M: int, N: int) -> int:
+    """Output tiles (programs without a split) of an [M, N] product in this config's tile shape."""
+    return triton.cdiv(M, config.kwargs["BLOCK_M"]) * triton.cdiv(N, config.kwargs["BLOCK_N"])
+
+
+def filling_mask(configs, M, N, num_sms, fits=lambda config: True) -> int:
+    """Bitmask of the configs (by position) that fit and give at least num_sms tiles for an [M, N] output."""
+    return sum(1 << i for i, config in enumerate(configs) if fits(config) and tiles_of(config, M, N) >= num_sms)
+
+
 def _prune_configs(configs, named_args, **kwargs):
-    if is_interpreter():
-        return configs
-    x = named_args["x_ptr"]
-    limit = max_shared_bytes(x)
-    kept = [c for c in configs if fits_shared_memory(c, x.element_size(), limit)]
-    # linear_configs(True) always holds a config that fits a 163 KB A100 in fp32; a 64 KB T4 in fp32 gets
-    # SMALL_SHARED_CONFIG.
-    return kept or [SMALL_SHARED_CONFIG]
+    # The launcher already kept only the configs that fit this GPU's shared memory and fill its SMs.
+    return [config for i, config in enumerate(configs) if named_args["FILLING"] >> i & 1]
 
 
-# For GPUs with little shared memory (a T4, sm_75: 64 KB per block), where no entry of linear_configs(True)
-# fits in fp32: one stage of 64x64x32 tiles, 16 KB in fp32 (sm_75 has no asynchronous copies to pipeline).
-SMALL_SHARED_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4,
-                                    num_stages=1)
-
+_even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+# flash-attention style: an absent bias or residual is a None pointer, and its code is compiled out.
+_optional_inputs = triton.heuristics({"HAS_BIAS": lambda args: args["b_ptr"] is not None,
+                                      "HAS_RESIDUAL": lambda args: args["r_ptr"] is not None})
 
 _linear = triton.autotune(
     configs=linear_configs(not is_interpreter()),
-    # M enters only as a power-of-two bucket: varlen batches change the token count every call.
-    key=["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "INPUT_PRECISION"],
+    # M enters only as a power-of-two bucket (varlen batches change the token count every call) and as the
+    # set of configs that fill the GPU at it.
+    key=["M_BUCKET", "FILLING", "N", "K", "HAS_BIAS", "HAS_RESIDUAL", "ACTIVATION", "INPUT_PRECISION"],
     prune_configs_by={"early_config_prune": _prune_configs},
-)(triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})(_linear_kernel))
+)(_even_k(_linear_kernel))
+_linear_autotuned = _optional_inputs(_linear)
+_linear_one_config = _optional_inputs(_even_k(_linear_kernel))
+_linear_split_reduce = _optional_inputs(_linear_split_reduce_kernel)
 
 
-def check_linear_args(x, weight, bias, activation):
+class SplitK(NamedTuple):
+    """A launch that splits K: the tile config, and into how many slices (1: no split, the tiles alone fill)."""
+
+    config: triton.Config
+    splits: int
+
+    def programs(self, M, N):
+        return tiles_of(self.config, M, N) * self.splits
+
+
+def plan_split_k(M, N, K, num_sms, configs=None) -> SplitK:
+    """The launch for a product whose autotuned tiles all leave SMs idle: the largest tile (of
+    split_k_configs, row tiles shrunk to M's power of two when M < 64) that reaches num_sms programs with at
+    least two K blocks per split, else with one; failing both, the most programs any tile can give. Each
+    split is a contiguous run of K blocks; their counts differ by at most one."""
+    configs = split_k_configs() if configs is None else configs
+    rows = max(16, triton.next_power_of_2(max(M, 1)))
+    shrunk = []
+    for config in configs:
+        tiles = dict(config.kwargs, BLOCK_M=min(config.kwargs["BLOCK_M"], rows))
+        if all(tiles != c.kwargs for c in shrunk):
+            shrunk.append(triton.Config(tiles, num_warps=config.num_warps, num_stages=config.num_stages))
+    best = None
+    for min_blocks in (2, 1):
+        for config in shrunk:
+            tiles = tiles_of(config, M, N)
+            k_blocks = triton.cdiv(K, config.kwargs["BLOCK_K"])
+            plan = SplitK(config, max(1, min(triton.cdiv(num_sms, tiles), k_blocks // min_blocks)))
+            if plan.programs(M, N) >= num_sms:
+                return plan
+            if best is None or plan.programs(M, N) > best.programs(M, N):
+                best = plan
+    return best
+
+
+@functools.cache
+def _device_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def resolve_num_sms(device, num_sms=None) -> int:
+    """The SM count grids are sized for: num_sms if given, else the GPU's own (read at launch, cached per
+    device); under the interpreter 1, i.e. no split unless a test asks for one by passing num_sms."""
+    if num_sms is not None:
+        if isinstance(num_sms, bool) or not isinstance(num_sms, int) or num_sms < 1:
+            raise ValueError(f"num_sms must be a positive int, got {num_sms!r}")
+        return num_sms
+    if device.type != "cuda":
+        return 1
+    return _device_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def check_linear_args(x, weight, bias, activation, residual=None):
     """Validate a linear call (errors name the argument); returns (M, N, K). Shared by every GEMM kernel
     of this op, so they accept and reject exactly the same inputs."""
     if activation not in ACTIVATIONS:
@@ -190,6 +359,11 @@ def check_linear_args(x, weight, bias, activation):
         check_same("bias", bias, "x", x)
         if bias.shape[0] != N:
             raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({N},) to match weight's N")
+    if residual is not None:
+        check_tensor("residual", residual, ndim=2)
+        check_same("residual", residual, "x", x)
+        if residual.shape != (M, N):
+            raise ValueError(f"residual has shape {tuple(residual.shape)}; expected ({M}, {N}), the output's")
     return M, N, K
 
 
@@ -200,26 +374,65 @@ def dot_precision(dtype):
     return "tf32" if dtype != torch.float32 or allow_tf32 else "ieee"
 
 
-def linear(x, weight, bias=None, activation=None) -> torch.Tensor:
-    """activation(x @ weight.T + bias).
+def reduce_block_m(M, N, num_sms, block_n=128) -> int:
+    """Rows per program of the split-K reduction: the most (up to 16) that still give num_sms programs."""
+    for rows in (16, 8, 4, 2):
+        if triton.cdiv(M, rows) * triton.cdiv(N, block_n) >= num_sms:
+            return rows
+    return 1
+
+
+def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None) -> torch.Tensor:
+    """activation(x @ weight.T + bias) + residual.
 
     x: [M, K], unit last stride, any row stride. weight: [N, K], unit last stride. bias: [N] or None.
-    All of one float dtype (fp32, fp16, bf16) on one device. activation: None, "gelu", "gelu_tanh",
-    "relu". Returns a contiguous [M, N] tensor in x's dtype.
+    residual: [M, N] (unit last stride) or None. All of one float dtype (fp32, fp16, bf16) on one device.
+    activation: None, "gelu", "gelu_tanh", "relu". num_sms: the SM count to fill (default: the GPU's).
+    Returns a contiguous [M, N] tensor in x's dtype.
     """
-    M, N, K = check_linear_args(x, weight, bias, activation)
+    M, N, K = check_linear_args(x, weight, bias, activation, residual)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out
+    num_sms = resolve_num_sms(x.device, num_sms)
+    precision = dot_precision(x.dtype)
+    limit = None if is_interpreter() else max_shared_bytes(x)
+    # The one pruning rule of every config list: fits the register file and this GPU's shared memory.
+    fits = lambda config: fits_registers(config, precision) and (
+        limit is None or fits_shared_memory(config, x.element_size(), limit))
+    filling = filling_mask(_linear.configs, M, N, num_sms, fits)
+    common = dict(ACTIVATION=activation or "none", INPUT_PRECISION=precision)
+    r_stride = residual.stride(0) if residual is not None else 0
+    if filling:
+        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        _linear_autotuned[grid](
+            x, weight, bias, residual, out,
+            M, N, K, triton.next_power_of_2(M), filling,
+            x.stride(0), weight.stride(0), r_stride, out.stride(0),
+            **common,
+        )
+        return out
 
-    input_precision = dot_precision(x.dtype)
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-    _linear[grid](
-        x, weight, bias if bias is not None else x, out,
-        M, N, K, triton.next_power_of_2(M),
-        x.stride(0), weight.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None,
-        ACTIVATION=activation or "none",
-        INPUT_PRECISION=input_precision,
+    plan = plan_split_k(M, N, K, num_sms, [config for config in split_k_configs() if fits(config)])
+    config = plan.config
+    tiles = tiles_of(config, M, N)
+    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs)
+    if plan.splits == 1:
+        _linear_one_config[(tiles,)](
+            x, weight, bias, residual, out, M, N, K, triton.next_power_of_2(M), 0,
+            x.stride(0), weight.stride(0), r_stride, out.stride(0), **common, **launch,
+        )
+        return out
+    # fp32 partials, then one pass that sums them and applies the epilogue once.
+    partials = torch.empty((plan.splits, M, N), dtype=torch.float32, device=x.device)
+    _linear_one_config[(tiles, plan.splits)](
+        x, weight, None, None, partials, M, N, K, triton.next_power_of_2(M), 0,
+        x.stride(0), weight.stride(0), 0, N,
+        ACTIVATION="none", INPUT_PRECISION=common["INPUT_PRECISION"], **launch,
+    )
+    block_m = reduce_block_m(M, N, num_sms)
+    _linear_split_reduce[(triton.cdiv(M, block_m), triton.cdiv(N, 128))](
+        partials, bias, residual, out, M, N, plan.splits, r_stride, out.stride(0),
+        ACTIVATION=common["ACTIVATION"], BLOCK_M=block_m, BLOCK_N=128, num_warps=4,
     )
     return out

@@ -1,9 +1,11 @@
-"""Hopper GEMM with a fused epilogue: out = activation(x @ weight.T + bias), the same op and contract as
-kernels/linear.py, built the way sm_90 wants it: a persistent grid (one program per SM, each looping over
-output tiles) whose operand tiles arrive through TMA tensor descriptors, and whose output leaves through one.
+"""Hopper GEMM with a fused epilogue: out = activation(x @ weight.T + bias) + residual, the same op and
+contract as kernels/linear.py, built the way sm_90 wants it: a persistent grid (one program per SM, each
+looping over output tiles) whose operand tiles arrive through TMA tensor descriptors, and whose output leaves
+through one. Where no tile shape gives every SM a tile (few tokens), a persistent grid would leave SMs idle:
+such calls run kernels/linear.py's split-K launch instead.
 
 x [M, K] may be a row view of a wider buffer (any row stride, unit last stride); weight [N, K] is in
-nn.Linear layout; bias [N] is optional. fp32, fp16 and bf16, all operands the same dtype; the output is a
+nn.Linear layout; bias [N] and residual [M, N] (unit last stride) are optional. fp32, fp16 and bf16, all operands the same dtype; the output is a
 new contiguous [M, N] tensor in that dtype. fp32 accumulator, epilogue on it, one rounding at the store;
 fp32 inputs use IEEE products unless torch.backends.cuda.matmul.allow_tf32 is set, as torch.matmul does.
 
@@ -14,14 +16,21 @@ The descriptors are built on the host (triton.tools.tensor_descriptor): no devic
 Inference only (no autograd).
 """
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from ._validate import is_interpreter, max_shared_bytes
-from .linear import _apply_activation, check_linear_args, dot_precision
+from .linear import (
+    _epilogue,
+    _optional_inputs,
+    _tile_coords,
+    check_linear_args,
+    dot_precision,
+    filling_mask,
+    linear,
+    resolve_num_sms,
+)
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -33,36 +42,30 @@ except ImportError:  # a Triton older than the host-side descriptor API: is_avai
 _INTERPRETER_PROGRAMS = 3
 
 
-@triton.jit
-def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    # Grouped ordering: consecutive tiles sweep GROUP_M row tiles under one column tile, so the SMs working
-    # at the same time share bands of x and weight in L2.
-    num_pid_in_group = GROUP_M * num_pid_n
-    first_pid_m = (tile // num_pid_in_group) * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (tile % num_pid_in_group) % group_size_m
-    pid_n = (tile % num_pid_in_group) // group_size_m
-    return pid_m, pid_n
-
-
 # M is not specialised: token counts change every call, and one binary serves every batch.
-@triton.jit(do_not_specialize=["M", "M_BUCKET"])
+@triton.jit(do_not_specialize=["M", "M_BUCKET", "FILLING"])
 def _linear_persistent_kernel(
     x_desc,  # descriptor of x [M, K] (row stride free, unit column stride), blocks [BLOCK_M, BLOCK_K]
     w_desc,  # descriptor of weight [N, K] (nn.Linear layout), blocks [BLOCK_N, BLOCK_K]
-    out_desc,  # descriptor of out [M, N], contiguous, blocks [BLOCK_M, BLOCK_N]
-    b_ptr,  # [N], or any pointer when HAS_BIAS is False
+    out_desc,  # descriptor of out [M, N], contiguous, blocks [BLOCK_M, BLOCK_N // EPILOGUE_SUBTILES]
+    b_ptr,  # [N], or None
+    r_ptr,  # [M, N] residual, row stride stride_rm, unit column stride; or None
     M,  # rows of x and out (tokens)
     N,  # output features
     K,  # input features
     M_BUCKET,  # next power of two of M: unused in the body, only the autotuner's key
+    FILLING,  # bitmask of the configs that give every SM a tile at this M: unused, only the key
+    stride_rm,
+    DTYPE: tl.constexpr,  # the operands' dtype, e.g. "torch.float16": unused in the body, only the autotuner's key
     HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
     ACTIVATION: tl.constexpr,  # "none", "gelu", "gelu_tanh" or "relu"
     INPUT_PRECISION: tl.constexpr,  # tl.dot precision for fp32 inputs: "ieee" or "tf32"
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    EPILOGUE_SUBTILES: tl.constexpr,  # 1, or 2: the epilogue runs on column halves of the tile
 ):
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -87,13 +90,22 @@ def _linear_persistent_kernel(
 
         epilogue_tile += num_programs
         pid_m, pid_n = _tile_coords(epilogue_tile, num_pid_m, num_pid_n, GROUP_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
         # Epilogue on the fp32 accumulator, then one rounding; the TMA store clips rows past M, columns past N.
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
-            acc += bias[None, :]
-        acc = _apply_activation(acc, ACTIVATION)
-        out_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(out_desc.dtype))
+        if EPILOGUE_SUBTILES == 2:
+            # Column halves, one after the other: the exact-erf GELU's temporaries then cover half the tile,
+            # which keeps the wide tiles within the register file (no spills).
+            left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+            offs_left = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+            left = _epilogue(left, offs_m, offs_left, M, N, b_ptr, r_ptr, stride_rm, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+            out_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], left.to(out_desc.dtype))
+            right = _epilogue(right, offs_m, offs_left + BLOCK_N // 2, M, N, b_ptr, r_ptr, stride_rm,
+                              HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+            out_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N + BLOCK_N // 2], right.to(out_desc.dtype))
+        else:
+            offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            acc = _epilogue(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, stride_rm, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+            out_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(out_desc.dtype))
 
 
 def linear_persistent_configs(gpu: bool) -> list[triton.Config]:
@@ -106,18 +118,19 @@ def linear_persistent_configs(gpu: bool) -> list[triton.Config]:
     """
     if not gpu:
         return [_config(64, 64, 64, 4, 1)]
+    # Epilogue in column halves where the whole tile's GELU or residual add would spill registers (sm_90).
     return [
-        _config(128, 256, 64, 8, 3),
+        _config(128, 256, 64, 8, 3, subtiles=2),
         _config(128, 128, 64, 8, 4),
-        _config(128, 128, 64, 4, 3),
+        _config(128, 128, 64, 4, 3, subtiles=2),
         _config(128, 128, 128, 8, 2),
         _config(128, 64, 64, 4, 4),
         _config(64, 128, 64, 4, 4),
     ]
 
 
-def _config(block_m, block_n, block_k, num_warps, num_stages):
-    tiles = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8}
+def _config(block_m, block_n, block_k, num_warps, num_stages, subtiles=1):
+    tiles = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8, "EPILOGUE_SUBTILES": subtiles}
     return triton.Config(tiles, num_warps=num_warps, num_stages=num_stages, pre_hook=_set_block_shapes)
 
 
@@ -127,34 +140,33 @@ def _set_block_shapes(nargs):
     block_m, block_n, block_k = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
     nargs["x_desc"].block_shape = [block_m, block_k]
     nargs["w_desc"].block_shape = [block_n, block_k]
-    nargs["out_desc"].block_shape = [block_m, block_n]
+    nargs["out_desc"].block_shape = [block_m, block_n // nargs["EPILOGUE_SUBTILES"]]
 
 
-def shared_bytes_estimate(config: triton.Config, element_size: int) -> int:
-    """num_stages buffers of one x tile and one weight tile, the output tile staged for the TMA store, and
-    2 KB for the pipeline's barriers and the epilogue's layout conversions (at most ~1 KB when compiled)."""
+def shared_bytes_estimate(config: triton.Config, element_size: int, residual: bool = False) -> int:
+    """num_stages buffers of one x tile and one weight tile, the output tile (or subtile) staged for the TMA
+    store, with a residual as much again for converting its tile to the accumulator's layout (compiled for
+    sm_90: 8-32 KB), and 2 KB for the pipeline's barriers and the epilogue's other layout conversions."""
     tiles = config.kwargs
     pipeline = config.num_stages * (tiles["BLOCK_M"] + tiles["BLOCK_N"]) * tiles["BLOCK_K"]
-    return (pipeline + tiles["BLOCK_M"] * tiles["BLOCK_N"]) * element_size + 2048
+    staged = tiles["BLOCK_M"] * tiles["BLOCK_N"] // tiles["EPILOGUE_SUBTILES"]
+    return (pipeline + staged * (2 if residual else 1)) * element_size + 2048
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    # fp32 doubles every buffer: the widest tiles no longer fit, the smallest always does.
-    if is_interpreter():
-        return configs
-    x = named_args["x_desc"].base
-    limit = max_shared_bytes(x)
-    kept = [c for c in configs if shared_bytes_estimate(c, x.element_size()) <= limit]
-    return kept or [min(configs, key=lambda c: shared_bytes_estimate(c, x.element_size()))]
+    # The launcher already kept only the configs that fit this GPU's shared memory (fp32 doubles every
+    # buffer: the widest tiles no longer fit) and give every SM a tile.
+    return [config for i, config in enumerate(configs) if named_args["FILLING"] >> i & 1]
 
 
 _linear_persistent = triton.autotune(
     configs=linear_persistent_configs(not is_interpreter()),
-    # M enters only as a power-of-two bucket. Descriptors carry no .dtype for the autotuner to add to the
-    # key, but b_ptr is always a tensor of the operands' dtype, so the dtype is keyed through it.
-    key=["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "INPUT_PRECISION"],
+    # M enters only as a power-of-two bucket and as the set of configs that fill the GPU at it. Descriptors
+    # carry no .dtype for the autotuner to add to the key (and bias may be None), hence DTYPE.
+    key=["M_BUCKET", "FILLING", "N", "K", "DTYPE", "HAS_BIAS", "HAS_RESIDUAL", "ACTIVATION", "INPUT_PRECISION"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_linear_persistent_kernel)
+_linear_persistent_launch = _optional_inputs(_linear_persistent)
 
 
 def is_available(device) -> bool:
@@ -192,44 +204,52 @@ def is_supported(x, weight) -> bool:
     return is_available(x.device) and _tma_problem(x, weight) is None
 
 
-@functools.cache
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def linear_persistent(x, weight, bias=None, activation=None) -> torch.Tensor:
-    """activation(x @ weight.T + bias), as kernels.linear.linear, on sm_90+ through TMA.
+def linear_persistent(x, weight, bias=None, activation=None, residual=None, *, num_sms=None) -> torch.Tensor:
+    """activation(x @ weight.T + bias) + residual, as kernels.linear.linear, on sm_90+ through TMA.
 
     x: [M, K], unit last stride, any row stride. weight: [N, K], unit last stride. bias: [N] or None.
-    All of one float dtype (fp32, fp16, bf16) on one device. activation: None, "gelu", "gelu_tanh",
-    "relu". Returns a contiguous [M, N] tensor in x's dtype. Raises ValueError where is_supported is False.
+    residual: [M, N] (unit last stride) or None. All of one float dtype (fp32, fp16, bf16) on one device.
+    activation: None, "gelu", "gelu_tanh", "relu". num_sms: the SM count to fill (default: the GPU's).
+    Returns a contiguous [M, N] tensor in x's dtype. Raises ValueError where is_supported is False.
     """
-    M, N, K = check_linear_args(x, weight, bias, activation)
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    M, N, K = check_linear_args(x, weight, bias, activation, residual)
     if M == 0 or N == 0:
-        return out
+        return torch.empty((M, N), dtype=x.dtype, device=x.device)
     if not is_available(x.device):
         raise ValueError(f"x is on {x.device}: linear_persistent needs a CUDA GPU of compute capability 9.0+")
     problem = _tma_problem(x, weight)
     if problem is not None:
         raise ValueError(problem)
 
-    input_precision = dot_precision(x.dtype)
+    # The SMs to fill; under the interpreter a few programs, fewer than most test shapes' tiles, so that the
+    # persistent loop really visits several tiles per program.
+    if num_sms is None and is_interpreter():
+        programs = _INTERPRETER_PROGRAMS
+    else:
+        programs = resolve_num_sms(x.device, num_sms)
+    precision = dot_precision(x.dtype)
+    limit = None if is_interpreter() else max_shared_bytes(x)
+    fits = lambda config: limit is None or shared_bytes_estimate(config, x.element_size(), residual is not None) <= limit
+    filling = filling_mask(_linear_persistent.configs, M, N, programs, fits)
+    if not filling or (precision == "ieee" and not is_interpreter()):
+        # Too few tiles for a persistent grid at any tile shape (kernels/linear.py splits K instead), or IEEE
+        # fp32 products, which run on CUDA cores and spill registers at these wgmma-sized tiles (the
+        # interpreter, which has no registers, still runs them here, so CPU tests cover the kernel in fp32).
+        return linear(x, weight, bias, activation, residual, num_sms=programs)
+
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     # Placeholder block shapes: each config's pre-hook writes its own before the launch.
     x_desc = TensorDescriptor(x, [M, K], [x.stride(0), 1], [16, 16])
     w_desc = TensorDescriptor(weight, [N, K], [weight.stride(0), 1], [16, 16])
     out_desc = TensorDescriptor(out, [M, N], [N, 1], [16, 16])
-    if is_interpreter():
-        programs = _INTERPRETER_PROGRAMS
-    else:
-        programs = _num_sms(x.device.index if x.device.index is not None else torch.cuda.current_device())
     # Persistent: at most one program per SM, never more programs than tiles.
     grid = lambda meta: (min(programs, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
-    _linear_persistent[grid](
-        x_desc, w_desc, out_desc, bias if bias is not None else out,
-        M, N, K, triton.next_power_of_2(M),
-        HAS_BIAS=bias is not None,
+    _linear_persistent_launch[grid](
+        x_desc, w_desc, out_desc, bias, residual,
+        M, N, K, triton.next_power_of_2(M), filling,
+        residual.stride(0) if residual is not None else 0,
+        DTYPE=str(x.dtype),
         ACTIVATION=activation or "none",
-        INPUT_PRECISION=input_precision,
+        INPUT_PRECISION=precision,
     )
     return out

@@ -4,7 +4,11 @@ prints a JSON list of results."""
 
 import importlib
 import json
+import os
+import re
+import subprocess
 import sys
+import tempfile
 import warnings
 
 import triton
@@ -18,6 +22,35 @@ def _jit_function(obj):
     while not isinstance(obj, JITFunction):
         obj = obj.fn
     return obj
+
+
+def _cuobjdump():
+    try:
+        from triton import knobs
+
+        return knobs.nvidia.cuobjdump.path
+    except (ImportError, AttributeError):  # a Triton without knobs: the binary ships beside ptxas
+        return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def register_usage(cubin):
+    """Registers per thread, stack frame bytes and local-memory instructions of a cubin, read from the SASS
+    with cuobjdump: Triton kernels keep no arrays in local memory, so a stack frame or any STL/LDL
+    instruction is ptxas spilling registers. (Triton 3.9 reports n_spills only once a kernel is loaded on a
+    GPU, CompiledKernel.n_spills, and its metadata has no such field.)"""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as file:
+        file.write(cubin)
+    try:
+        usage = subprocess.run([_cuobjdump(), "-res-usage", file.name], capture_output=True, text=True, check=True)
+        sass = subprocess.run([_cuobjdump(), "-sass", file.name], capture_output=True, text=True, check=True)
+    finally:
+        os.remove(file.name)
+    fields = dict(re.findall(r"\b(REG|STACK|LOCAL):(\d+)", usage.stdout))
+    return {
+        "registers": int(fields["REG"]),
+        "stack_bytes": int(fields["STACK"]) + int(fields["LOCAL"]),
+        "spill_instructions": len(re.findall(r"\b(?:STL|LDL)(?:\.\w+)*\s", sass.stdout)),
+    }
 
 
 def compile_case(case):
@@ -36,6 +69,7 @@ def compile_case(case):
         "mma": "mma.sync" in ptx or "wgmma" in ptx,
         "tma": "cp.async.bulk.tensor" in ptx,  # a TMA (tensor descriptor) load or store
         "local_memory_spill": ".local" in ptx,
+        **register_usage(compiled.asm["cubin"]),
     }
 
 

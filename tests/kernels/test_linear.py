@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 from fastbert.kernels._validate import max_shared_bytes
-from fastbert.kernels.linear import fits_shared_memory, linear, linear_configs, shared_bytes_estimate
+from fastbert.kernels.linear import (
+    fits_registers,
+    fits_shared_memory,
+    linear,
+    linear_configs,
+    shared_bytes_estimate,
+    split_k_configs,
+)
 
 from tests.conftest import pinned_linear_config
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
@@ -170,46 +177,94 @@ def test_linear_bert_shapes(M, N, K, activation, dtype, device, backend, autotun
 # ---- compilation for real GPUs, without one ------------------------------------------------------------
 
 # What a BERT launch specialises as multiples of 16: fresh tensors (16-byte aligned) and hidden sizes.
-ALIGNED_ARGS = ["x_ptr", "w_ptr", "b_ptr", "out_ptr", "N", "K", "stride_xm", "stride_wn", "stride_om"]
+ALIGNED_ARGS = ["x_ptr", "w_ptr", "b_ptr", "r_ptr", "out_ptr", "N", "K", "stride_xm", "stride_wn", "stride_rm",
+                "stride_om"]
+POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp32-tf32": "*fp32"}
+# The epilogues BERT runs: QKV (bias), FFN-in (bias + GELU), attention-out and FFN-out (bias + residual), and
+# the split-K partial products (no epilogue, fp32 partials: the reduce kernel applies it).
+EPILOGUES = {"bias": (True, None, False), "gelu": (True, "gelu", False), "residual": (True, None, True),
+             "partial": (False, None, False)}
 
 
-def _compile_case(config, dtype, activation, arch):
+def _optional_pointers(signature, constexprs, pointer, has_bias, has_residual):
+    """b_ptr / r_ptr: a pointer of the operands' type, or None (compiled out), as the heuristics decide."""
+    for name, present, flag in (("b_ptr", has_bias, "HAS_BIAS"), ("r_ptr", has_residual, "HAS_RESIDUAL")):
+        signature[name] = pointer if present else "constexpr"
+        constexprs[flag] = present
+        if not present:
+            constexprs[name] = None
+
+
+def _compile_case(config, dtype, epilogue, arch):
     tiles, num_warps, num_stages = config_constexprs(config)
-    pointer = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp32-tf32": "*fp32"}[dtype]
+    pointer = POINTER[dtype]
+    has_bias, activation, has_residual = EPILOGUES[epilogue]
     signature = {
-        "x_ptr": pointer, "w_ptr": pointer, "b_ptr": pointer, "out_ptr": pointer,
-        "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32",
-        "stride_xm": "i32", "stride_wn": "i32", "stride_om": "i32",
-        "HAS_BIAS": "constexpr", "ACTIVATION": "constexpr", "INPUT_PRECISION": "constexpr", "EVEN_K": "constexpr",
-        "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "GROUP_M": "constexpr",
+        "x_ptr": pointer, "w_ptr": pointer, "b_ptr": None, "r_ptr": None,
+        "out_ptr": "*fp32" if epilogue == "partial" else pointer,
+        "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32", "FILLING": "i32",
+        "stride_xm": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_om": "i32",
+        "HAS_BIAS": "constexpr", "HAS_RESIDUAL": "constexpr", "ACTIVATION": "constexpr",
+        "INPUT_PRECISION": "constexpr", "EVEN_K": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+        "BLOCK_K": "constexpr", "GROUP_M": "constexpr", "EPILOGUE_SUBTILES": "constexpr",
     }
-    constexprs = {"HAS_BIAS": True, "ACTIVATION": activation or "none",
-                  "INPUT_PRECISION": "ieee" if dtype == "fp32" else "tf32", "EVEN_K": True, **tiles}
-    return CompileCase(label=f"{tiles} w{num_warps} s{num_stages} {dtype} {activation} sm_{arch}",
+    constexprs = {"ACTIVATION": activation or "none", "INPUT_PRECISION": "ieee" if dtype == "fp32" else "tf32",
+                  "EVEN_K": True, **tiles}
+    _optional_pointers(signature, constexprs, pointer, has_bias, has_residual)
+    return CompileCase(label=f"{tiles} w{num_warps} s{num_stages} {dtype} {epilogue} sm_{arch}",
                        module="fastbert.kernels.linear", kernel="_linear_kernel", signature=signature,
                        constexprs=constexprs, num_warps=num_warps, num_stages=num_stages, arch=arch,
-                       divisible_by_16=ALIGNED_ARGS)
+                       divisible_by_16=[a for a in ALIGNED_ARGS if signature[a] != "constexpr"])
 
 
-def test_gpu_configs_compile():
-    """Every GPU config compiles for sm_80 and sm_90 within the shared-memory limit, with tensor-core
-    instructions (wgmma on sm_90) for fp16 and bf16. One subprocess compiles all cases in sequence, so
-    the cross product is sampled: every config in fp16 on both GPUs (gelu epilogue on sm_90, none on
-    sm_80), then the other dtypes, activations and fp32 precisions on the smallest and largest tiles."""
+def _reduce_case(epilogue, dtype="fp16", arch=90):
+    """The split-K reduction with the tile the launcher uses (up to 16 rows by 128 columns, 4 warps)."""
+    pointer = POINTER[dtype]
+    has_bias, activation, has_residual = EPILOGUES[epilogue]
+    signature = {"partials_ptr": "*fp32", "b_ptr": None, "r_ptr": None, "out_ptr": pointer,
+                 "M": "i32", "N": "i32", "SPLITS": "i32", "stride_rm": "i32", "stride_om": "i32",
+                 "HAS_BIAS": "constexpr", "HAS_RESIDUAL": "constexpr", "ACTIVATION": "constexpr",
+                 "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"}
+    constexprs = {"ACTIVATION": activation or "none", "BLOCK_M": 16, "BLOCK_N": 128}
+    _optional_pointers(signature, constexprs, pointer, has_bias, has_residual)
+    aligned = ["partials_ptr", "b_ptr", "r_ptr", "out_ptr", "N", "stride_rm", "stride_om"]
+    return CompileCase(label=f"split-K reduce {dtype} {epilogue} sm_{arch}", module="fastbert.kernels.linear",
+                       kernel="_linear_split_reduce_kernel", signature=signature, constexprs=constexprs,
+                       num_warps=4, num_stages=1, arch=arch,
+                       divisible_by_16=[a for a in aligned if signature[a] != "constexpr"])
+
+
+def spill_failures(case, result):
+    """Why a compiled case spills registers (ptxas stack frame, STL/LDL instructions), or None."""
+    if result["stack_bytes"] or result["spill_instructions"]:
+        return (f"{case.label}: spills ({result['registers']} registers, {result['stack_bytes']} bytes of stack, "
+                f"{result['spill_instructions']} local loads/stores)")
+    return None
+
+
+def test_gpu_configs_compile_without_spills():
+    """Every config the launcher can use compiles for sm_80 and sm_90 within the shared-memory limit, with
+    tensor-core instructions (wgmma on sm_90) for fp16 and bf16, and on sm_90 with no register spilled in
+    any epilogue BERT runs: every autotuned config with GELU and with the residual add, every split-K tile
+    with GELU (the tiles alone may fill the GPU) and as a partial product, and the split-K reduction. One
+    subprocess compiles all cases in sequence, so the cross product is sampled: sm_80 gets every autotuned
+    config with the residual epilogue, then the other dtypes, activations and fp32 precisions run on the
+    smallest and largest tiles."""
     configs = linear_configs(True)
     largest = max(configs, key=lambda c: shared_bytes_estimate(c, 2))
-    plan = [(config, "fp16", "gelu", 90) for config in configs]
-    plan += [(config, "fp16", None, 80) for config in configs]
+    plan = [(config, "fp16", epilogue, 90) for config in configs for epilogue in ("gelu", "residual")]
+    plan += [(config, "fp16", epilogue, 90) for config in split_k_configs() for epilogue in ("gelu", "partial")]
+    plan += [(config, "fp16", "residual", 80) for config in configs]
+    # IEEE fp32 products (CUDA-core FMA): only the configs the register rule lets the launcher use.
+    plan += [(config, "fp32", "gelu", 90) for config in configs + split_k_configs() if fits_registers(config, "ieee")]
     plan += [
-        (largest, "bf16", "gelu", 90), (largest, "bf16", None, 80),
-        (SMALL_CONFIG, "bf16", "gelu_tanh", 90), (SMALL_CONFIG, "fp16", "relu", 90),
-        (SMALL_CONFIG, "fp32", "relu", 90), (SMALL_CONFIG, "fp32", "gelu", 80),
-        (SMALL_CONFIG, "fp32-tf32", None, 90),
+        (largest, "bf16", "gelu", 90), (largest, "bf16", "bias", 80),
+        (SMALL_CONFIG, "fp32", "gelu", 80), (largest, "fp32-tf32", "bias", 90),
     ]
     element_size = {"fp16": 2, "bf16": 2, "fp32": 4, "fp32-tf32": 4}
     # The pruning rule keeps every planned case: none is silently dropped.
     assert all(fits_shared_memory(c, element_size[d], MAX_SHARED_BYTES[arch]) for c, d, _, arch in plan)
-    cases = [_compile_case(c, dtype, activation, arch) for c, dtype, activation, arch in plan]
+    cases = [_compile_case(*entry) for entry in plan] + [_reduce_case("gelu"), _reduce_case("residual")]
     failures = []
     for case, result in zip(cases, compile_cases(cases)):
         if not result["ok"]:
@@ -217,9 +272,16 @@ def test_gpu_configs_compile():
             continue
         if result["shared"] > MAX_SHARED_BYTES[case.arch]:
             failures.append(f"{case.label}: shared {result['shared']} > {MAX_SHARED_BYTES[case.arch]}")
-        tensor_cores = case.signature["x_ptr"] != "*fp32" or case.constexprs["INPUT_PRECISION"] == "tf32"
+        if case.arch == 90:
+            failures.append(spill_failures(case, result))
+        if case.kernel == "_linear_split_reduce_kernel":
+            continue
+        x_type = case.signature["x_ptr"]
+        tensor_cores = x_type != "*fp32" or case.constexprs["INPUT_PRECISION"] == "tf32"
         if tensor_cores and not result["mma"]:
             failures.append(f"{case.label}: no mma")
-        if case.signature["x_ptr"] != "*fp32" and case.arch == 90 and not result["wgmma"]:
+        wgmma_tile = case.constexprs["BLOCK_M"] >= 64
+        if x_type != "*fp32" and case.arch == 90 and wgmma_tile and not result["wgmma"]:
             failures.append(f"{case.label}: no wgmma")
+    failures = [f for f in failures if f]
     assert not failures, "\n".join(failures)
