@@ -25,8 +25,8 @@ class TorchOps:
             summed = summed + weights["embeddings.token_type"][token_type_ids]
         return self.layer_norm(summed, weights["embeddings.norm.weight"], weights["embeddings.norm.bias"], eps)
 
-    def linear(self, x, weight, bias, activation=None):
-        return torch_linear(x, weight, bias, activation)
+    def linear(self, x, weight, bias, activation=None, residual=None):
+        return torch_linear(x, weight, bias, activation, residual)
 
     def attention(self, q, k, v, packing):
         # Attention alone runs on a [B, max_seqlen] grid, so that one batched SDPA call serves every
@@ -55,8 +55,10 @@ class TorchOps:
 
 
 class TritonOps:
-    """Packed BERT operations as fastbert kernel launches (7 per layer; 8 where the FFN-in GEMM runs on
-    cuBLAS with a separate GELU)."""
+    """Packed BERT operations as fastbert kernel launches: 7 per layer (4 GEMMs, the residual adds fused into
+    the attention-out and FFN-out GEMMs, attention, 2 LayerNorms). On a GPU, a GEMM whose tiles would leave
+    SMs idle (a few hundred tokens) splits K and launches a second, reducing kernel (up to 11 per layer), and
+    one served by cuBLAS launches its activation or residual add separately."""
 
     def __init__(self, device, config, gemm="auto"):
         self.kernels = load_kernels(device)
@@ -84,8 +86,8 @@ class TritonOps:
             check_indices=False,  # the encoder validated every id once, before any launch
         )
 
-    def linear(self, x, weight, bias, activation=None):
-        return self.gemm(x, weight, bias, activation)
+    def linear(self, x, weight, bias, activation=None, residual=None):
+        return self.gemm(x, weight, bias, activation, residual)
 
     def attention(self, q, k, v, packing):
         return self.kernels.attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, scale=1.0)

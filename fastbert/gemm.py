@@ -32,25 +32,28 @@ _TORCH_ACTIVATIONS = {
 }
 
 
-def torch_linear(x, weight, bias, activation=None):
-    """activation(x @ weight.T + bias) in PyTorch: on a GPU cuBLAS(Lt) with the bias fused and the
-    activation a second kernel (the "cublas" candidate); on a CPU the torch backend's GEMM."""
-    return _TORCH_ACTIVATIONS[activation](F.linear(x, weight, bias))
+def torch_linear(x, weight, bias, activation=None, residual=None):
+    """activation(x @ weight.T + bias) + residual in PyTorch: on a GPU cuBLAS(Lt) with the bias fused, the
+    activation and the residual add separate kernels (the "cublas" candidate); on a CPU the torch backend's
+    GEMM. Rounded after each step, as transformers computes dense(x) + input_tensor."""
+    out = _TORCH_ACTIVATIONS[activation](F.linear(x, weight, bias))
+    return out if residual is None else out.add_(residual)
 
 
 class Candidate:
-    """One GEMM implementation: fn(x, weight, bias, activation), and supports(x, weight) -> bool."""
+    """One GEMM implementation: fn(x, weight, bias, activation, residual=None), and supports(x, weight)."""
 
     def __init__(self, fn, supports=lambda x, weight: True):
         self.fn, self.supports = fn, supports
 
 
 class GemmPicker:
-    """linear(x, weight, bias, activation) that runs the fastest of its candidates per shape.
+    """linear(x, weight, bias, activation, residual) that runs the fastest of its candidates per shape.
 
     Candidates: "triton" (fastbert's kernel; the only one on CPU), "cublas" (CUDA), and any extra ones
     given (e.g. a Hopper-only kernel). Shapes are keyed like the Triton autotuner keys its tiles: tokens
-    rounded up to a power of two (a varlen batch changes M every call), N, K, dtype, bias and activation.
+    rounded up to a power of two (a varlen batch changes M every call), N, K, dtype, bias, activation and
+    whether a residual is added (its cuBLAS candidate pays one more kernel, the fused Triton epilogue none).
     Before a Triton candidate is timed its output is checked against cuBLAS on the same operands: one
     that disagrees (a kernel bug only a real GPU shows) is never chosen, and a warning says so."""
 
@@ -71,13 +74,13 @@ class GemmPicker:
         self.timings = {}  # shape key -> {candidate name: seconds}, for reports
         self.rejected = {}  # shape key -> candidates whose output disagreed with cuBLAS
 
-    def __call__(self, x, weight, bias, activation=None):
-        name = self.choose(x, weight, bias, activation)
+    def __call__(self, x, weight, bias, activation=None, residual=None):
+        name = self.choose(x, weight, bias, activation, residual)
         if name not in ("triton", "cublas") and not self.candidates[name].supports(x, weight):
             name = "triton"  # chosen for this shape on operands it could address; these it cannot (alignment)
-        return self._implementation(name)(x, weight, bias, activation)
+        return self._implementation(name)(x, weight, bias, activation, residual=residual)
 
-    def choose(self, x, weight, bias, activation):
+    def choose(self, x, weight, bias, activation, residual=None):
         """Which implementation serves this call: fixed by the mode, or measured once per shape."""
         if self.mode != "auto":
             fixed = self.candidates[self.mode]
@@ -85,7 +88,7 @@ class GemmPicker:
             return self.mode if usable else "triton"
         if x.device.type != "cuda":
             return "triton"  # cuBLAS is a CUDA library; on CPU (Triton's interpreter) the kernel under test runs
-        key = self._key(x, weight, bias, activation)
+        key = self._key(x, weight, bias, activation, residual)
         choice = self.choices.get(key)
         if choice is None:
             if torch.cuda.is_current_stream_capturing():
@@ -99,7 +102,7 @@ class GemmPicker:
                 if name == "cublas":
                     continue
                 try:
-                    if not self._agrees(name, x, weight, bias, activation):
+                    if not self._agrees(name, x, weight, bias, activation, residual):
                         rejected[name] = "its output disagreed with cuBLAS"
                 except Exception as error:  # noqa: BLE001 - a kernel that cannot run here must not fail the forward
                     rejected[name] = f"it failed: {error!r}"[:300]
@@ -109,16 +112,17 @@ class GemmPicker:
                 warnings.warn(f"fastbert: GEMM candidates not used at {_describe(key)} ({reasons}); cuBLAS "
                               "or another candidate serves this shape (please report it)", stacklevel=3)
             # Timed at the bucket's full token count: the decision serves every M of the bucket, and the
-            # largest is where a wrong pick costs most.
+            # largest is where a wrong pick costs most (the residual grows with x).
             operand = self.operand_at_bucket(x, key[0])
-            self.timings[key] = {name: self._time(name, operand, weight, bias, activation)
+            grown = self.operand_at_bucket(residual, key[0]) if residual is not None else None
+            self.timings[key] = {name: self._time(name, operand, weight, bias, activation, grown)
                                  for name in names if name not in rejected}
             choice = min(self.timings[key], key=self.timings[key].get)
             self.choices[key] = choice
         return choice
 
     def choices_for(self, tokens):
-        """{"NxK[+activation]": candidate name} for the shapes measured at this token count."""
+        """{"NxK[+activation][+residual]": candidate name} for the shapes measured at this token count."""
         bucket = _bucket(tokens)
         return {_describe(key, tokens=False): choice for key, choice in self.choices.items() if key[0] == bucket}
 
@@ -139,23 +143,24 @@ class GemmPicker:
         return x.repeat(-(-bucket // rows), 1)[:bucket]
 
     @staticmethod
-    def _key(x, weight, bias, activation):
-        return (_bucket(x.shape[0]), weight.shape[0], weight.shape[1], x.dtype, bias is not None, activation)
+    def _key(x, weight, bias, activation, residual=None):
+        return (_bucket(x.shape[0]), weight.shape[0], weight.shape[1], x.dtype, bias is not None, activation,
+                residual is not None)
 
     def _implementation(self, name):
         return self.candidates[name].fn
 
-    def _agrees(self, name, x, weight, bias, activation):
+    def _agrees(self, name, x, weight, bias, activation, residual=None):
         """Whether a candidate's output matches cuBLAS's within what rounding explains: relative error of
         the whole output under 2% for 16-bit types, 0.5% for fp32 (TF32 products). A wrong tile, a
         missed edge or a NaN is off by order one."""
-        ours = self._implementation(name)(x, weight, bias, activation).float()
-        reference = self.candidates["cublas"].fn(x, weight, bias, activation).float()
+        ours = self._implementation(name)(x, weight, bias, activation, residual=residual).float()
+        reference = self.candidates["cublas"].fn(x, weight, bias, activation, residual=residual).float()
         limit = 5e-3 if x.dtype == torch.float32 else 2e-2
         error = torch.linalg.vector_norm(ours - reference) / torch.linalg.vector_norm(reference).clamp_min(1e-30)
         return bool(torch.isfinite(ours).all()) and float(error) <= limit
 
-    def _time(self, name, x, weight, bias, activation):
+    def _time(self, name, x, weight, bias, activation, residual=None):
         """Device seconds of one call: warm-up calls first (the first Triton call autotunes its tiles), then
         replays of a CUDA graph of calls, as the encoder runs them. Timing eager calls instead would charge
         Triton's host launch cost, which is larger than many of these GEMMs and which the encoder's graphs
@@ -166,10 +171,11 @@ class GemmPicker:
         try:
             with torch.cuda.device(x.device):  # capture and events on the operands' GPU, not the current one
                 for _ in range(3):
-                    fn(x, weight, bias, activation)
-                first = self._replays(fn, (x, weight, bias, activation), self.repeats, samples=1)
+                    fn(x, weight, bias, activation, residual)
+                args = (x, weight, bias, activation, residual)
+                first = self._replays(fn, args, self.repeats, samples=1)
                 calls = min(self.MAX_REPEATS, max(self.repeats, math.ceil(self.MIN_REPLAY_S / max(first, 1e-9) - 1e-6)))
-                return self._replays(fn, (x, weight, bias, activation), calls, self.SAMPLES)
+                return self._replays(fn, args, calls, self.SAMPLES)
         except RuntimeError:
             return float("inf")
 
@@ -193,8 +199,8 @@ class GemmPicker:
 
 
 def _describe(key, tokens=True):
-    bucket, n, k, _, _, activation = key
-    shape = f"{n}x{k}" + (f"+{activation}" if activation else "")
+    bucket, n, k, _, _, activation, residual = key
+    shape = f"{n}x{k}" + (f"+{activation}" if activation else "") + ("+residual" if residual else "")
     return f"tokens<={bucket} {shape}" if tokens else shape
 
 

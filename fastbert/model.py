@@ -2,8 +2,8 @@
 
 The data path of one forward pass, top to bottom in `forward`:
 tokens -> validate and pack the real tokens once -> embeddings of real tokens only -> layers on
-packed [T, H] tokens (7 kernel launches each, 8 where cuBLAS + a GELU kernel beat the fused GEMM;
-nothing else) -> scatter back to [B, S, H] once (padded positions are zero) -> pooler on each
+packed [T, H] tokens (7 kernel launches each, residual adds fused into the GEMMs; more where a GEMM splits K
+at small token counts or cuBLAS serves it, see backends.TritonOps; nothing else) -> scatter back to [B, S, H] once (padded positions are zero) -> pooler on each
 sequence's first real token."""
 
 import math
@@ -179,13 +179,14 @@ class FastBertModel:
             # Q, K and V are strided views of the one QKV output: no split, transpose or copy.
             q, k, v = qkv.view(tokens, 3, heads, head_dim).unbind(1)
             context = ops.attention(q, k, v, packing).view(tokens, config.hidden_size)
-            attended = ops.linear(context, w[p + "attn_out.weight"], w[p + "attn_out.bias"])
+            # The residual adds run in the GEMM epilogues, so each LayerNorm reads one tensor.
+            attended = ops.linear(context, w[p + "attn_out.weight"], w[p + "attn_out.bias"], residual=hidden)
             hidden = ops.layer_norm(attended, w[p + "attn_norm.weight"], w[p + "attn_norm.bias"],
-                                    config.layer_norm_eps, residual=hidden)
+                                    config.layer_norm_eps)
             intermediate = ops.linear(hidden, w[p + "ffn_in.weight"], w[p + "ffn_in.bias"], self.activation)
-            projected = ops.linear(intermediate, w[p + "ffn_out.weight"], w[p + "ffn_out.bias"])
+            projected = ops.linear(intermediate, w[p + "ffn_out.weight"], w[p + "ffn_out.bias"], residual=hidden)
             hidden = ops.layer_norm(projected, w[p + "ffn_norm.weight"], w[p + "ffn_norm.bias"],
-                                    config.layer_norm_eps, residual=hidden)
+                                    config.layer_norm_eps)
             if output_hidden_states:
                 packed_states.append(hidden)
 

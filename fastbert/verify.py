@@ -40,7 +40,7 @@ class Tolerance:
 
 # Why these numbers (the oracles always compute in fp32):
 # - float32: fastbert differs from the oracles only in the order of its sums (fused QKV, online softmax,
-#   fused residual + LayerNorm); on all-MiniLM-L6-v2, whose hidden states reach ~10, that leaves ~1e-6.
+#   residual adds in the GEMM epilogues); on all-MiniLM-L6-v2, whose hidden states reach ~10, that leaves ~1e-6.
 #   1e-4 absolute keeps ~100x headroom for deeper or wider models, while a real bug (a wrong mask, a
 #   dropped bias, a misplaced scale) moves values by O(1e-1) or more.
 # - float16 / bfloat16: every stored activation is rounded to an 11-bit / 8-bit mantissa (unit roundoff

@@ -325,6 +325,29 @@ def plan_split_k(M, N, K, num_sms, configs=None) -> SplitK:
     return best
 
 
+class LaunchPlan(NamedTuple):
+    """How a product is launched: autotuned among the configs in the `filling` bitmask (each gives at least
+    one program per SM), or, when none does (filling == 0), as the split-K launch `split`."""
+
+    filling: int
+    split: SplitK | None
+
+    def fewest_programs(self, M, N, configs):
+        """The fewest programs this plan can launch (configs: the autotuner's list the mask refers to)."""
+        if self.split is not None:
+            return self.split.programs(M, N)
+        return min(tiles_of(config, M, N) for i, config in enumerate(configs) if self.filling >> i & 1)
+
+
+def plan_launch(M, N, K, num_sms, configs, fits=lambda config: True) -> LaunchPlan:
+    """The launcher's grid decision for an [M, K] x [K, N] product on num_sms SMs, given the autotuner's
+    configs and the pruning rule `fits` (shared memory and registers on the target GPU)."""
+    filling = filling_mask(configs, M, N, num_sms, fits)
+    if filling:
+        return LaunchPlan(filling, None)
+    return LaunchPlan(0, plan_split_k(M, N, K, num_sms, [config for config in split_k_configs() if fits(config)]))
+
+
 @functools.cache
 def _device_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -400,39 +423,39 @@ def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None
     # The one pruning rule of every config list: fits the register file and this GPU's shared memory.
     fits = lambda config: fits_registers(config, precision) and (
         limit is None or fits_shared_memory(config, x.element_size(), limit))
-    filling = filling_mask(_linear.configs, M, N, num_sms, fits)
+    plan = plan_launch(M, N, K, num_sms, _linear.configs, fits)
     common = dict(ACTIVATION=activation or "none", INPUT_PRECISION=precision)
     r_stride = residual.stride(0) if residual is not None else 0
-    if filling:
+    if plan.filling:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
         _linear_autotuned[grid](
             x, weight, bias, residual, out,
-            M, N, K, triton.next_power_of_2(M), filling,
+            M, N, K, triton.next_power_of_2(M), plan.filling,
             x.stride(0), weight.stride(0), r_stride, out.stride(0),
             **common,
         )
         return out
 
-    plan = plan_split_k(M, N, K, num_sms, [config for config in split_k_configs() if fits(config)])
-    config = plan.config
+    split = plan.split
+    config = split.config
     tiles = tiles_of(config, M, N)
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs)
-    if plan.splits == 1:
+    if split.splits == 1:
         _linear_one_config[(tiles,)](
             x, weight, bias, residual, out, M, N, K, triton.next_power_of_2(M), 0,
             x.stride(0), weight.stride(0), r_stride, out.stride(0), **common, **launch,
         )
         return out
     # fp32 partials, then one pass that sums them and applies the epilogue once.
-    partials = torch.empty((plan.splits, M, N), dtype=torch.float32, device=x.device)
-    _linear_one_config[(tiles, plan.splits)](
+    partials = torch.empty((split.splits, M, N), dtype=torch.float32, device=x.device)
+    _linear_one_config[(tiles, split.splits)](
         x, weight, None, None, partials, M, N, K, triton.next_power_of_2(M), 0,
         x.stride(0), weight.stride(0), 0, N,
         ACTIVATION="none", INPUT_PRECISION=common["INPUT_PRECISION"], **launch,
     )
     block_m = reduce_block_m(M, N, num_sms)
     _linear_split_reduce[(triton.cdiv(M, block_m), triton.cdiv(N, 128))](
-        partials, bias, residual, out, M, N, plan.splits, r_stride, out.stride(0),
+        partials, bias, residual, out, M, N, split.splits, r_stride, out.stride(0),
         ACTIVATION=common["ACTIVATION"], BLOCK_M=block_m, BLOCK_N=128, num_warps=4,
     )
     return out

@@ -18,7 +18,7 @@ class Recorder:
     def __init__(self, name):
         self.name, self.calls = name, 0
 
-    def __call__(self, x, weight, bias, activation=None):
+    def __call__(self, x, weight, bias, activation=None, residual=None):
         self.calls += 1
         return self.name
 
@@ -30,7 +30,7 @@ def picker(monkeypatch):
     picker = GemmPicker(triton)
     timed = []
 
-    def fake_time(name, x, weight, bias, activation):
+    def fake_time(name, x, weight, bias, activation, residual=None):
         timed.append((name, x.shape[0], weight.shape, activation))
         return {"triton": 2.0, "cublas": 1.0}[name] if activation is None else {"triton": 1.0, "cublas": 3.0}[name]
 
@@ -49,6 +49,21 @@ def test_auto_keeps_the_faster_implementation_per_shape(picker):
     assert picker(_fake_cuda(100), weight, None, "gelu") == "triton"
     assert len(picker.timed) == 4  # both implementations, for each of the two shapes
     assert picker.choices_for(100) == {"16x8": "cublas", "16x8+gelu": "triton"}
+
+
+def test_the_residual_variant_is_its_own_shape(picker):
+    """With a residual the cuBLAS candidate pays one more kernel (the add) and the Triton one none (fused in
+    its epilogue): timed and chosen separately from the plain projection, and the residual reaches the
+    implementation that serves the call."""
+    weight, residual = torch.empty(16, 8), torch.empty(100, 16)
+    picker(_fake_cuda(100), weight, None)
+    picker(_fake_cuda(100), weight, None, residual=residual)
+    assert len(picker.timed) == 4
+    assert set(picker.choices_for(100)) == {"16x8", "16x8+residual"}
+    served = []
+    picker.candidates["cublas"].fn = lambda *args, residual=None: served.append(residual)
+    picker(_fake_cuda(100), weight, None, residual=residual)
+    assert served == [residual]
 
 
 def test_auto_times_each_token_bucket_once(picker):
@@ -185,7 +200,7 @@ def test_the_tma_gemm_serves_the_whole_encoder(tmp_path, device):
     picker = model.model.ops.gemm
     persistent = Recorder("unused")
     real = picker.candidates["triton_persistent"].fn
-    picker.candidates["triton_persistent"].fn = lambda *args: (persistent(*args), real(*args))[1]
+    picker.candidates["triton_persistent"].fn = lambda *args, **kwargs: (persistent(*args, **kwargs), real(*args, **kwargs))[1]
     ids, mask, types = random_batch(hf_model.config.vocab_size, [1, 9, 23], seq_len=24)
     out = model(ids, mask, types)
     with torch.no_grad():
@@ -201,13 +216,18 @@ def test_unknown_mode_is_rejected():
         GemmPicker(Recorder("triton"), "cutlass")
 
 
+@pytest.mark.parametrize("has_residual", [False, True])
 @pytest.mark.parametrize("activation", [None, "gelu", "gelu_tanh", "relu"])
-def test_cublas_path_computes_the_same_projection(activation):
+def test_cublas_path_computes_the_same_projection(activation, has_residual):
     from tests.kernels.references import linear_ref
 
     x, weight, bias = torch.randn(7, 24), torch.randn(40, 24) / 5, torch.randn(40)
-    assert_close(torch_linear(x, weight, bias, activation), linear_ref(x, weight, bias, activation),
-                 torch.float32, "interpreter")
+    residual = torch.randn(7, 40) if has_residual else None
+    expected = linear_ref(x, weight, bias, activation)
+    expected = expected + residual if has_residual else expected
+    assert_close(torch_linear(x, weight, bias, activation, residual), expected, torch.float32, "interpreter")
+    if has_residual:
+        assert residual.abs().sum() > 0 and not torch.equal(residual, expected)  # the residual is not overwritten
 
 
 @pytest.mark.gpu
@@ -218,11 +238,14 @@ def test_auto_on_a_gpu_matches_the_reference(dtype, backend):
     from tests.kernels.references import linear_ref
 
     picker = GemmPicker(linear)
-    for n, k, activation in [(2304, 768, None), (3072, 768, "gelu"), (768, 3072, None)]:
+    for n, k, activation, has_residual in [(2304, 768, None, False), (3072, 768, "gelu", False),
+                                           (768, 3072, None, True)]:
         x = torch.randn(1000, k, device="cuda", dtype=dtype)
         weight = (torch.randn(n, k, device="cuda") / k**0.5).to(dtype)
         bias = torch.randn(n, device="cuda", dtype=dtype)
+        residual = torch.randn(1000, n, device="cuda", dtype=dtype) if has_residual else None
         expected = linear_ref(x.float(), weight.float(), bias.float(), activation)
-        assert_close(picker(x, weight, bias, activation), expected, dtype, backend)
+        expected = expected + residual.float() if has_residual else expected
+        assert_close(picker(x, weight, bias, activation, residual), expected, dtype, backend)
     assert set(picker.choices_for(1000).values()) <= {"triton", "cublas"} and len(picker.choices) == 3
     assert all(t["triton"] > 0 and t["cublas"] > 0 for t in picker.timings.values())
