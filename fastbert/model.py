@@ -2,9 +2,9 @@
 
 The data path of one forward pass, top to bottom in `forward`:
 tokens -> validate and pack the real tokens once -> embeddings of real tokens only -> layers on
-packed [T, H] tokens (7 kernel launches each, residual adds fused into the GEMMs; more where a GEMM splits K
-at small token counts or cuBLAS serves it, see backends.TritonOps; nothing else) -> scatter back to [B, S, H] once (padded positions are zero) -> pooler on each
-sequence's first real token."""
+packed [T, H] tokens (7 kernel launches each, residual adds fused into the GEMMs; more where a GEMM
+splits K at small token counts or cuBLAS serves it, see backends.TritonOps; nothing else) -> scatter
+back to [B, S, H] once (padded positions are zero) -> pooler on each sequence's first real token."""
 
 import math
 from pathlib import Path

@@ -9,9 +9,9 @@ product accumulates in fp32; bias, activation and residual are applied to the fp
 order, and the result is rounded once, at the store. fp32 inputs use IEEE fp32 products unless
 torch.backends.cuda.matmul.allow_tf32 is set, as torch.matmul does.
 
-Grid: every launch keeps the GPU's SMs busy. Where one of the autotuned tiles gives at least one program per
-SM, the autotuner chooses among those tiles. Where none does (few tokens, or a narrow N: BERT's projections
-at M <= 512), the launcher splits K instead (plan_split_k): each program reduces a slice of K into an fp32
+Grid: every launch keeps the GPU's SMs busy (kernels/_gemm_grid.py). Where one of the autotuned tiles gives at
+least one program per SM, the autotuner chooses among those tiles. Where none does (few tokens, or a narrow N:
+BERT's projections at M <= 512), the launcher splits K instead (plan_split_k): each program reduces a slice of K into an fp32
 partial tile, and a second kernel sums the partials in a fixed order (deterministic) and applies the epilogue
 once, after the sum, so GELU never sees a partial sum.
 
@@ -20,13 +20,11 @@ Limits: inference only (no autograd); M*row_stride and N*K may exceed 2**31 (off
 """
 
 
-import functools
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
 
+from ._gemm_grid import fits_registers, plan_launch, reduce_block_m, resolve_num_sms, tiles_of
 from ._validate import check_same, check_tensor, is_interpreter, max_shared_bytes
 
 ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu")
@@ -250,24 +248,6 @@ def fits_shared_memory(config: triton.Config, element_size: int, max_shared_byte
 SMALL_SHARED_CONFIG = _config(64, 64, 32, 4, 1)
 
 
-def fits_registers(config: triton.Config, input_precision: str) -> bool:
-    """The register rule: IEEE fp32 products run on CUDA cores (FMA), which hold operand fragments in
-    registers beside the accumulator; past 32 accumulator values per thread ptxas spills (compiled for
-    sm_90: 64x64 on 4 warps fits, 128x64 spills). Tensor-core products (16-bit, TF32) fit every config."""
-    tiles = config.kwargs
-    return input_precision != "ieee" or tiles["BLOCK_M"] * tiles["BLOCK_N"] <= 32 * 32 * config.num_warps
-
-
-def tiles_of(config: triton.Config, M: int, N: int) -> int:
-    """Output tiles (programs without a split) of an [M, N] product in this config's tile shape."""
-    return triton.cdiv(M, config.kwargs["BLOCK_M"]) * triton.cdiv(N, config.kwargs["BLOCK_N"])
-
-
-def filling_mask(configs, M, N, num_sms, fits=lambda config: True) -> int:
-    """Bitmask of the configs (by position) that fit and give at least num_sms tiles for an [M, N] output."""
-    return sum(1 << i for i, config in enumerate(configs) if fits(config) and tiles_of(config, M, N) >= num_sms)
-
-
 def _prune_configs(configs, named_args, **kwargs):
     # The launcher already kept only the configs that fit this GPU's shared memory and fill its SMs.
     return [config for i, config in enumerate(configs) if named_args["FILLING"] >> i & 1]
@@ -288,81 +268,6 @@ _linear = triton.autotune(
 _linear_autotuned = _optional_inputs(_linear)
 _linear_one_config = _optional_inputs(_even_k(_linear_kernel))
 _linear_split_reduce = _optional_inputs(_linear_split_reduce_kernel)
-
-
-class SplitK(NamedTuple):
-    """A launch that splits K: the tile config, and into how many slices (1: no split, the tiles alone fill)."""
-
-    config: triton.Config
-    splits: int
-
-    def programs(self, M, N):
-        return tiles_of(self.config, M, N) * self.splits
-
-
-def plan_split_k(M, N, K, num_sms, configs=None) -> SplitK:
-    """The launch for a product whose autotuned tiles all leave SMs idle: the largest tile (of
-    split_k_configs, row tiles shrunk to M's power of two when M < 64) that reaches num_sms programs with at
-    least two K blocks per split, else with one; failing both, the most programs any tile can give. Each
-    split is a contiguous run of K blocks; their counts differ by at most one."""
-    configs = split_k_configs() if configs is None else configs
-    rows = max(16, triton.next_power_of_2(max(M, 1)))
-    shrunk = []
-    for config in configs:
-        tiles = dict(config.kwargs, BLOCK_M=min(config.kwargs["BLOCK_M"], rows))
-        if all(tiles != c.kwargs for c in shrunk):
-            shrunk.append(triton.Config(tiles, num_warps=config.num_warps, num_stages=config.num_stages))
-    best = None
-    for min_blocks in (2, 1):
-        for config in shrunk:
-            tiles = tiles_of(config, M, N)
-            k_blocks = triton.cdiv(K, config.kwargs["BLOCK_K"])
-            plan = SplitK(config, max(1, min(triton.cdiv(num_sms, tiles), k_blocks // min_blocks)))
-            if plan.programs(M, N) >= num_sms:
-                return plan
-            if best is None or plan.programs(M, N) > best.programs(M, N):
-                best = plan
-    return best
-
-
-class LaunchPlan(NamedTuple):
-    """How a product is launched: autotuned among the configs in the `filling` bitmask (each gives at least
-    one program per SM), or, when none does (filling == 0), as the split-K launch `split`."""
-
-    filling: int
-    split: SplitK | None
-
-    def fewest_programs(self, M, N, configs):
-        """The fewest programs this plan can launch (configs: the autotuner's list the mask refers to)."""
-        if self.split is not None:
-            return self.split.programs(M, N)
-        return min(tiles_of(config, M, N) for i, config in enumerate(configs) if self.filling >> i & 1)
-
-
-def plan_launch(M, N, K, num_sms, configs, fits=lambda config: True) -> LaunchPlan:
-    """The launcher's grid decision for an [M, K] x [K, N] product on num_sms SMs, given the autotuner's
-    configs and the pruning rule `fits` (shared memory and registers on the target GPU)."""
-    filling = filling_mask(configs, M, N, num_sms, fits)
-    if filling:
-        return LaunchPlan(filling, None)
-    return LaunchPlan(0, plan_split_k(M, N, K, num_sms, [config for config in split_k_configs() if fits(config)]))
-
-
-@functools.cache
-def _device_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def resolve_num_sms(device, num_sms=None) -> int:
-    """The SM count grids are sized for: num_sms if given, else the GPU's own (read at launch, cached per
-    device); under the interpreter 1, i.e. no split unless a test asks for one by passing num_sms."""
-    if num_sms is not None:
-        if isinstance(num_sms, bool) or not isinstance(num_sms, int) or num_sms < 1:
-            raise ValueError(f"num_sms must be a positive int, got {num_sms!r}")
-        return num_sms
-    if device.type != "cuda":
-        return 1
-    return _device_sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def check_linear_args(x, weight, bias, activation, residual=None):
@@ -397,14 +302,6 @@ def dot_precision(dtype):
     return "tf32" if dtype != torch.float32 or allow_tf32 else "ieee"
 
 
-def reduce_block_m(M, N, num_sms, block_n=128) -> int:
-    """Rows per program of the split-K reduction: the most (up to 16) that still give num_sms programs."""
-    for rows in (16, 8, 4, 2):
-        if triton.cdiv(M, rows) * triton.cdiv(N, block_n) >= num_sms:
-            return rows
-    return 1
-
-
 def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None) -> torch.Tensor:
     """activation(x @ weight.T + bias) + residual.
 
@@ -423,7 +320,7 @@ def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None
     # The one pruning rule of every config list: fits the register file and this GPU's shared memory.
     fits = lambda config: fits_registers(config, precision) and (
         limit is None or fits_shared_memory(config, x.element_size(), limit))
-    plan = plan_launch(M, N, K, num_sms, _linear.configs, fits)
+    plan = plan_launch(M, N, K, num_sms, _linear.configs, split_k_configs(), fits)
     common = dict(ACTIVATION=activation or "none", INPUT_PRECISION=precision)
     r_stride = residual.stride(0) if residual is not None else 0
     if plan.filling:

@@ -20,17 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._gemm_grid import filling_mask, resolve_num_sms
 from ._validate import is_interpreter, max_shared_bytes
-from .linear import (
-    _epilogue,
-    _optional_inputs,
-    _tile_coords,
-    check_linear_args,
-    dot_precision,
-    filling_mask,
-    linear,
-    resolve_num_sms,
-)
+from .linear import _epilogue, _optional_inputs, _tile_coords, check_linear_args, dot_precision, linear
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor

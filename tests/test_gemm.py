@@ -200,7 +200,7 @@ def test_the_tma_gemm_serves_the_whole_encoder(tmp_path, device):
     picker = model.model.ops.gemm
     persistent = Recorder("unused")
     real = picker.candidates["triton_persistent"].fn
-    picker.candidates["triton_persistent"].fn = lambda *args, **kwargs: (persistent(*args, **kwargs), real(*args, **kwargs))[1]
+    picker.candidates["triton_persistent"].fn = lambda *args, **kw: (persistent(*args, **kw), real(*args, **kw))[1]
     ids, mask, types = random_batch(hf_model.config.vocab_size, [1, 9, 23], seq_len=24)
     out = model(ids, mask, types)
     with torch.no_grad():

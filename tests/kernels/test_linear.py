@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from fastbert.kernels._gemm_grid import fits_registers
 from fastbert.kernels._validate import max_shared_bytes
 from fastbert.kernels.linear import (
-    fits_registers,
     fits_shared_memory,
     linear,
     linear_configs,

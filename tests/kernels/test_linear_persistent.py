@@ -19,8 +19,8 @@ from fastbert.kernels.linear_persistent import (
 from tests.conftest import pinned_linear_persistent_config
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.linear_cases import ACTIVATIONS, BERT_SHAPES, check, make_inputs
-from tests.kernels.test_linear import EPILOGUES, _optional_pointers, spill_failures
 from tests.kernels.references import linear_ref
+from tests.kernels.test_linear import EPILOGUES, _optional_pointers, spill_failures
 from tests.tolerances import assert_close, nan_padded, nan_row_padded
 
 persistent_module = importlib.import_module("fastbert.kernels.linear_persistent")
@@ -213,7 +213,8 @@ def test_gpu_configs_compile_without_spills():
     # fp32 with IEEE products never runs here on a GPU (the launcher hands it to kernels/linear.py).
     plan += [(SMALL_CONFIG, "fp32-tf32", "gelu"), (SMALL_CONFIG, "fp32-tf32", "bias")]
     element_size = {"fp16": 2, "bf16": 2, "fp32-tf32": 4}
-    estimate = lambda config, dtype, epilogue: shared_bytes_estimate(config, element_size[dtype], epilogue == "residual")
+    estimate = lambda config, dtype, epilogue: shared_bytes_estimate(config, element_size[dtype],
+                                                                     residual=epilogue == "residual")
     # The pruning rule keeps every planned case on an H100: none is silently dropped.
     assert all(estimate(*entry) <= MAX_SHARED_BYTES[90] for entry in plan)
     cases = [_compile_case(*entry) for entry in plan]

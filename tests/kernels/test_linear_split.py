@@ -7,14 +7,8 @@ import importlib
 
 import pytest
 import torch
-from fastbert.kernels.linear import (
-    linear,
-    linear_configs,
-    plan_launch,
-    plan_split_k,
-    split_k_configs,
-    tiles_of,
-)
+from fastbert.kernels._gemm_grid import fits_registers, plan_launch, plan_split_k
+from fastbert.kernels.linear import fits_shared_memory, linear, linear_configs, split_k_configs
 from fastbert.kernels.linear_persistent import linear_persistent, linear_persistent_configs
 
 from tests.kernels.compile_check import MAX_SHARED_BYTES
@@ -31,8 +25,7 @@ TOKENS = [128, 256, 384, 512]
 
 
 def _fits(limit, element_size=2, precision="tf32"):
-    return lambda config: (linear_module.fits_registers(config, precision)
-                           and linear_module.fits_shared_memory(config, element_size, limit))
+    return lambda config: fits_registers(config, precision) and fits_shared_memory(config, element_size, limit)
 
 
 @pytest.mark.parametrize("gpu", GPUS)
@@ -43,7 +36,7 @@ def test_every_projection_fills_the_gpu(N, K, activation, gpu):
     num_sms, limit = GPUS[gpu]
     configs = linear_configs(True)
     for M in TOKENS:
-        plan = plan_launch(M, N, K, num_sms, configs, _fits(limit))
+        plan = plan_launch(M, N, K, num_sms, configs, split_k_configs(), _fits(limit))
         assert plan.fewest_programs(M, N, configs) >= num_sms, (M, N, K, plan)
         if plan.split is not None:
             assert plan.split.splits <= K // plan.split.config.kwargs["BLOCK_K"]
@@ -90,14 +83,14 @@ def test_plan_prefers_large_tiles_and_even_splits():
     """FFN-out of BERT-base at 128 tokens: 128x128 tiles give 6 programs; 22 splits of 48 K blocks (2 or 3
     each) give 132. MiniLM's 384x384 attention output needs 16-row tiles to reach 132 programs with two K
     blocks per split."""
-    plan = plan_split_k(128, 768, 3072, 132)
+    plan = plan_split_k(128, 768, 3072, 132, split_k_configs())
     assert (plan.config.kwargs["BLOCK_M"], plan.config.kwargs["BLOCK_N"], plan.splits) == (128, 128, 22)
-    plan = plan_split_k(128, 384, 384, 132)
+    plan = plan_split_k(128, 384, 384, 132, split_k_configs())
     assert (plan.config.kwargs["BLOCK_M"], plan.config.kwargs["BLOCK_N"], plan.splits) == (16, 64, 3)
     # Few rows: row tiles shrink to M's power of two (at least 16), so a batch-1 query wastes no rows.
-    assert plan_split_k(7, 768, 768, 132).config.kwargs["BLOCK_M"] == 16
+    assert plan_split_k(7, 768, 768, 132, split_k_configs()).config.kwargs["BLOCK_M"] == 16
     # Nothing fills 1000 SMs at this shape: the plan with the most programs (one K block per split).
-    plan = plan_split_k(16, 64, 128, 1000)
+    plan = plan_split_k(16, 64, 128, 1000, split_k_configs())
     assert plan.splits == 2 and plan.programs(16, 64) == 2
 
 
@@ -105,7 +98,7 @@ def test_ieee_fp32_uses_only_tiles_within_the_register_rule():
     configs = linear_configs(True)
     for N, K, _ in BERT_SHAPES:
         for M in TOKENS:
-            plan = plan_launch(M, N, K, 132, configs, _fits(MAX_SHARED_BYTES[90], 4, "ieee"))
+            plan = plan_launch(M, N, K, 132, configs, split_k_configs(), _fits(MAX_SHARED_BYTES[90], 4, "ieee"))
             used = [plan.split.config] if plan.split else [c for i, c in enumerate(configs) if plan.filling >> i & 1]
             assert all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * c.num_warps for c in used)
 
@@ -128,7 +121,7 @@ def test_split_k_shapes(M, N, K, dtype, device, backend):
     """Odd shapes (K a multiple of no block, partial row and column tiles) on 132 SMs, where each splits K."""
     x, weight, bias = make_inputs(M, N, K, dtype, device)
     residual = torch.randn(M, N, device=device).to(dtype)
-    assert linear_module.plan_split_k(M, N, K, 132).splits > 1
+    assert plan_split_k(M, N, K, 132, split_k_configs()).splits > 1
     out = linear(x, weight, bias, "gelu", residual, num_sms=132)
     _check(out, x, weight, bias, "gelu", residual, backend)
 
