@@ -9,7 +9,7 @@ import pytest
 import torch
 from fastbert.kernels._gemm_grid import fits_registers, plan_launch, plan_split_k
 from fastbert.kernels.linear import fits_shared_memory, linear, linear_configs, split_k_configs
-from fastbert.kernels.linear_persistent import linear_persistent, linear_persistent_configs
+from fastbert.kernels.linear_persistent import is_available, linear_persistent, linear_persistent_configs
 
 from tests.kernels.compile_check import MAX_SHARED_BYTES
 from tests.kernels.linear_cases import ACTIVATIONS, BERT_SHAPES, make_inputs
@@ -22,6 +22,13 @@ persistent_shared = persistent_module.shared_bytes_estimate
 # SM counts and shared-memory limits of the GPUs the grid is sized for.
 GPUS = {"H100/H200": (132, MAX_SHARED_BYTES[90]), "A100": (108, MAX_SHARED_BYTES[80])}
 TOKENS = [128, 256, 384, 512]
+
+
+@pytest.fixture
+def needs_sm90(device):
+    """linear_persistent runs on sm_90+ (or the interpreter): skip on older GPUs."""
+    if not is_available(device):
+        pytest.skip("linear_persistent needs compute capability 9.0+")
 
 
 def _fits(limit, element_size=2, precision="tf32"):
@@ -54,7 +61,7 @@ class _Recorder:
 
 @pytest.mark.parametrize("gpu", GPUS)
 @pytest.mark.parametrize("N, K, activation", [shape for shape in BERT_SHAPES if shape[0] % 8 == 0])
-def test_persistent_fills_the_gpu_or_hands_over(N, K, activation, gpu, device, monkeypatch):
+def test_persistent_fills_the_gpu_or_hands_over(N, K, activation, gpu, device, monkeypatch, needs_sm90):
     """linear_persistent's launcher with the GPU config list: it launches its persistent grid only where every
     config the autotuner may pick has a tile for each SM (one program per SM), and hands the call to
     kernels/linear.py (whose plan fills the GPU, tested above) otherwise."""
@@ -139,19 +146,23 @@ def test_split_k_epilogue(activation, has_bias, has_residual, device, backend):
     _check(out, x, weight, bias, activation, residual, backend)
 
 
-def test_split_k_is_deterministic_and_reads_nothing_outside(device, backend):
-    """NaN around every input catches an out-of-bounds read; two runs give the same bits."""
+@pytest.mark.parametrize("num_sms", [1, 132], ids=["tiles", "split-k"])
+def test_deterministic_and_reads_nothing_outside(num_sms, device, backend):
+    """NaN around every input (the residual a row view of a wider buffer) catches an out-of-bounds read;
+    two runs give the same bits."""
     M, N, K = 65, 130, 300
     x, weight, bias = make_inputs(M, N, K, torch.float16, device)
     residual = torch.randn(M, N, device=device).half()
     args = (nan_row_padded(x), nan_padded(weight), nan_padded(bias), "gelu", nan_row_padded(residual))
-    first = linear(*args, num_sms=132)
+    first = linear(*args, num_sms=num_sms)
     _check(first, x, weight, bias, "gelu", residual, backend)
-    assert torch.equal(first, linear(*args, num_sms=132))
+    assert torch.equal(first, linear(*args, num_sms=num_sms))
 
 
 @pytest.mark.parametrize("kernel", [linear, linear_persistent])
 def test_subtiled_epilogue(kernel, device, backend, monkeypatch):
+    if kernel is linear_persistent and not is_available(device):
+        pytest.skip("linear_persistent needs compute capability 9.0+")
     """EPILOGUE_SUBTILES=2 (the epilogue in column halves, as the widest GPU tiles run it) gives the same
     result, the second half's columns and the partial last column tile included."""
     module = linear_module if kernel is linear else persistent_module
@@ -165,7 +176,7 @@ def test_subtiled_epilogue(kernel, device, backend, monkeypatch):
         _check(out, x, weight, bias, activation, residual, backend)
 
 
-def test_persistent_hands_small_products_to_split_k(device, backend, monkeypatch):
+def test_persistent_hands_small_products_to_split_k(device, backend, monkeypatch, needs_sm90):
     """Too few tiles for every SM: linear_persistent runs kernels/linear.py's split-K launch, same result."""
     calls = []
     monkeypatch.setattr(persistent_module, "linear", lambda *a, **k: calls.append(k) or linear(*a, **k))
