@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 import triton
 
+from ._validate import is_interpreter, max_shared_bytes
+
 
 def fits_registers(config: triton.Config, input_precision: str) -> bool:
     """The register rule: IEEE fp32 products run on CUDA cores (FMA), which hold operand fragments in
@@ -15,6 +17,14 @@ def fits_registers(config: triton.Config, input_precision: str) -> bool:
     sm_90: 64x64 on 4 warps fits, 128x64 spills). Tensor-core products (16-bit, TF32) fit every config."""
     tiles = config.kwargs
     return input_precision != "ieee" or tiles["BLOCK_M"] * tiles["BLOCK_N"] <= 32 * 32 * config.num_warps
+
+
+def pruning_rule(x, input_precision, shared_bytes):
+    """The one pruning rule of the GEMM config lists, as a predicate on a config: it fits the register file
+    (fits_registers) and the shared memory of x's GPU (shared_bytes(config), the kernel's own estimate, at
+    most the device's limit; no limit under the interpreter)."""
+    limit = None if is_interpreter() else max_shared_bytes(x)
+    return lambda config: fits_registers(config, input_precision) and (limit is None or shared_bytes(config) <= limit)
 
 
 def tiles_of(config: triton.Config, M: int, N: int) -> int:

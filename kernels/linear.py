@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_grid import fits_registers, plan_launch, reduce_block_m, resolve_num_sms, tiles_of
-from ._validate import check_same, check_tensor, is_interpreter, max_shared_bytes
+from ._gemm_grid import plan_launch, pruning_rule, reduce_block_m, resolve_num_sms, tiles_of
+from ._validate import check_same, check_tensor, is_interpreter
 
 ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu")
 
@@ -316,10 +316,7 @@ def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None
         return out
     num_sms = resolve_num_sms(x.device, num_sms)
     precision = dot_precision(x.dtype)
-    limit = None if is_interpreter() else max_shared_bytes(x)
-    # The one pruning rule of every config list: fits the register file and this GPU's shared memory.
-    fits = lambda config: fits_registers(config, precision) and (
-        limit is None or fits_shared_memory(config, x.element_size(), limit))
+    fits = pruning_rule(x, precision, lambda config: shared_bytes_estimate(config, x.element_size()))
     plan = plan_launch(M, N, K, num_sms, _linear.configs, split_k_configs(), fits)
     common = dict(ACTIVATION=activation or "none", INPUT_PRECISION=precision)
     r_stride = residual.stride(0) if residual is not None else 0

@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_grid import filling_mask, resolve_num_sms
-from ._validate import is_interpreter, max_shared_bytes
+from ._gemm_grid import filling_mask, pruning_rule, resolve_num_sms
+from ._validate import is_interpreter
 from .linear import _epilogue, _optional_inputs, _tile_coords, check_linear_args, dot_precision, linear
 
 try:
@@ -220,13 +220,11 @@ def linear_persistent(x, weight, bias=None, activation=None, residual=None, *, n
     else:
         programs = resolve_num_sms(x.device, num_sms)
     precision = dot_precision(x.dtype)
-    limit = None if is_interpreter() else max_shared_bytes(x)
-    fits = lambda config: limit is None or shared_bytes_estimate(config, x.element_size(), residual is not None) <= limit
-    filling = filling_mask(_linear_persistent.configs, M, N, programs, fits)
-    if not filling or (precision == "ieee" and not is_interpreter()):
+    shared_bytes = lambda config: shared_bytes_estimate(config, x.element_size(), residual is not None)
+    filling = filling_mask(_linear_persistent.configs, M, N, programs, pruning_rule(x, precision, shared_bytes))
+    if not filling:
         # Too few tiles for a persistent grid at any tile shape (kernels/linear.py splits K instead), or IEEE
-        # fp32 products, which run on CUDA cores and spill registers at these wgmma-sized tiles (the
-        # interpreter, which has no registers, still runs them here, so CPU tests cover the kernel in fp32).
+        # fp32 products, which the register rule keeps off these wgmma-sized tiles (they would spill).
         return linear(x, weight, bias, activation, residual, num_sms=programs)
 
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
