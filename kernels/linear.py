@@ -9,11 +9,11 @@ product accumulates in fp32; bias, activation and residual are applied to the fp
 order, and the result is rounded once, at the store. fp32 inputs use IEEE fp32 products unless
 torch.backends.cuda.matmul.allow_tf32 is set, as torch.matmul does.
 
-Grid: every launch keeps the GPU's SMs busy (kernels/_gemm_grid.py). Where one of the autotuned tiles gives at
-least one program per SM, the autotuner chooses among those tiles. Where none does (few tokens, or a narrow N:
-BERT's projections at M <= 512), the launcher splits K instead (plan_split_k): each program reduces a slice of K into an fp32
-partial tile, and a second kernel sums the partials in a fixed order (deterministic) and applies the epilogue
-once, after the sum, so GELU never sees a partial sum.
+Grid: every launch keeps the GPU's SMs busy (kernels/_gemm_grid.py). Where one of the autotuned tiles gives
+at least one program per SM, the autotuner chooses among those tiles. Where none does (few tokens, or a narrow
+N: BERT's projections at M <= 512), the launcher splits K instead (plan_split_k): each program reduces a slice
+of K into an fp32 partial tile, and a second kernel sums the partials in a fixed order (deterministic) and
+applies the epilogue once, after the sum, so GELU never sees a partial sum.
 
 Activations: None, "gelu" (exact, erf), "gelu_tanh" (tanh approximation), "relu".
 Limits: inference only (no autograd); M*row_stride and N*K may exceed 2**31 (offsets are int64).
@@ -237,8 +237,9 @@ def shared_bytes_estimate(config: triton.Config, element_size: int) -> int:
 
 
 def fits_shared_memory(config: triton.Config, element_size: int, max_shared_bytes: int) -> bool:
-    """The pruning rule: fp32 operands double the pipeline's footprint, and an A100 offers less than an
-    H100, so some entries of linear_configs(True) cannot launch for every dtype and GPU."""
+    """The shared-memory half of the pruning rule (_gemm_grid.pruning_rule): fp32 operands double the
+    pipeline's footprint, and an A100 offers less than an H100, so some entries of linear_configs(True)
+    cannot launch for every dtype and GPU."""
     return shared_bytes_estimate(config, element_size) <= max_shared_bytes
 
 
@@ -249,7 +250,7 @@ SMALL_SHARED_CONFIG = _config(64, 64, 32, 4, 1)
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    # The launcher already kept only the configs that fit this GPU's shared memory and fill its SMs.
+    # The launcher already kept only the configs that fit this GPU (registers, shared memory) and fill its SMs.
     return [config for i, config in enumerate(configs) if named_args["FILLING"] >> i & 1]
 
 
