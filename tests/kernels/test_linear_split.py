@@ -207,3 +207,14 @@ def test_residual_validation(residual, error, match, device):
     x, weight, bias = make_inputs(7, 72, 40, torch.float32, device)
     with pytest.raises(error, match=match):
         linear(x, weight, bias, residual=residual(torch.randn(7, 72, device=device)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N, K, activation", BERT_SHAPES)
+@pytest.mark.parametrize("M", [128, 384])
+def test_bert_shapes_at_few_tokens(M, N, K, activation, device, backend, autotuned):
+    """The real launcher on the real GPU (its own SM count, the autotuner free): split K or small tiles, with
+    the residual where BERT adds one (the projections without an activation)."""
+    x, weight, bias = make_inputs(M, N, K, torch.float16, device)
+    residual = torch.randn(M, N, device=device).half() if activation is None else None
+    _check(linear(x, weight, bias, activation, residual), x, weight, bias, activation, residual, backend)
