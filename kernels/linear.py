@@ -220,7 +220,8 @@ def split_k_configs() -> list[triton.Config]:
     """Tiles for launches that split K, largest first (plan_split_k takes the first that fills the GPU).
     The 32- and 16-row tiles serve few tokens (batch-1 sentences) on narrow projections, where even 64x64
     tiles with one K block per program leave SMs idle; two stages there, because their programs walk two or
-    three K blocks and IEEE fp32 on 32x64x64 spills registers (sm_90) with a third."""
+    three K blocks and IEEE fp32 on 32x64x64 spills registers (sm_90) with a third. Last, the one config that
+    fits every GPU in every dtype (SMALL_SHARED_CONFIG), so a plan always exists."""
     return [
         _config(128, 128, 64, 8, 3),
         _config(64, 128, 64, 4, 3),
@@ -228,6 +229,7 @@ def split_k_configs() -> list[triton.Config]:
         _config(64, 64, 64, 4, 3),
         _config(32, 64, 64, 4, 2),
         _config(16, 64, 64, 4, 2),
+        SMALL_SHARED_CONFIG,
     ]
 
 

@@ -15,6 +15,7 @@ ELEMENT_SIZES = {torch.float16: 2, torch.float32: 4}
 
 attention = importlib.import_module("fastbert.kernels.attention")
 linear = importlib.import_module("fastbert.kernels.linear")
+gemm_grid = importlib.import_module("fastbert.kernels._gemm_grid")
 layer_norm = importlib.import_module("fastbert.kernels.layer_norm")
 embeddings = importlib.import_module("fastbert.kernels.embeddings")
 
@@ -24,11 +25,14 @@ def _attention_kept(dtype, head_dim):
 
 
 def _linear_kept(dtype):
-    """The launcher's own pruning function, on a pretend T4."""
+    """The launcher's own pruning rule on a pretend T4, over every config it may launch (the autotuned
+    ones and the split-K tiles; fp32 with TF32 products, as the compile check builds it)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(linear, "max_shared_bytes", lambda tensor: SM75_SHARED)
-        patch.setattr(linear, "is_interpreter", lambda: False)
-        return linear._prune_configs(linear.linear_configs(True), {"x_ptr": torch.empty(0, dtype=dtype)})
+        patch.setattr(gemm_grid, "max_shared_bytes", lambda tensor: SM75_SHARED)
+        patch.setattr(gemm_grid, "is_interpreter", lambda: False)
+        x = torch.empty(0, dtype=dtype)
+        fits = gemm_grid.pruning_rule(x, "tf32", lambda config: linear.shared_bytes_estimate(config, x.element_size()))
+        return [config for config in linear.linear_configs(True) + linear.split_k_configs() if fits(config)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
@@ -42,7 +46,7 @@ def test_the_pruning_rule_leaves_configs_that_fit_a_t4(dtype):
 
 
 def test_every_kernel_compiles_for_sm75_in_fp16_and_fp32():
-    """One subprocess, eight compiles (sm_75 builds are the slowest part of the compile checks): per kernel
+    """One subprocess, ten compiles (sm_75 builds are the slowest part of the compile checks): per kernel
     and dtype the most demanding config the launcher can use on a T4 (the largest by the estimate among
     those the pruning rule keeps; BERT's LayerNorm/embeddings width), and the fp32 GEMM with TF32 allowed.
     Each fits 64 KB as compiled, and the estimate behind the pruning never undercounts it."""
@@ -59,6 +63,8 @@ def test_every_kernel_compiles_for_sm75_in_fp16_and_fp32():
         name = {torch.float16: "fp16", torch.float32: "fp32-tf32"}[dtype]
         cases.append(test_linear._compile_case(config, name, "gelu", SM75))
         estimates.append(linear.shared_bytes_estimate(config, size))
+        cases.append(test_linear._reduce_case("gelu", "fp16" if dtype == torch.float16 else "fp32", SM75))
+        estimates.append(None)
         cases.append(test_layer_norm._compile_case(layer_norm.config_for(4096, 768), dtype, SM75, True))
         estimates.append(None)
         base = next(c for c in embeddings.embeddings_configs(True) if c.kwargs["BLOCK_N"] == 1024)

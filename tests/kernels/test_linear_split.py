@@ -96,9 +96,10 @@ def test_plan_prefers_large_tiles_and_even_splits():
     assert (plan.config.kwargs["BLOCK_M"], plan.config.kwargs["BLOCK_N"], plan.splits) == (16, 64, 3)
     # Few rows: row tiles shrink to M's power of two (at least 16), so a batch-1 query wastes no rows.
     assert plan_split_k(7, 768, 768, 132, split_k_configs()).config.kwargs["BLOCK_M"] == 16
-    # Nothing fills 1000 SMs at this shape: the plan with the most programs (one K block per split).
+    # Nothing fills 1000 SMs at this shape: the plan with the most programs (one K block per split, here
+    # the 32-deep blocks of the last-resort config).
     plan = plan_split_k(16, 64, 128, 1000, split_k_configs())
-    assert plan.splits == 2 and plan.programs(16, 64) == 2
+    assert plan.splits == 4 and plan.programs(16, 64) == 4 and plan.config.kwargs["BLOCK_K"] == 32
 
 
 def test_ieee_fp32_uses_only_tiles_within_the_register_rule():
