@@ -46,7 +46,7 @@ SETTINGS = {"tiny": dict(warmup=1, target_s=0.0, min_calls=2, max_calls=2, round
 # Kernel family by a substring of the device kernel's name (Triton names kernels after the jit function);
 # every other device event (PyTorch's packing, copies, pooler, memcpy/memset) is "other".
 # cuBLAS GEMMs (picked per shape by fastbert/gemm.py where they time faster) go by several names.
-CATEGORIES = {"linear": ("_linear_kernel",), "linear_tma": ("_linear_persistent_kernel",),
+CATEGORIES = {"linear": ("_linear_kernel", "_linear_split_reduce_kernel"), "linear_tma": ("_linear_persistent_kernel",),
               "cublas_gemm": ("gemm", "nvjet", "cutlass"),
               "attention": ("_attention_kernel",), "layer_norm": ("_layer_norm_kernel",),
               "embeddings": ("_embeddings_kernel",)}
