@@ -82,7 +82,9 @@ class TritonOps:
         return self.kernels.embeddings(
             input_ids, position_ids, weights["embeddings.word"], weights["embeddings.position"],
             weights["embeddings.norm.weight"], weights["embeddings.norm.bias"], eps,
-            token_type_ids=token_type_ids, token_type_embeddings=weights.get("embeddings.token_type"),
+            # A family without token types (DistilBERT) has no table: its (all-zero) type ids are not read.
+            token_type_ids=token_type_ids if "embeddings.token_type" in weights else None,
+            token_type_embeddings=weights.get("embeddings.token_type"),
             check_indices=False,  # the encoder validated every id once, before any launch
         )
 

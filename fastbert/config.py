@@ -2,29 +2,21 @@
 
 Only the fields that change the forward pass are kept; training-only keys (dropout, initializer range,
 architectures, ...) are ignored. Anything that would make our encoder compute something other than
-`transformers.BertModel` is rejected here, at load, with a message naming the field and its value.
+transformers' model is rejected here, at load, with a message naming the field and its value.
 
-Supported model types: "bert" only. Close relatives are refused on purpose, because their weights or
-embeddings differ from BERT's even where the encoder layers match: RoBERTa / XLM-R / CamemBERT offset
-position ids by padding_idx + 1, ELECTRA projects the embeddings, DistilBERT has no token types and other
-weight names. Add a type to SUPPORTED_MODEL_TYPES only together with a test proving parity.
+Supported model types: the rows of fastbert.families.FAMILIES (bert, roberta, xlm-roberta, camembert,
+distilbert, electra). Each family's config.json keys and defaults are mapped onto the one BertConfig
+here (DistilBERT's "dim" is our hidden_size); a new family is a row there plus a parity test.
 """
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-SUPPORTED_MODEL_TYPES = ("bert",)
+from .families import ACTIVATIONS, FAMILIES, family_of, position_offset
 
-# transformers' hidden_act name -> the name our GEMM epilogue understands. "gelu" is the exact erf form;
-# "gelu_new" and "gelu_pytorch_tanh" are both the tanh approximation (they differ only in rounding).
-ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "relu": "relu",
-}
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 _POSITIVE_INT_FIELDS = (
     "vocab_size",
@@ -38,7 +30,7 @@ _POSITIVE_INT_FIELDS = (
 
 @dataclass
 class BertConfig:
-    """BERT encoder hyper-parameters; the defaults are bert-base-uncased's."""
+    """BERT-family encoder hyper-parameters; the defaults are bert-base-uncased's."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -52,6 +44,7 @@ class BertConfig:
     pad_token_id: int | None = 0
     position_embedding_type: str = "absolute"
     model_type: str = "bert"
+    embedding_size: int | None = None  # ELECTRA: width of the embeddings before embeddings_project; None = hidden
 
     def __post_init__(self):
         for name in _POSITIVE_INT_FIELDS:
@@ -80,11 +73,21 @@ class BertConfig:
                 f"position_embedding_type={self.position_embedding_type!r} is not supported; "
                 "only 'absolute' position embeddings are implemented"
             )
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"model_type={self.model_type!r} is not supported; "
-                f"expected one of {list(SUPPORTED_MODEL_TYPES)}"
-            )
+        family = family_of(self.model_type)
+        if self.embedding_size is not None:
+            if not _is_int(self.embedding_size) or self.embedding_size <= 0:
+                raise ValueError(f"embedding_size must be None or a positive integer, got {self.embedding_size!r}")
+            if family.projection is None and self.embedding_size != self.hidden_size:
+                raise ValueError(f"embedding_size={self.embedding_size} differs from hidden_size={self.hidden_size}, "
+                                 f"but model_type={self.model_type!r} has no embedding projection")
+        if family.positions == "after_padding":
+            if self.pad_token_id is None:
+                raise ValueError(f"model_type={self.model_type!r} needs a pad_token_id: its position ids count "
+                                 "from pad_token_id + 1")
+            if self.max_position_embeddings <= position_offset(self):
+                raise ValueError(f"max_position_embeddings={self.max_position_embeddings} leaves no position for a "
+                                 f"token: model_type={self.model_type!r} positions start at pad_token_id + 1 = "
+                                 f"{position_offset(self)}")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by "
@@ -97,22 +100,40 @@ class BertConfig:
 
     @property
     def activation(self) -> str:
-        """The kernel activation name for the FFN: "gelu" (exact erf), "gelu_tanh" or "relu"."""
+        """The kernel activation name for the FFN: "gelu" (exact erf), "gelu_tanh", "relu" or "silu"."""
         return ACTIVATIONS[self.hidden_act]
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the embedding tables (and their LayerNorm): embedding_size, else hidden_size."""
+        return self.hidden_size if self.embedding_size is None else self.embedding_size
+
+    @property
+    def max_sequence_length(self) -> int:
+        """The longest sequence the position table serves: max_position_embeddings, less the RoBERTa
+        family's offset of pad_token_id + 1 (514 positions -> 512 tokens)."""
+        return self.max_position_embeddings - position_offset(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "BertConfig":
-        """Build from a transformers-style config dict; keys that do not change inference are ignored."""
+        """Build from a transformers-style config.json dict of any supported model_type (missing:
+        "bert"), through its family's key names and defaults; keys that do not change inference are
+        ignored."""
         if not isinstance(d, dict):
             raise TypeError(f"config must be a dict, got {type(d).__name__}")
         # A BERT decoder uses causal self-attention (and maybe cross-attention): not an encoder we compute.
         for flag in ("is_decoder", "add_cross_attention"):
             if d.get(flag):
                 raise ValueError(f"{flag}={d[flag]!r} is not supported: fastbert runs bidirectional encoders")
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        if kwargs.get("model_type", "bert") is None:
-            kwargs.pop("model_type")
+        model_type = d.get("model_type") or "bert"
+        family = family_of(model_type)
+        kwargs = {"model_type": model_type}
+        for name, key in family.config_keys.items():
+            if key in d:
+                kwargs[name] = d[key]
+            elif name in family.defaults:
+                kwargs[name] = family.defaults[name]
+        kwargs.update(family.fixed)
         return cls(**kwargs)
 
     @classmethod

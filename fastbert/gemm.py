@@ -29,6 +29,7 @@ _TORCH_ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
     "relu": lambda y: y.relu_(),
+    "silu": lambda y: F.silu(y, inplace=True),
 }
 
 

@@ -1,10 +1,12 @@
-"""FastBertModel: a padding-free BERT encoder.
+"""FastBertModel: a padding-free BERT-family encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA:
+fastbert/families.py).
 
 The data path of one forward pass, top to bottom in `forward`:
-tokens -> validate and pack the real tokens once -> embeddings of real tokens only -> layers on
-packed [T, H] tokens (7 kernel launches each, residual adds fused into the GEMMs; more where a GEMM
-splits K at small token counts or cuBLAS serves it, see backends.TritonOps; nothing else) -> scatter
-back to [B, S, H] once (padded positions are zero) -> pooler on each sequence's first real token."""
+tokens -> validate and pack the real tokens once (positions by the family's rule) -> embeddings of real
+tokens only (ELECTRA: then widened by its projection GEMM) -> layers on packed [T, H] tokens (7 kernel
+launches each, residual adds fused into the GEMMs; more where a GEMM splits K at small token counts or
+cuBLAS serves it, see backends.TritonOps; nothing else) -> scatter back to [B, S, H] once (padded
+positions are zero) -> pooler on each sequence's first real token."""
 
 import math
 from pathlib import Path
@@ -102,8 +104,9 @@ class FastBertModel:
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, device=None, backend="auto", cuda_graphs=None, gemm="auto"):
-        """Load a BERT checkpoint folder (config.json + model.safetensors or pytorch_model.bin), or a
-        Hugging Face Hub id ("org/name", fetched through the Hugging Face cache: fastbert/hub.py).
+        """Load a checkpoint folder of any supported model_type (config.json + model.safetensors or
+        pytorch_model.bin; task-model checkpoints too, their heads set aside), or a Hugging Face Hub id
+        ("org/name", fetched through the Hugging Face cache: fastbert/hub.py).
         Defaults: CUDA with fp16 when a GPU is present, else CPU with fp32; backend 'auto' picks
         triton on CUDA and torch on CPU ('triton' on CPU runs through Triton's interpreter); cuda_graphs
         (default: on for triton on CUDA) replays captured CUDA graphs, one per bucket of similar batch
@@ -171,6 +174,8 @@ class FastBertModel:
         Only kernel launches and views between the embeddings and the pooler."""
         config, w, ops = self.config, self.weights, self.ops
         hidden = ops.embeddings(ids, positions, types, w, config.layer_norm_eps)
+        if "embeddings.project.weight" in w:  # ELECTRA: embeddings narrower than the encoder, widened after the norm
+            hidden = ops.linear(hidden, w["embeddings.project.weight"], w["embeddings.project.bias"])
         packed_states = [hidden] if output_hidden_states else None
         tokens, heads, head_dim = packing.num_tokens, config.num_attention_heads, config.head_dim
         for i in range(config.num_hidden_layers):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from . import staging
+from .families import default_position_ids
 
 
 @dataclass
@@ -113,8 +114,9 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
 
     Validating and packing CPU inputs on the CPU and moving only the packed result (what encode does)
     needs no GPU synchronisation at all, so the host prepares the next batch while the GPU computes.
-    Positions default to the column index, as in transformers (so left-padded rows start at the
-    position of their first column); pass position_ids to choose otherwise."""
+    Positions default to transformers' rule for the family: the column index for BERT (so left-padded
+    rows start at the position of their first column), pad_token_id + 1 onwards over non-pad ids for
+    the RoBERTa family (fastbert/families.py); pass position_ids to choose otherwise."""
     device = torch.device(device)
     to_device = torch.device(to_device) if to_device is not None else device
     if not isinstance(input_ids, torch.Tensor):
@@ -123,10 +125,12 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
         raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
     input_ids = _check_index_tensor("input_ids", input_ids, input_ids.shape, device)
     batch, seq_len = input_ids.shape
-    if seq_len > config.max_position_embeddings:
+    if seq_len > config.max_sequence_length:
+        offset = config.max_position_embeddings - config.max_sequence_length
         raise ValueError(
             f"input_ids has sequence length {seq_len}, longer than max_position_embeddings="
-            f"{config.max_position_embeddings}: truncate the input"
+            f"{config.max_position_embeddings}" + (f" - {offset} (its positions start at {offset})" if offset else "")
+            + ": truncate the input"
         )
 
     if attention_mask is None:
@@ -151,6 +155,8 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
         token_type_ids = _check_index_tensor("token_type_ids", token_type_ids, input_ids.shape, device)
     if position_ids is not None:
         position_ids = _check_index_tensor("position_ids", position_ids, input_ids.shape, device)
+    else:
+        position_ids = default_position_ids(config, input_ids)  # None: each token's column, computed below
 
     if batch == 0 or seq_len == 0:
         # Nothing to check or pack (and reductions such as aminmax refuse empty tensors).

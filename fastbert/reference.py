@@ -1,12 +1,15 @@
-"""The oracle: BERT's forward pass in plain PyTorch over our weight dict.
+"""The oracle: a BERT-family forward pass (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA) in plain
+PyTorch over our weight dict.
 
 Readable first, fast never. It follows transformers.BertModel with attn_implementation="eager"
 operation for operation (same order of additions, same mask value, scale applied after Q @ K^T), so
 in fp32 the two agree to rounding (tests hold it within 1e-5 on the real all-MiniLM-L6-v2). Every
 Triton path is tested against this module, and this module against transformers.
 
-Default position ids are arange(S) for every row, which is what transformers does even when a batch is
-left-padded: left-padded rows then see shifted positions. Pass position_ids to do otherwise.
+Default position ids follow transformers per family: arange(S) for every row for BERT, DistilBERT and
+ELECTRA, even when a batch is left-padded (left-padded rows then see shifted positions); for the
+RoBERTa family pad_token_id + 1 onwards over the non-pad ids of each row (fastbert.families). Pass
+position_ids to do otherwise.
 """
 
 import math
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import BertConfig
+from .families import default_position_ids
 from .outputs import EncoderOutput
 from .weights import load_weights
 
@@ -24,18 +28,28 @@ def gelu_tanh_hf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
+def gelu_fast_hf(x: torch.Tensor) -> torch.Tensor:
+    """transformers' "gelu_fast": the tanh approximation with sqrt(2/pi) written to 10 digits."""
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
 # Keyed on hidden_act, not on config.activation: "gelu_new" and "gelu_pytorch_tanh" are the same
 # function but round differently, and the oracle reproduces transformers to the last bit it can.
 _ACT_FNS = {
     "gelu": F.gelu,
+    "gelu_python": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),
     "gelu_new": gelu_tanh_hf,
+    "gelu_python_tanh": lambda x: x * 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": gelu_fast_hf,
     "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
 }
 
 
 class ReferenceBertModel:
-    """BERT encoder (+ pooler) in plain PyTorch. `weights` uses the names of fastbert.weights."""
+    """BERT-family encoder (+ pooler) in plain PyTorch. `weights` uses the names of fastbert.weights."""
 
     def __init__(self, config: BertConfig, weights: dict[str, torch.Tensor]):
         self.config = config
@@ -74,8 +88,10 @@ class ReferenceBertModel:
             x = x + w["embeddings.token_type"][token_type_ids]
         x = x + w["embeddings.position"][position_ids]
         x = F.layer_norm(
-            x, (cfg.hidden_size,), w["embeddings.norm.weight"], w["embeddings.norm.bias"], cfg.layer_norm_eps
+            x, (cfg.embedding_dim,), w["embeddings.norm.weight"], w["embeddings.norm.bias"], cfg.layer_norm_eps
         )
+        if "embeddings.project.weight" in w:  # ELECTRA with embedding_size != hidden_size
+            x = F.linear(x, w["embeddings.project.weight"], w["embeddings.project.bias"])
 
         # Additive key mask [B, 1, 1, S]: padding keys get the dtype's lowest value, as in transformers.
         mask = (1.0 - attention_mask[:, None, None, :].to(self.dtype)) * torch.finfo(self.dtype).min
@@ -140,11 +156,15 @@ class ReferenceBertModel:
             _check_range("token_type_ids", token_type_ids, cfg.type_vocab_size, "type_vocab_size")
 
         if position_ids is None:
-            if S > cfg.max_position_embeddings:
+            if S > cfg.max_sequence_length:
                 raise ValueError(
                     f"sequence length {S} exceeds max_position_embeddings={cfg.max_position_embeddings}"
+                    + (f" less the position offset (at most {cfg.max_sequence_length} tokens)"
+                       if cfg.max_sequence_length != cfg.max_position_embeddings else "")
                 )
-            position_ids = torch.arange(S, device=self.device)
+            position_ids = default_position_ids(cfg, input_ids)
+            if position_ids is None:
+                position_ids = torch.arange(S, device=self.device)
         position_ids = _index_tensor("position_ids", position_ids, self.device)
         shape = tuple(position_ids.shape)
         if position_ids.dim() == 1:

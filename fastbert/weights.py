@@ -1,12 +1,14 @@
-"""Checkpoint reading and the one mapping from transformers' parameter names to ours.
+"""Checkpoint reading and the mapping from each family's parameter names to ours (the names per family
+are rows of fastbert.families.FAMILIES; this module applies them).
 
-Our names (every other module depends on exactly these), with H = hidden, I = intermediate,
-V = vocab, P = max positions, TV = token-type vocab:
+Our names (every other module depends on exactly these), with H = hidden, E = embedding width (ELECTRA's
+embedding_size, else H), I = intermediate, V = vocab, P = max positions, TV = token-type vocab:
 
-    embeddings.word          [V, H]
-    embeddings.position      [P, H]
-    embeddings.token_type    [TV, H]   absent when type_vocab_size == 0
-    embeddings.norm.weight   [H]       .bias [H]
+    embeddings.word          [V, E]
+    embeddings.position      [P, E]
+    embeddings.token_type    [TV, E]   absent when type_vocab_size == 0 (DistilBERT)
+    embeddings.norm.weight   [E]       .bias [E]
+    embeddings.project.weight [H, E]   .bias [H]   ELECTRA with E != H only: applied after the norm
     layers.{i}.qkv.weight    [3H, H]   rows: all of Q, then all of K, then all of V (unscaled)
     layers.{i}.qkv.bias      [3H]
     layers.{i}.attn_out.weight [H, H]  .bias [H]
@@ -14,7 +16,7 @@ V = vocab, P = max positions, TV = token-type vocab:
     layers.{i}.ffn_in.weight [I, H]    .bias [I]
     layers.{i}.ffn_out.weight [H, I]   .bias [H]
     layers.{i}.ffn_norm.weight [H]     .bias [H]
-    pooler.weight [H, H], pooler.bias [H]   absent when the checkpoint has no pooler
+    pooler.weight [H, H], pooler.bias [H]   absent when the checkpoint (or family) has no pooler
 
 Linear weights keep torch's [out_features, in_features] layout.
 """
@@ -25,6 +27,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import torch
 
 from .config import BertConfig
+from .families import family_of
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
@@ -36,58 +39,42 @@ _FINITE_CHECK_SLICE = 1 << 24
 
 # Buffers transformers may have saved alongside the parameters; they carry no learned values.
 _IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids")
-# Names under which BertModel's own tensors live; in a checkpoint without the "bert." prefix any other
-# name belongs to a task head.
-_ENCODER_ROOTS = ("embeddings.", "encoder.", "pooler.")
-_PREFIX = "bert."
-
-
 def weight_table(config: BertConfig) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(our name, transformers name without the "bert." prefix, shape) for every tensor we take.
+    """(our name, the family's checkpoint name without its prefix, shape) for every tensor we take.
 
     The Q, K and V projections appear under the provisional names layers.{i}.q/.k/.v; they are fused
     into layers.{i}.qkv by convert_state_dict.
     """
-    H, I = config.hidden_size, config.intermediate_size
-    table = [
-        ("embeddings.word", "embeddings.word_embeddings.weight", (config.vocab_size, H)),
-        ("embeddings.position", "embeddings.position_embeddings.weight", (config.max_position_embeddings, H)),
-    ]
-    if config.type_vocab_size > 0:
-        table.append(
-            ("embeddings.token_type", "embeddings.token_type_embeddings.weight", (config.type_vocab_size, H))
-        )
-    table += [
-        ("embeddings.norm.weight", "embeddings.LayerNorm.weight", (H,)),
-        ("embeddings.norm.bias", "embeddings.LayerNorm.bias", (H,)),
-    ]
+    family = family_of(config.model_type)
+    H, E, I = config.hidden_size, config.embedding_dim, config.intermediate_size
+    embedding_shapes = {
+        "embeddings.word": (config.vocab_size, E),
+        "embeddings.position": (config.max_position_embeddings, E),
+        "embeddings.token_type": (config.type_vocab_size, E),
+        "embeddings.norm.weight": (E,),
+        "embeddings.norm.bias": (E,),
+    }
+    table = [(ours, theirs, embedding_shapes[ours]) for ours, theirs in family.embeddings.items()
+             if ours != "embeddings.token_type" or config.type_vocab_size > 0]
+    if E != H:
+        table += [("embeddings.project.weight", family.projection + ".weight", (H, E)),
+                  ("embeddings.project.bias", family.projection + ".bias", (H,))]
+    layer_shapes = {"q": (H, H), "k": (H, H), "v": (H, H), "attn_out": (H, H), "attn_norm": (H,),
+                    "ffn_in": (I, H), "ffn_out": (H, I), "ffn_norm": (H,)}
     for i in range(config.num_hidden_layers):
-        ours, theirs = f"layers.{i}.", f"encoder.layer.{i}."
-        table += [
-            (ours + "q.weight", theirs + "attention.self.query.weight", (H, H)),
-            (ours + "q.bias", theirs + "attention.self.query.bias", (H,)),
-            (ours + "k.weight", theirs + "attention.self.key.weight", (H, H)),
-            (ours + "k.bias", theirs + "attention.self.key.bias", (H,)),
-            (ours + "v.weight", theirs + "attention.self.value.weight", (H, H)),
-            (ours + "v.bias", theirs + "attention.self.value.bias", (H,)),
-            (ours + "attn_out.weight", theirs + "attention.output.dense.weight", (H, H)),
-            (ours + "attn_out.bias", theirs + "attention.output.dense.bias", (H,)),
-            (ours + "attn_norm.weight", theirs + "attention.output.LayerNorm.weight", (H,)),
-            (ours + "attn_norm.bias", theirs + "attention.output.LayerNorm.bias", (H,)),
-            (ours + "ffn_in.weight", theirs + "intermediate.dense.weight", (I, H)),
-            (ours + "ffn_in.bias", theirs + "intermediate.dense.bias", (I,)),
-            (ours + "ffn_out.weight", theirs + "output.dense.weight", (H, I)),
-            (ours + "ffn_out.bias", theirs + "output.dense.bias", (H,)),
-            (ours + "ffn_norm.weight", theirs + "output.LayerNorm.weight", (H,)),
-            (ours + "ffn_norm.bias", theirs + "output.LayerNorm.bias", (H,)),
-        ]
+        for ours, theirs in family.layer.items():
+            weight_shape = layer_shapes[ours]
+            for kind, shape in (("weight", weight_shape), ("bias", weight_shape[:1])):
+                table.append((f"layers.{i}.{ours}.{kind}", f"{family.layer_root}.{i}.{theirs}.{kind}", shape))
     return table
 
 
 # The pooler is optional (BertModel(add_pooling_layer=False)) but all-or-nothing.
 def _pooler_table(config: BertConfig) -> list[tuple[str, str, tuple[int, ...]]]:
-    H = config.hidden_size
-    return [("pooler.weight", "pooler.dense.weight", (H, H)), ("pooler.bias", "pooler.dense.bias", (H,))]
+    pooler, H = family_of(config.model_type).pooler, config.hidden_size
+    if pooler is None:
+        return []
+    return [("pooler.weight", pooler + ".weight", (H, H)), ("pooler.bias", pooler + ".bias", (H,))]
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
@@ -195,22 +182,25 @@ def check_finite(state_dict: dict[str, torch.Tensor], source) -> None:
 def convert_state_dict(
     state_dict: dict[str, torch.Tensor], config: BertConfig
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Map transformers names to ours and fuse Q, K, V.
+    """Map the family's checkpoint names (config.model_type) to ours and fuse Q, K, V.
 
-    Accepts BertModel names, the "bert." prefix of BertFor* checkpoints and the legacy
-    LayerNorm.gamma/.beta names. Returns (weights, head): `head` holds the tensors outside the encoder
-    (cls.*, classifier.*, qa_outputs.*, ...) under their original names, untouched.
+    Accepts the base model's names (BertModel, RobertaModel, ...), the prefix of task-model checkpoints
+    ("bert.", "roberta.", "distilbert.", "electra.") and the legacy LayerNorm.gamma/.beta names.
+    Returns (weights, head): `head` holds the tensors outside the encoder (cls.*, classifier.*,
+    lm_head.*, ...) under their original names, untouched.
     Raises one ValueError listing every missing, unexpected and mis-shaped tensor.
     """
-    prefixed = any(k.startswith(_PREFIX) for k in state_dict)
+    family = family_of(config.model_type)
+    prefix = family.prefix + "."
+    prefixed = any(k.startswith(prefix) for k in state_dict)
     encoder, head, source_name = {}, {}, {}
     for key, tensor in state_dict.items():
         if prefixed:
-            if not key.startswith(_PREFIX):
+            if not key.startswith(prefix):
                 head[key] = tensor
                 continue
-            name = key[len(_PREFIX) :]
-        elif key.startswith(_ENCODER_ROOTS):
+            name = key[len(prefix) :]
+        elif key.startswith(family.roots):
             name = key
         else:
             head[key] = tensor
@@ -225,7 +215,7 @@ def convert_state_dict(
         encoder[name], source_name[name] = tensor, key
 
     def shown(name):
-        return source_name.get(name, _PREFIX + name if prefixed else name)
+        return source_name.get(name, prefix + name if prefixed else name)
 
     table = weight_table(config)
     pooler = _pooler_table(config)
@@ -242,9 +232,10 @@ def convert_state_dict(
         else:
             taken[ours] = tensor
     # A model built with type_vocab_size=0 still saves an empty [0, H] table: nothing to take from it.
-    empty_tt = encoder.get("embeddings.token_type_embeddings.weight")
+    token_type_name = family.embeddings.get("embeddings.token_type")
+    empty_tt = encoder.get(token_type_name)
     if config.type_vocab_size == 0 and empty_tt is not None and empty_tt.numel() == 0:
-        encoder.pop("embeddings.token_type_embeddings.weight")
+        encoder.pop(token_type_name)
     unexpected = [shown(name) for name in encoder]
 
     if missing or misshaped or unexpected:
@@ -296,7 +287,7 @@ def _modern_layer_norm_name(name: str) -> str:
 
 def _describe(config: BertConfig) -> str:
     return (
-        f"vocab_size={config.vocab_size}, hidden_size={config.hidden_size}, "
+        f"model_type={config.model_type}, vocab_size={config.vocab_size}, hidden_size={config.hidden_size}, "
         f"num_hidden_layers={config.num_hidden_layers}, intermediate_size={config.intermediate_size}, "
         f"max_position_embeddings={config.max_position_embeddings}, type_vocab_size={config.type_vocab_size}"
     )

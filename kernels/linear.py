@@ -15,7 +15,7 @@ N: BERT's projections at M <= 512), the launcher splits K instead (plan_split_k)
 of K into an fp32 partial tile, and a second kernel sums the partials in a fixed order (deterministic) and
 applies the epilogue once, after the sum, so GELU never sees a partial sum.
 
-Activations: None, "gelu" (exact, erf), "gelu_tanh" (tanh approximation), "relu".
+Activations: None, "gelu" (exact, erf), "gelu_tanh" (tanh approximation), "relu", "silu" (x * sigmoid(x)).
 Limits: inference only (no autograd); M*row_stride and N*K may exceed 2**31 (offsets are int64).
 """
 
@@ -27,7 +27,7 @@ import triton.language as tl
 from ._gemm_grid import plan_launch, pruning_rule, reduce_block_m, resolve_num_sms, tiles_of
 from ._validate import check_same, check_tensor, is_interpreter
 
-ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu")
+ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu", "silu")
 
 
 @triton.jit
@@ -42,6 +42,9 @@ def _apply_activation(acc, ACTIVATION: tl.constexpr):
         acc = acc * tl.sigmoid(2.0 * u)
     elif ACTIVATION == "relu":
         acc = tl.maximum(acc, 0.0)
+    elif ACTIVATION == "silu":
+        # SiLU / swish; tl.sigmoid saturates to 0 or 1 for large |x|, so no overflow to NaN.
+        acc = acc * tl.sigmoid(acc)
     return acc
 
 
@@ -98,7 +101,7 @@ def _linear_kernel(
     stride_om,
     HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
-    ACTIVATION: tl.constexpr,  # "none", "gelu", "gelu_tanh" or "relu"
+    ACTIVATION: tl.constexpr,  # "none", "gelu", "gelu_tanh", "relu" or "silu"
     INPUT_PRECISION: tl.constexpr,  # tl.dot precision for fp32 inputs: "ieee" or "tf32"
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: the K loop needs no mask
     BLOCK_M: tl.constexpr,
@@ -311,7 +314,7 @@ def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None
 
     x: [M, K], unit last stride, any row stride. weight: [N, K], unit last stride. bias: [N] or None.
     residual: [M, N] (unit last stride) or None. All of one float dtype (fp32, fp16, bf16) on one device.
-    activation: None, "gelu", "gelu_tanh", "relu". num_sms: the SM count to fill (default: the GPU's).
+    activation: None, "gelu", "gelu_tanh", "relu", "silu". num_sms: the SM count to fill (default: the GPU's).
     Returns a contiguous [M, N] tensor in x's dtype.
     """
     M, N, K = check_linear_args(x, weight, bias, activation, residual)

@@ -1,29 +1,57 @@
-"""Random-weight BERT checkpoints for tests: a transformers model saved to a folder fastbert loads."""
+"""Random-weight checkpoints of the BERT family for tests: a transformers model saved to a folder
+fastbert loads."""
 
 import torch
 
 BERT_BASE_SHAPES = dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072)
 
+# The base model class of each model_type, and the config keys a family names differently from BERT,
+# written here independently of fastbert's own table (fastbert/families.py) so the tests check it.
+BASE_CLASSES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
+                "camembert": "CamembertModel", "distilbert": "DistilBertModel", "electra": "ElectraModel"}
+_RENAMED_KEYS = {"distilbert": {"hidden_size": "dim", "num_attention_heads": "n_heads", "num_hidden_layers": "n_layers",
+                                "intermediate_size": "hidden_dim", "hidden_act": "activation"}}
+# A tiny model of odd sizes per family (head_dim 32, the smallest the Triton attention kernel serves).
+FAMILY_SETTINGS = dict(vocab_size=99, hidden_size=96, num_attention_heads=3, num_hidden_layers=2,
+                       intermediate_size=37, max_position_embeddings=40)
+_ROBERTA_EXTRA = dict(type_vocab_size=1, pad_token_id=1)
+FAMILY_EXTRA = {"bert": dict(type_vocab_size=3), "roberta": _ROBERTA_EXTRA, "xlm-roberta": _ROBERTA_EXTRA,
+                "camembert": _ROBERTA_EXTRA, "distilbert": dict(pad_token_id=0),
+                "electra": dict(embedding_size=20, type_vocab_size=2)}
+
+
+def family_settings(model_type, **overrides):
+    """The tiny odd-sized settings for one family, with its own quirks (RoBERTa's pad id 1, ELECTRA's
+    narrower embeddings) and any overrides."""
+    return {**FAMILY_SETTINGS, **FAMILY_EXTRA[model_type], **overrides}
+
 
 def random_hf_model(model_class="BertModel", *, seed=0, add_pooling_layer=True, **overrides):
-    """A transformers BERT with random weights (eval mode, eager attention). Small by default;
-    `overrides` set any transformers.BertConfig field."""
+    """A transformers model of any supported family with random weights (eval mode, eager attention).
+    The family comes from the class (RobertaForMaskedLM: roberta). Small by default; `overrides` set
+    config fields under BERT's names (hidden_size, ...), translated for families that rename them."""
     import transformers
 
+    cls = getattr(transformers, model_class)
+    model_type = cls.config_class.model_type
     settings = dict(vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                     intermediate_size=96, max_position_embeddings=80, type_vocab_size=2)
     settings.update(overrides)
+    renamed = _RENAMED_KEYS.get(model_type, {})
+    if renamed:
+        settings.pop("type_vocab_size", None)
+    settings = {renamed.get(key, key): value for key, value in settings.items()}
     torch.manual_seed(seed)
-    config = transformers.BertConfig(**settings)
+    config = cls.config_class(**settings)
     config._attn_implementation = "eager"
-    if model_class == "BertModel":
-        model = transformers.BertModel(config, add_pooling_layer=add_pooling_layer)
+    if not add_pooling_layer:
+        model = cls(config, add_pooling_layer=False)
     else:
-        model = getattr(transformers, model_class)(config)
+        model = cls(config)
     # Random LayerNorm parameters and biases too: default init (ones/zeros) would hide mix-ups.
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name:
+            if name.endswith("bias") or "norm" in name.lower():
                 parameter.add_(0.1 * torch.randn_like(parameter))
     return model.eval()
 
@@ -35,19 +63,21 @@ def random_bert(folder, *, model_class="BertModel", seed=0, **overrides):
     return model
 
 
-def random_batch(vocab_size, lengths, *, seq_len=None, type_vocab_size=2, left_pad=False, seed=0):
-    """input_ids, attention_mask, token_type_ids [B, S] for sequences of the given lengths."""
+def random_batch(vocab_size, lengths, *, seq_len=None, type_vocab_size=2, left_pad=False, seed=0, pad_token_id=0):
+    """input_ids, attention_mask, token_type_ids [B, S] for sequences of the given lengths; padded
+    positions hold pad_token_id, real ones never do (as a tokenizer pads)."""
     generator = torch.Generator().manual_seed(seed)
     seq_len = seq_len or max(lengths)
     ids = torch.randint(1, vocab_size, (len(lengths), seq_len), generator=generator)
+    ids[ids == pad_token_id] = 0 if pad_token_id else 1
     mask = torch.zeros(len(lengths), seq_len, dtype=torch.long)
     for row, length in enumerate(lengths):
         if left_pad:
             mask[row, seq_len - length:] = 1
         else:
             mask[row, :length] = 1
-    ids = ids * mask
-    types = torch.randint(0, type_vocab_size, (len(lengths), seq_len), generator=generator) * mask
+    ids = torch.where(mask.bool(), ids, pad_token_id)
+    types = torch.randint(0, max(type_vocab_size, 1), (len(lengths), seq_len), generator=generator) * mask
     return ids, mask, types
 
 

@@ -16,6 +16,8 @@ def activation_ref(x, activation):
         return F.gelu(x, approximate="tanh")
     if activation == "relu":
         return F.relu(x)
+    if activation == "silu":
+        return F.silu(x)
     raise ValueError(activation)
 
 

@@ -1,0 +1,157 @@
+"""The BERT family, one row per transformers `model_type`: everything that differs between BERT, RoBERTa,
+XLM-RoBERTa, CamemBERT, DistilBERT and ELECTRA is data in FAMILIES, and loading (config.py, weights.py),
+the encoder (model.py, reference.py) and `optimize()` (patch.py) read it from here.
+
+What a row holds:
+- config_keys: our BertConfig field -> the key in the family's config.json (DistilBERT calls hidden_size
+  "dim"); fields a family does not have take `fixed` (DistilBERT: no token types, eps 1e-12 hard-coded).
+- defaults: transformers' config-class defaults, for config.json files that omit a key (an older
+  RoBERTa config without pad_token_id means 1, not BERT's 0).
+- embedding / layer names: where each tensor lives in the family's checkpoints, under our names
+  (see weights.py for ours). ELECTRA's embeddings are narrower than the encoder (embedding_size) and
+  a Linear, `embeddings_project`, widens them after the embedding LayerNorm.
+- positions: "column" (BERT: position = column index) or "after_padding" (RoBERTa: positions count
+  the non-pad tokens of a row, starting at pad_token_id + 1; pad tokens sit at pad_token_id), exactly
+  transformers' create_position_ids_from_input_ids.
+- prefix: the attribute (and checkpoint name prefix) under which task models keep the encoder;
+  base_class: the transformers class of that encoder, the one `optimize()` patches;
+  output: the transformers output class that encoder's forward returns.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+# transformers' hidden_act name -> the name the GEMM epilogue understands (kernels/linear.py). "gelu" and
+# "gelu_python" are the exact erf form; "gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh" and
+# "gelu_fast" are all the tanh approximation (they differ only in rounding: gelu_fast writes
+# sqrt(2/pi) with 10 digits, 3e-12 relative); "silu" and "swish" are x * sigmoid(x).
+ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_python": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_python_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+
+_BERT_CONFIG_KEYS = {name: name for name in (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "layer_norm_eps", "max_position_embeddings", "type_vocab_size", "pad_token_id", "position_embedding_type")}
+
+# Our embedding names -> theirs. "token_type" is left out by families without token types, "project"
+# is ELECTRA's (present only when embedding_size != hidden_size).
+_BERT_EMBEDDINGS = {
+    "embeddings.word": "embeddings.word_embeddings.weight",
+    "embeddings.position": "embeddings.position_embeddings.weight",
+    "embeddings.token_type": "embeddings.token_type_embeddings.weight",
+    "embeddings.norm.weight": "embeddings.LayerNorm.weight",
+    "embeddings.norm.bias": "embeddings.LayerNorm.bias",
+}
+
+# Our per-layer names -> theirs, relative to the layer. q/k/v are fused into qkv by weights.py.
+_BERT_LAYER = {
+    "q": "attention.self.query",
+    "k": "attention.self.key",
+    "v": "attention.self.value",
+    "attn_out": "attention.output.dense",
+    "attn_norm": "attention.output.LayerNorm",
+    "ffn_in": "intermediate.dense",
+    "ffn_out": "output.dense",
+    "ffn_norm": "output.LayerNorm",
+}
+_DISTILBERT_LAYER = {
+    "q": "attention.q_lin",
+    "k": "attention.k_lin",
+    "v": "attention.v_lin",
+    "attn_out": "attention.out_lin",
+    "attn_norm": "sa_layer_norm",
+    "ffn_in": "ffn.lin1",
+    "ffn_out": "ffn.lin2",
+    "ffn_norm": "output_layer_norm",
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    base_class: str
+    prefix: str
+    output: str
+    config_keys: dict
+    defaults: dict = field(default_factory=dict)
+    fixed: dict = field(default_factory=dict)
+    embeddings: dict = field(default_factory=lambda: dict(_BERT_EMBEDDINGS))
+    projection: str | None = None  # checkpoint name (without .weight/.bias) of ELECTRA's embeddings_project
+    layer_root: str = "encoder.layer"
+    layer: dict = field(default_factory=lambda: dict(_BERT_LAYER))
+    pooler: str | None = "pooler.dense"  # checkpoint name of the pooler's Linear, None: the family has none
+    positions: str = "column"
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """First components of every checkpoint name the encoder owns; in a checkpoint without the prefix,
+        any other name belongs to a task head."""
+        names = [*self.embeddings.values(), self.layer_root, self.pooler or "", self.projection or ""]
+        return tuple(sorted({name.split(".")[0] + "." for name in names if name}))
+
+
+_ROBERTA = dict(output="BaseModelOutputWithPoolingAndCrossAttentions", prefix="roberta",
+                config_keys=_BERT_CONFIG_KEYS, positions="after_padding")
+
+FAMILIES = {
+    family.model_type: family
+    for family in (
+        Family("bert", "BertModel", "bert", "BaseModelOutputWithPoolingAndCrossAttentions", _BERT_CONFIG_KEYS),
+        Family("roberta", "RobertaModel", **_ROBERTA, defaults={"vocab_size": 50265, "pad_token_id": 1}),
+        Family("xlm-roberta", "XLMRobertaModel", **_ROBERTA, defaults={"pad_token_id": 1}),
+        Family("camembert", "CamembertModel", **_ROBERTA, defaults={"pad_token_id": 1}),
+        Family(
+            "distilbert", "DistilBertModel", "distilbert", "BaseModelOutput",
+            config_keys={"vocab_size": "vocab_size", "max_position_embeddings": "max_position_embeddings",
+                         "pad_token_id": "pad_token_id", "hidden_size": "dim", "num_hidden_layers": "n_layers",
+                         "num_attention_heads": "n_heads", "intermediate_size": "hidden_dim",
+                         "hidden_act": "activation"},
+            defaults={"num_hidden_layers": 6},
+            # DistilBERT's LayerNorms hard-code eps=1e-12 and it has no token-type embedding. Sinusoidal
+            # position embeddings (sinusoidal_pos_embds) are a table in the checkpoint like learned ones.
+            fixed={"layer_norm_eps": 1e-12, "type_vocab_size": 0},
+            embeddings={k: v for k, v in _BERT_EMBEDDINGS.items() if k != "embeddings.token_type"},
+            layer_root="transformer.layer", layer=dict(_DISTILBERT_LAYER), pooler=None,
+        ),
+        Family(
+            "electra", "ElectraModel", "electra", "BaseModelOutputWithPastAndCrossAttentions",
+            config_keys={**_BERT_CONFIG_KEYS, "embedding_size": "embedding_size"},
+            defaults={"embedding_size": 128, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024},
+            projection="embeddings_project", pooler=None,
+        ),
+    )
+}
+
+
+def family_of(model_type) -> Family:
+    """The row for a model_type, or a ValueError naming the supported ones."""
+    if model_type not in FAMILIES:
+        raise ValueError(f"model_type={model_type!r} is not supported; expected one of {list(FAMILIES)}")
+    return FAMILIES[model_type]
+
+
+def position_offset(config) -> int:
+    """How far the first position id lies from 0: pad_token_id + 1 for the RoBERTa family, else 0."""
+    return config.pad_token_id + 1 if family_of(config.model_type).positions == "after_padding" else 0
+
+
+def default_position_ids(config, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """transformers' position ids for a padded [B, S] batch given no position_ids, or None where they are
+    each token's column (BERT, DistilBERT, ELECTRA), which the caller computes more cheaply itself.
+
+    RoBERTa family: the n-th token of a row that is not pad_token_id gets position pad_token_id + n; pad
+    tokens get pad_token_id. Like transformers, this looks at the ids, not the attention mask."""
+    if family_of(config.model_type).positions == "column":
+        return None
+    padding_idx = config.pad_token_id
+    real = input_ids.ne(padding_idx)
+    return (real.cumsum(dim=1) * real + padding_idx).to(input_ids.dtype)
