@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fastbert.config import ACTIVATIONS, BertConfig
+from fastbert.config import ACTIVATIONS, SUPPORTED_MODEL_TYPES, BertConfig
 
 
 def test_defaults_are_bert_base():
@@ -56,11 +56,13 @@ def test_from_dict_ignores_unknown_keys():
 
 @pytest.mark.parametrize(
     "hidden_act, kernel",
-    [("gelu", "gelu"), ("gelu_new", "gelu_tanh"), ("gelu_pytorch_tanh", "gelu_tanh"), ("relu", "relu")],
+    [("gelu", "gelu"), ("gelu_python", "gelu"), ("gelu_new", "gelu_tanh"), ("gelu_pytorch_tanh", "gelu_tanh"),
+     ("gelu_python_tanh", "gelu_tanh"), ("gelu_fast", "gelu_tanh"), ("relu", "relu"), ("silu", "silu"),
+     ("swish", "silu")],
 )
 def test_activation_names(hidden_act, kernel):
     assert BertConfig(hidden_act=hidden_act).activation == kernel
-    assert set(ACTIVATIONS.values()) == {"gelu", "gelu_tanh", "relu"}
+    assert set(ACTIVATIONS.values()) == {"gelu", "gelu_tanh", "relu", "silu"}
 
 
 def test_type_vocab_size_zero_and_null_pad_are_valid():
@@ -86,10 +88,12 @@ def test_invalid_json(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"hidden_act": "silu"}, "hidden_act='silu'"),
+        ({"hidden_act": "quick_gelu"}, "hidden_act='quick_gelu'"),
         ({"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key'"),
         ({"hidden_size": 100, "num_attention_heads": 12}, "hidden_size=100 .* num_attention_heads=12"),
-        ({"model_type": "roberta"}, "model_type='roberta'"),
+        ({"model_type": "albert"}, "model_type='albert'"),
+        ({"model_type": "roberta", "pad_token_id": None}, "model_type='roberta' needs a pad_token_id"),
+        ({"model_type": "roberta", "max_position_embeddings": 1}, "max_position_embeddings=1 leaves no position"),
         ({"hidden_size": 0}, "hidden_size must be a positive integer, got 0"),
         ({"num_hidden_layers": -1}, "num_hidden_layers must be a positive integer, got -1"),
         ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
@@ -119,11 +123,51 @@ def test_decoder_configs_rejected():
 
 
 def test_from_pretrained_reports_invalid_field(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "distilbert"}))
-    with pytest.raises(ValueError, match="model_type='distilbert'"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="model_type='gpt2' is not supported; expected one of .*'distilbert'"):
         BertConfig.from_pretrained(tmp_path)
 
 
 def test_from_dict_type():
     with pytest.raises(TypeError, match="config must be a dict"):
         BertConfig.from_dict([("hidden_size", 8)])
+
+
+def test_family_config_keys_and_defaults():
+    """Each family's config.json names and transformers' defaults for the keys a file may omit."""
+    distil = BertConfig.from_dict({"model_type": "distilbert", "dim": 96, "n_heads": 3, "n_layers": 2,
+                                   "hidden_dim": 37, "activation": "relu", "sinusoidal_pos_embds": True,
+                                   "hidden_size": 12345, "type_vocab_size": 2, "layer_norm_eps": 1e-5})
+    assert (distil.hidden_size, distil.num_attention_heads, distil.num_hidden_layers) == (96, 3, 2)
+    assert (distil.intermediate_size, distil.hidden_act, distil.activation) == (37, "relu", "relu")
+    # DistilBERT has no token types and hard-codes eps 1e-12, whatever stray keys a file holds.
+    assert (distil.type_vocab_size, distil.layer_norm_eps) == (0, 1e-12)
+    assert BertConfig.from_dict({"model_type": "distilbert"}).num_hidden_layers == 6
+    roberta = BertConfig.from_dict({"model_type": "roberta", "max_position_embeddings": 514})
+    assert (roberta.pad_token_id, roberta.vocab_size, roberta.max_sequence_length) == (1, 50265, 512)
+    assert BertConfig.from_dict({"model_type": "xlm-roberta"}).pad_token_id == 1
+    electra = BertConfig.from_dict({"model_type": "electra"})
+    assert (electra.embedding_size, electra.embedding_dim, electra.hidden_size) == (128, 128, 256)
+    # BERT has no embedding_size: transformers ignores the key, and so do we.
+    bert = BertConfig.from_dict({"model_type": "bert", "embedding_size": 32})
+    assert (bert.embedding_dim, bert.max_sequence_length) == (768, 512)
+
+
+def test_embedding_size_only_where_projected():
+    with pytest.raises(ValueError, match="embedding_size=32 differs from hidden_size=768, but model_type='bert'"):
+        BertConfig(embedding_size=32)
+    with pytest.raises(ValueError, match="embedding_size must be None or a positive integer, got 0"):
+        BertConfig(model_type="electra", embedding_size=0)
+    assert BertConfig(embedding_size=768).embedding_dim == 768
+
+
+def test_every_family_matches_transformers_defaults():
+    transformers = pytest.importorskip("transformers")
+    for model_type in SUPPORTED_MODEL_TYPES:
+        hf = transformers.AutoConfig.for_model(model_type)
+        ours = BertConfig.from_dict({"model_type": model_type})
+        assert (ours.vocab_size, ours.hidden_size, ours.num_hidden_layers) == (
+            hf.vocab_size, hf.hidden_size, hf.num_hidden_layers), model_type
+        assert (ours.num_attention_heads, ours.pad_token_id, ours.max_position_embeddings) == (
+            hf.num_attention_heads, hf.pad_token_id, hf.max_position_embeddings), model_type
+        assert ours.embedding_dim == getattr(hf, "embedding_size", hf.hidden_size), model_type

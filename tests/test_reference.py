@@ -277,3 +277,31 @@ def test_model_without_token_types_rejects_nonzero_types():
     assert model(ids).last_hidden_state.shape == (1, 4, 8)
     with pytest.raises(ValueError, match="token_type_ids must be all zero"):
         model(ids, token_type_ids=torch.ones_like(ids))
+
+
+@pytest.mark.parametrize(
+    "model_type, overrides",
+    [("bert", {"hidden_act": "gelu_fast"}), ("bert", {"hidden_act": "silu"}), ("roberta", {}),
+     ("xlm-roberta", {}), ("camembert", {}), ("distilbert", {}), ("electra", {})],
+)
+def test_families_match_transformers(tmp_path, model_type, overrides):
+    from tests.bert_factory import BASE_CLASSES, family_settings
+
+    settings = family_settings(model_type, **overrides)
+    hf = random_hf_model(BASE_CLASSES[model_type], **settings)
+    hf.save_pretrained(tmp_path)
+    ours = ReferenceBertModel.from_pretrained(tmp_path)
+    ids, mask, types = padded_batch(settings["vocab_size"], [7, 13, 10], left_pad=True,
+                                    type_vocab_size=settings.get("type_vocab_size", 1),
+                                    pad_token_id=settings.get("pad_token_id", 0))
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if model_type != "distilbert":
+        inputs["token_type_ids"] = types
+    with torch.no_grad():
+        theirs = hf(**inputs, output_hidden_states=True)
+    out = ours(**inputs, output_hidden_states=True)
+    # Left-padded rows: compare real tokens only (padded rows differ where the pooler reads column 0).
+    real = mask.bool()
+    for a, b in zip(out.hidden_states, theirs.hidden_states, strict=True):
+        torch.testing.assert_close(a[real], b[real], atol=ATOL, rtol=0)
+    assert (out.pooler_output is None) == (getattr(theirs, "pooler_output", None) is None)

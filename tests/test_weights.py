@@ -388,3 +388,51 @@ def test_cli_names_the_non_finite_tensor(tmp_path, capsys, command):
     err = capsys.readouterr().err
     assert code == 2, err
     assert "holds non-finite values in 1 tensor(s): encoder.layer.0.attention.self.key.weight (1 NaN)" in err, err
+
+
+MASKED_LM = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM", "xlm-roberta": "XLMRobertaForMaskedLM",
+             "camembert": "CamembertForMaskedLM", "distilbert": "DistilBertForMaskedLM",
+             "electra": "ElectraForMaskedLM"}
+
+
+@pytest.mark.parametrize("model_type", list(MASKED_LM))
+def test_family_names_with_and_without_prefix(model_type):
+    from tests.bert_factory import BASE_CLASSES, family_settings, random_hf_model
+
+    settings = family_settings(model_type)
+    base = random_hf_model(BASE_CLASSES[model_type], **settings)
+    config = BertConfig.from_dict(base.config.to_dict())
+    weights, head = convert_state_dict(base.state_dict(), config)
+    expected = our_names(2, pooler=model_type not in ("distilbert", "electra"), token_type=model_type != "distilbert")
+    if model_type == "electra":  # embedding_size 20 != hidden 96: the projection, and narrower tables
+        expected |= {"embeddings.project.weight", "embeddings.project.bias"}
+        assert weights["embeddings.word"].shape == (99, 20) and weights["embeddings.project.weight"].shape == (96, 20)
+    assert set(weights) == expected and head == {}
+
+    task = random_hf_model(MASKED_LM[model_type], **settings)
+    task_state = task.state_dict()
+    prefix = task.base_model_prefix + "."
+    weights, head = convert_state_dict(task_state, config)
+    assert set(weights) == expected - {"pooler.weight", "pooler.bias"}  # masked-LM models have no pooler
+    assert head and not any(name.startswith(prefix) for name in head)
+    assert torch.equal(weights["layers.1.ffn_out.bias"], task.base_model.state_dict()[
+        {"distilbert": "transformer.layer.1.ffn.lin2.bias"}.get(model_type, "encoder.layer.1.output.dense.bias")])
+
+    # A missing tensor is named as the checkpoint names it, prefix included.
+    missing = {"distilbert": "distilbert.transformer.layer.1.attention.k_lin.weight"}.get(
+        model_type, prefix + "encoder.layer.1.attention.self.key.weight")
+    del task_state[missing]
+    with pytest.raises(ValueError, match=rf"model_type={model_type}.*\n  missing \(1\): {missing} \[96, 96\]"):
+        convert_state_dict(task_state, config)
+
+
+def test_family_of_the_config_decides_the_names():
+    """A DistilBERT checkpoint read as BERT: BERT's layer names are missing, DistilBERT's set aside."""
+    from tests.bert_factory import family_settings, random_hf_model
+
+    model = random_hf_model("DistilBertModel", **family_settings("distilbert"))
+    config = BertConfig.from_dict({**model.config.to_dict(), "model_type": "bert", "hidden_size": 96,
+                                   "num_attention_heads": 3, "num_hidden_layers": 2, "intermediate_size": 37,
+                                   "type_vocab_size": 0})
+    with pytest.raises(ValueError, match=r"(?s)missing.*encoder\.layer\.0.*set aside: transformer\.layer\.0"):
+        convert_state_dict(model.state_dict(), config)
