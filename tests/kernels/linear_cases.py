@@ -8,7 +8,7 @@ import torch
 from tests.kernels.references import linear_ref
 from tests.tolerances import assert_close
 
-ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu")
+ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu", "silu")
 # The projections of BERT-base (QKV, attention output, FFN in and out) and MiniLM, with the epilogue each
 # one uses.
 BERT_SHAPES = [
