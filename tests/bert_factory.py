@@ -1,6 +1,8 @@
 """Random-weight checkpoints of the BERT family for tests: a transformers model saved to a folder
 fastbert loads."""
 
+import json
+
 import torch
 
 BERT_BASE_SHAPES = dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072)
@@ -116,3 +118,37 @@ def load_fastbert(path, backend, dtype=torch.float32, **kwargs):
 
     model = FastBertModel.from_pretrained(path, dtype=dtype, device=device_for(backend), backend=backend, **kwargs)
     return OnItsDevice(model)
+
+
+# Special tokens in the order each family's vocabularies start with them.
+_BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def save_tokenizer(folder, model_type, vocab_size, model_max_length=None):
+    """A word-level tokenizer.json (+ tokenizer_config.json) of `vocab_size` ids with the family's
+    special tokens and template: [CLS] A [SEP] for BERT, DistilBERT and ELECTRA, <s> A </s> for the
+    RoBERTa family. Words are "w5", "w6", ...; anything else is the unknown token."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+
+    roberta = model_type in ("roberta", "xlm-roberta", "camembert")
+    specials = _ROBERTA_SPECIALS if roberta else _BERT_SPECIALS
+    vocab = {token: index for index, token in enumerate(specials)}
+    vocab.update({f"w{index}": index for index in range(len(specials), vocab_size)})
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token=specials[3] if roberta else specials[1]))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    if roberta:
+        tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    else:
+        tokenizer.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
+    tokenizer.add_special_tokens(specials)
+    folder = Path(folder)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {"pad_token": specials[1] if roberta else specials[0]}
+    if model_max_length is not None:
+        config["model_max_length"] = model_max_length
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))

@@ -1,6 +1,7 @@
 """Every supported model_type against transformers in fp32: fastbert.from_pretrained on a random checkpoint
 saved by transformers, and fastbert.optimize on the base model and its task models, on both backends."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -251,3 +252,36 @@ def test_checkpoints_of_task_models_load(tmp_path):
         out = model(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"))
         assert_close_on_real_tokens(out.last_hidden_state, expected.last_hidden_state, inputs["attention_mask"],
                                     atol("torch"), model_type)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_cli_encode_accepts_a_folder_of_each_family(tmp_path, model_type, monkeypatch, capsys):
+    """`fastbert encode --model FOLDER` on a checkpoint + tokenizer of each family, against transformers
+    (mean pooling over the same tokens). The tokenizer has no model_max_length: the RoBERTa family's
+    limit is then its position table less the offset, and a long text is truncated to it."""
+    from fastbert import cli
+    from fastbert.tokenizer import Tokenizer
+    from tests.bert_factory import save_tokenizer
+
+    settings = family_settings(model_type)
+    hf_model = random_hf_model(BASE_CLASSES[model_type], **settings)
+    hf_model.save_pretrained(tmp_path)
+    save_tokenizer(tmp_path, model_type, settings["vocab_size"])
+    texts = ["w5 w17 w98", "w42 unknown w7 w7 w8", " ".join(f"w{5 + i}" for i in range(60))]
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["encode", *texts, "--model", str(tmp_path), "--backend", "torch", "--device", "cpu",
+                     "--pooling", "mean", "--no-normalize", "--output", "out.npy"])
+    assert code == 0, capsys.readouterr().err
+    embeddings = torch.from_numpy(np.load(tmp_path / "out.npy"))
+
+    offset = settings["pad_token_id"] + 1 if model_type in ("roberta", "xlm-roberta", "camembert") else 0
+    limit = settings["max_position_embeddings"] - offset
+    tokens = Tokenizer.from_pretrained(tmp_path)(texts, max_length=limit)
+    assert tokens["attention_mask"].sum(dim=1).max() == limit
+    inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+    with torch.no_grad():
+        hidden = hf_model(**inputs).last_hidden_state
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    expected = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+    assert embeddings.shape == (3, settings["hidden_size"])
+    torch.testing.assert_close(embeddings, expected, atol=FAMILY_ATOL["interpreter"], rtol=0)
