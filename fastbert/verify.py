@@ -153,7 +153,7 @@ def run_verify(model, use_transformers=True, sentences=SENTENCES) -> Report:
             notes.append(text)
         else:
             oracles["transformers"] = _run_transformers(hf_model, batch, model.device)
-            oracle_text.append(f"{text} BertModel (eager attention, float32)")
+            oracle_text.append(f"{text} {type(hf_model).__name__} (eager attention, float32)")
 
     names = ["embeddings"] + [f"layer {i + 1}" for i in range(config.num_hidden_layers)]
     ref_states = oracles["reference"][0]

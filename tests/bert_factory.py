@@ -148,7 +148,7 @@ def save_tokenizer(folder, model_type, vocab_size, model_max_length=None):
     tokenizer.add_special_tokens(specials)
     folder = Path(folder)
     tokenizer.save(str(folder / "tokenizer.json"))
-    config = {"pad_token": specials[1] if roberta else specials[0]}
+    config = {"pad_token": specials[1] if roberta else specials[0], "tokenizer_class": "PreTrainedTokenizerFast"}
     if model_max_length is not None:
         config["model_max_length"] = model_max_length
     (folder / "tokenizer_config.json").write_text(json.dumps(config))

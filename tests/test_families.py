@@ -285,3 +285,27 @@ def test_cli_encode_accepts_a_folder_of_each_family(tmp_path, model_type, monkey
     expected = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
     assert embeddings.shape == (3, settings["hidden_size"])
     torch.testing.assert_close(embeddings, expected, atol=FAMILY_ATOL["interpreter"], rtol=0)
+
+
+@pytest.mark.parametrize("model_type", ["xlm-roberta", "distilbert", "electra"])
+def test_sentence_transformer_of_each_kind(tmp_path, model_type):
+    """optimize() finds the encoder of a SentenceTransformer by its config's model_type (multilingual-e5
+    is an XLM-R, all-distilroberta a RoBERTa, msmarco-distilbert a DistilBERT)."""
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer, models
+
+    from tests.bert_factory import save_tokenizer
+
+    settings = family_settings(model_type)
+    random_hf_model(BASE_CLASSES[model_type], **settings).save_pretrained(tmp_path)
+    save_tokenizer(tmp_path, model_type, settings["vocab_size"])
+    transformer = models.Transformer(str(tmp_path))
+    model = SentenceTransformer(modules=[transformer, models.Pooling(settings["hidden_size"], "mean")], device="cpu")
+    texts = ["w5 w6 w7", "w9 w10 w11 w12 w13 w40 w41 w42 w43", "w50"]
+    expected = model.encode(texts, convert_to_tensor=True)
+    fastbert.optimize(model)
+    calls = _count_fast_calls(transformer.auto_model)
+    patched = model.encode(texts, convert_to_tensor=True)
+    assert calls == [1]
+    assert torch.nn.functional.cosine_similarity(patched, expected).min().item() >= 0.99999
+    torch.testing.assert_close(patched, expected, atol=FAMILY_ATOL["interpreter"], rtol=0)
