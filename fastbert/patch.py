@@ -73,6 +73,8 @@ def _fast_forward(encoder, family, fast, original_forward):
         for name, parameter in signature.parameters.items():
             if parameter.kind == inspect.Parameter.VAR_KEYWORD:
                 arguments.update(arguments.pop(name, {}))
+        if "token_type_ids" not in signature.parameters:
+            arguments.pop("token_type_ids", None)  # DistilBERT takes none; transformers ignores them too
         mask = arguments.get("attention_mask")
         # Anything fastbert does not compute (training with dropout, custom embeddings, head masks,
         # attention maps, 3-D/4-D masks, cross-attention, caches) runs through transformers, exactly as

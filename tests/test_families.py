@@ -229,6 +229,12 @@ def test_positional_arguments_keep_their_meaning():
                                     "last_hidden_state")
     with pytest.raises(TypeError):  # what transformers itself says about a surplus argument
         model(inputs["input_ids"], inputs["attention_mask"], None, None, "surplus")
+    # DistilBERT has no token types: given anyway (as a BERT tokenizer's output), they are ignored as
+    # transformers ignores them.
+    with torch.no_grad():
+        with_types = model(**inputs, token_type_ids=torch.ones_like(inputs["input_ids"]))
+    assert calls == [1, 1, 1]
+    assert torch.equal(with_types.last_hidden_state, patched.last_hidden_state)
 
 
 def test_unsupported_model_types_are_named():
@@ -292,15 +298,20 @@ def test_sentence_transformer_of_each_kind(tmp_path, model_type):
     """optimize() finds the encoder of a SentenceTransformer by its config's model_type (multilingual-e5
     is an XLM-R, all-distilroberta a RoBERTa, msmarco-distilbert a DistilBERT)."""
     pytest.importorskip("sentence_transformers")
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers 6 moved the modules; 3 to 5 have them here only
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Pooling, Transformer
 
     from tests.bert_factory import save_tokenizer
 
     settings = family_settings(model_type)
     random_hf_model(BASE_CLASSES[model_type], **settings).save_pretrained(tmp_path)
     save_tokenizer(tmp_path, model_type, settings["vocab_size"])
-    transformer = models.Transformer(str(tmp_path))
-    model = SentenceTransformer(modules=[transformer, models.Pooling(settings["hidden_size"], "mean")], device="cpu")
+    transformer = Transformer(str(tmp_path))
+    model = SentenceTransformer(modules=[transformer, Pooling(settings["hidden_size"], "mean")], device="cpu")
     texts = ["w5 w6 w7", "w9 w10 w11 w12 w13 w40 w41 w42 w43", "w50"]
     expected = model.encode(texts, convert_to_tensor=True)
     fastbert.optimize(model)
