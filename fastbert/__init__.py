@@ -1,4 +1,5 @@
-"""fastbert: a Triton-kernel inference engine for BERT encoders.
+"""fastbert: a Triton-kernel inference engine for BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa,
+CamemBERT, DistilBERT, ELECTRA).
 
     import fastbert
     model = fastbert.from_pretrained("path/to/bert")      # FastBertModel (or a hub id, "org/name")
@@ -24,6 +25,6 @@ __all__ = ["BertConfig", "FastBertModel", "from_pretrained", "optimize", "restor
 
 
 def from_pretrained(path, dtype=None, device=None, backend="auto"):
-    """Load a BERT checkpoint folder or Hugging Face Hub id as a FastBertModel (see
+    """Load a checkpoint folder of any supported model_type, or a Hugging Face Hub id, as a FastBertModel (see
     FastBertModel.from_pretrained)."""
     return FastBertModel.from_pretrained(path, dtype=dtype, device=device, backend=backend)

@@ -82,7 +82,7 @@ def prepare_weights(weights, config, dtype, device):
 
 
 class FastBertModel:
-    """BERT encoder on packed variable-length tokens. See `from_pretrained`."""
+    """BERT-family encoder on packed variable-length tokens. See `from_pretrained`."""
 
     def __init__(self, config, weights, *, device=None, dtype=None, backend="auto", cuda_graphs=None,
                  gemm="auto", tokenizer=None, path=None):
@@ -141,8 +141,9 @@ class FastBertModel:
 
     def __repr__(self):
         c = self.config
-        return (f"FastBertModel(layers={c.num_hidden_layers}, hidden={c.hidden_size}, heads={c.num_attention_heads}, "
-                f"backend={self.backend!r}, device={str(self.device)!r}, dtype={self.dtype})")
+        return (f"FastBertModel(model_type={c.model_type!r}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
+                f"heads={c.num_attention_heads}, backend={self.backend!r}, device={str(self.device)!r}, "
+                f"dtype={self.dtype})")
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
