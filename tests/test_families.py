@@ -89,20 +89,27 @@ def test_optimize_matches_transformers(model_type, task, backend):
     settings = family_settings(model_type)
     model = random_hf_model(STEMS[model_type] + task, **settings)
     inputs = batch_for(settings, model_type, seed=1)
-    with torch.no_grad():
-        expected = model(**inputs, output_hidden_states=True)
-    fastbert.optimize(model, backend=backend)
+    expected, patched = outputs_before_and_after_optimize(model, inputs, backend)
     assert is_optimized(model)
-    calls = _count_fast_calls(model)
-    with torch.no_grad():
-        patched = model(**inputs, output_hidden_states=True)
-    assert calls == [1], "the task model's forward did not reach fastbert's encoder"
     assert_outputs_match(patched, expected, inputs["attention_mask"], atol(backend))
     fastbert.restore(model)
     with torch.no_grad():
         restored = model(**inputs)
     key = next(iter(restored.keys()))
     assert torch.equal(restored[key], expected[key])
+
+
+def outputs_before_and_after_optimize(model, inputs, backend):
+    """The model's outputs (all hidden states included) from transformers, then through fastbert.optimize,
+    checking that the patched call reached fastbert's encoder exactly once."""
+    with torch.no_grad():
+        expected = model(**inputs, output_hidden_states=True)
+    fastbert.optimize(model, backend=backend)
+    calls = _count_fast_calls(model)
+    with torch.no_grad():
+        patched = model(**inputs, output_hidden_states=True)
+    assert calls == [1], "the model's forward did not reach fastbert's encoder"
+    return expected, patched
 
 
 def _count_fast_calls(model):
@@ -115,18 +122,16 @@ def _count_fast_calls(model):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("model_class", ["BertForPreTraining", "BertForNextSentencePrediction"])
-def test_bert_pretraining_heads(model_class, backend):
+@pytest.mark.parametrize("model_class, outputs", [
+    ("BertForPreTraining", {"prediction_logits", "seq_relationship_logits"}),  # masked LM + next sentence
+    ("BertForNextSentencePrediction", {"logits"}),
+])
+def test_bert_pretraining_heads(model_class, outputs, backend):
     settings = family_settings("bert")
     model = random_hf_model(model_class, **settings)
     inputs = batch_for(settings, "bert", seed=2)
-    with torch.no_grad():
-        expected = model(**inputs, output_hidden_states=True)
-    fastbert.optimize(model, backend=backend)
-    calls = _count_fast_calls(model)
-    with torch.no_grad():
-        patched = model(**inputs, output_hidden_states=True)
-    assert calls == [1]
+    expected, patched = outputs_before_and_after_optimize(model, inputs, backend)
+    assert outputs <= set(patched.keys())
     assert_outputs_match(patched, expected, inputs["attention_mask"], atol(backend))
 
 
@@ -135,16 +140,13 @@ def test_bert_multiple_choice(backend):
     """[B, C, S] inputs: transformers flattens them to [B * C, S] before the encoder."""
     settings = family_settings("bert")
     model = random_hf_model("BertForMultipleChoice", **settings)
-    flat = batch_for(settings, "bert", seed=3)  # 4 sequences = 2 questions x 2 choices
-    inputs = {name: tensor.view(2, 2, -1) for name, tensor in flat.items()}
-    with torch.no_grad():
-        expected = model(**inputs, output_hidden_states=True)
-    fastbert.optimize(model, backend=backend)
-    calls = _count_fast_calls(model)
-    with torch.no_grad():
-        patched = model(**inputs, output_hidden_states=True)
-    assert calls == [1] and patched.logits.shape == (2, 2)
-    assert_outputs_match(patched, expected, flat["attention_mask"], atol(backend))
+    ids, mask, types = random_batch(settings["vocab_size"], [7, 13, 9, 11], seed=3,
+                                    type_vocab_size=settings["type_vocab_size"])  # 2 questions x 2 choices
+    inputs = {"input_ids": ids.view(2, 2, -1), "attention_mask": mask.view(2, 2, -1),
+              "token_type_ids": types.view(2, 2, -1)}
+    expected, patched = outputs_before_and_after_optimize(model, inputs, backend)
+    assert patched.logits.shape == (2, 2)
+    assert_outputs_match(patched, expected, mask, atol(backend))
 
 
 # hidden_act values a BERT config.json may hold, each through the GEMM epilogue of both backends.
