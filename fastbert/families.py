@@ -134,7 +134,7 @@ FAMILIES = {
 
 def family_of(model_type) -> Family:
     """The row for a model_type, or a ValueError naming the supported ones."""
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise ValueError(f"model_type={model_type!r} is not supported; expected one of {list(FAMILIES)}")
     return FAMILIES[model_type]
 

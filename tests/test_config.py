@@ -92,6 +92,7 @@ def test_invalid_json(tmp_path):
         ({"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key'"),
         ({"hidden_size": 100, "num_attention_heads": 12}, "hidden_size=100 .* num_attention_heads=12"),
         ({"model_type": "albert"}, "model_type='albert'"),
+        ({"model_type": ["bert"]}, r"model_type=\['bert'\] is not supported"),
         ({"model_type": "roberta", "pad_token_id": None}, "model_type='roberta' needs a pad_token_id"),
         ({"model_type": "roberta", "max_position_embeddings": 1}, "max_position_embeddings=1 leaves no position"),
         ({"hidden_size": 0}, "hidden_size must be a positive integer, got 0"),
