@@ -8,7 +8,6 @@ import torch
 import fastbert
 from fastbert.patch import is_optimized
 from tests.bert_factory import BASE_CLASSES, device_for, family_settings, load_fastbert, random_batch, random_hf_model
-from tests.conftest import BACKEND
 from tests.tolerances import FAMILY_ATOL
 
 transformers = pytest.importorskip("transformers")
@@ -246,7 +245,6 @@ def test_unsupported_model_types_are_named():
         fastbert.optimize(transformers.AlbertModel(config))
 
 
-@pytest.mark.skipif(BACKEND == "cuda", reason="the tiny CPU checkpoints are compared on CPU")
 def test_checkpoints_of_task_models_load(tmp_path):
     """A folder saved from a task model (prefixed names, heads beside the encoder) loads its encoder."""
     for model_type in MODEL_TYPES:
