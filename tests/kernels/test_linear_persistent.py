@@ -120,7 +120,7 @@ def test_unaligned_operands_are_unsupported(operands, match, device):
         (lambda x, w, b: (x, w, b[:-1], None), ValueError, r"bias has shape \(71,\)"),
         (lambda x, w, b: (x.t().contiguous().t(), w, b, None), ValueError, "x must have stride 1"),
         (lambda x, w, b: (x, w.half(), b, None), TypeError, "weight has dtype"),
-        (lambda x, w, b: (x, w, b, "silu"), ValueError, "activation"),
+        (lambda x, w, b: (x, w, b, "swish"), ValueError, "activation"),
     ],
 )
 def test_validation(change, error, match, device):
