@@ -124,11 +124,13 @@ def _count_fast_calls(model):
 @pytest.mark.parametrize("model_class, outputs", [
     ("BertForPreTraining", {"prediction_logits", "seq_relationship_logits"}),  # masked LM + next sentence
     ("BertForNextSentencePrediction", {"logits"}),
+    ("ElectraForPreTraining", {"logits"}),  # the replaced-token discriminator
 ])
-def test_bert_pretraining_heads(model_class, outputs, backend):
-    settings = family_settings("bert")
+def test_pretraining_heads(model_class, outputs, backend):
+    model_type = getattr(transformers, model_class).config_class.model_type
+    settings = family_settings(model_type)
     model = random_hf_model(model_class, **settings)
-    inputs = batch_for(settings, "bert", seed=2)
+    inputs = batch_for(settings, model_type, seed=2)
     expected, patched = outputs_before_and_after_optimize(model, inputs, backend)
     assert outputs <= set(patched.keys())
     assert_outputs_match(patched, expected, inputs["attention_mask"], atol(backend))
