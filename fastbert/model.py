@@ -129,14 +129,7 @@ class FastBertModel:
                 raise ValueError("this model has no tokenizer: load it with from_pretrained(folder), or set .tokenizer")
             from .tokenizer import Tokenizer
 
-            tokenizer = Tokenizer.from_pretrained(self.path)
-            # Never longer than the position table serves: a tokenizer without its own limit falls back on
-            # config.json's max_position_embeddings, 2 too many for the RoBERTa family (positions from 2).
-            limit = self.config.max_sequence_length
-            if tokenizer.model_max_length is None or tokenizer.model_max_length > limit:
-                tokenizer.model_max_length = limit
-                tokenizer.max_length = limit if tokenizer.max_length is None else min(tokenizer.max_length, limit)
-            self.tokenizer = tokenizer
+            self.tokenizer = Tokenizer.from_pretrained(self.path)
         return self.tokenizer
 
     def __repr__(self):

@@ -240,8 +240,8 @@ def _position_limit(path: Path) -> int | None:
     except (OSError, ValueError, TypeError, KeyError):  # not a model fastbert loads: the raw field, if any
         positions = _read_json(path / "config.json").get("max_position_embeddings")
         return positions if isinstance(positions, int) and not isinstance(positions, bool) and positions > 0 else None
-    # max_sequence_length: positions less the RoBERTa family's offset (fastbert.config, where defined).
-    return getattr(config, "max_sequence_length", config.max_position_embeddings)
+    # max_sequence_length: positions less the RoBERTa family's offset (fastbert.config).
+    return config.max_sequence_length
 
 
 def _bert_special_ids(tokenizer: _HFTokenizer) -> tuple[int, int] | None:
