@@ -39,9 +39,10 @@ def _find_encoder(model):
     model_type = getattr(getattr(inner, "config", None), "model_type", None)
     if model_type not in FAMILIES:
         what = f"model_type={model_type!r}" if model_type is not None else "no transformers config"
-        raise TypeError(f"fastbert.optimize does not support {type(model).__name__} ({what}); supported: "
-                        f"transformers models of model_type {', '.join(FAMILIES)}, and {', '.join(WRAPPERS)} "
-                        "wrapping one")
+        name = type(model).__name__
+        subject = name if inner is model else f"this {name}: the {name} wraps a {type(inner).__name__}"
+        raise TypeError(f"fastbert.optimize does not support {subject} ({what}); supported: transformers "
+                        f"models of model_type {', '.join(FAMILIES)}, and {', '.join(WRAPPERS)} wrapping one")
     family = FAMILIES[model_type]
     encoder = inner if type(inner).__name__ == family.base_class else getattr(inner, family.prefix, None)
     if type(encoder).__name__ != family.base_class:
