@@ -19,12 +19,20 @@ if not (_Path(__file__).parent / "kernels").is_dir() and (_checkout / "kernels" 
 from .config import BertConfig  # noqa: E402
 from .model import FastBertModel  # noqa: E402
 from .patch import optimize, restore  # noqa: E402
+from .sentences import EncodeStats, iter_encode  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["BertConfig", "FastBertModel", "from_pretrained", "optimize", "restore"]
+__all__ = ["BertConfig", "EncodeStats", "FastBertModel", "from_pretrained", "iter_encode", "optimize", "restore"]
 
 
-def from_pretrained(path, dtype=None, device=None, backend="auto"):
-    """Load a checkpoint folder of any supported model_type, or a Hugging Face Hub id, as a FastBertModel (see
-    FastBertModel.from_pretrained)."""
-    return FastBertModel.from_pretrained(path, dtype=dtype, device=device, backend=backend)
+def from_pretrained(path, dtype=None, device=None, backend="auto", truncate_dim=None):
+    """Load a checkpoint folder of any supported model_type, or a Hugging Face Hub id, as a FastBertModel
+    (see FastBertModel.from_pretrained), with the folder's sentence-transformers pipeline (modules.json:
+    pooling, Dense, Normalize, prompts, max_seq_length) behind model.encode. A module fastbert cannot
+    reproduce is a ValueError naming it; FastBertModel.from_pretrained loads the encoder alone.
+    truncate_dim: encode()'s default, as in SentenceTransformer(truncate_dim=...)."""
+    from .pipeline import load_pipeline
+
+    model = FastBertModel.from_pretrained(path, dtype=dtype, device=device, backend=backend)
+    model.sentence_pipeline = load_pipeline(model.path, model.config.hidden_size, truncate_dim).to(model.device)
+    return model

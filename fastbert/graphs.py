@@ -112,7 +112,9 @@ class GraphCache:
         self.seen = OrderedDict()  # buckets run once, bounded like the graphs themselves
         self.disabled = False
 
-    def __call__(self, packing, ids, positions, types, output_hidden_states):
+    def __call__(self, packing, ids, positions, types, output_hidden_states, unpack=True):
+        """(last hidden state, pooler output, hidden states): [B, S, H] like encode_packed, or with
+        unpack=False packed [T, H] like encode_tokens (what pooling on packed tokens reads)."""
         shape = GraphShape.of(packing)
         key = (shape, output_hidden_states)
         captured = self.graphs.get(key)
@@ -121,7 +123,7 @@ class GraphCache:
                 self.seen[key] = None
                 if len(self.seen) > 64 * self.max_graphs:
                     self.seen.popitem(last=False)
-                return self.encode_packed(packing, ids, positions, types, output_hidden_states)
+                return self._eager(unpack, packing, ids, positions, types, output_hidden_states)
             try:
                 captured = self._capture(key, shape, packing, ids, positions, types)
             except RuntimeError as error:
@@ -129,15 +131,22 @@ class GraphCache:
                 # is slower but exactly as correct, so fall back rather than fail the user's call.
                 warnings.warn(f"fastbert: CUDA graph capture failed, running without graphs: {error}", stacklevel=3)
                 self.disabled = True
-                return self.encode_packed(packing, ids, positions, types, output_hidden_states)
+                return self._eager(unpack, packing, ids, positions, types, output_hidden_states)
         self.graphs.move_to_end(key)
         self._load(captured, shape, packing, ids, positions, types)
         captured.graph.replay()
         # Results are copied out of the graph's buffers, which the next replay overwrites.
         tokens, batch = packing.num_tokens, packing.batch_size
         hidden, pooled, states = captured.outputs
-        return (packing.unpack(hidden[:tokens], copy=True), pooled[:batch].clone() if pooled is not None else None,
-                tuple(packing.unpack(s[:tokens], copy=True) for s in states) if states is not None else None)
+
+        def copy_out(packed):
+            return packing.unpack(packed[:tokens], copy=True) if unpack else packed[:tokens].clone()
+
+        return (copy_out(hidden), pooled[:batch].clone() if pooled is not None else None,
+                tuple(copy_out(s) for s in states) if states is not None else None)
+
+    def _eager(self, unpack, *args):
+        return self.encode_packed(*args) if unpack else self.encode_tokens(*args)
 
     @staticmethod
     def _load(captured, shape, packing, ids, positions, types):

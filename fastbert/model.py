@@ -163,6 +163,17 @@ class FastBertModel:
         last_hidden_state, pooled, hidden_states = run(packing, ids, positions, types, output_hidden_states)
         return EncoderOutput(last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states)
 
+    @torch.no_grad()
+    def forward_tokens(self, packing, ids, positions, types):
+        """The last hidden state of inputs packed by fastbert.packing.pack_inputs, left packed: [T, H],
+        sequence b at rows packing.offsets[b]:packing.offsets[b + 1]. Pooling reads the real tokens
+        directly, with no scatter to [B, S, H] and gather back (CUDA graphs replay here too)."""
+        if packing.num_tokens == 0:
+            return torch.zeros(0, self.config.hidden_size, dtype=self.dtype, device=self.device)
+        if self._graphs is not None:
+            return self._graphs(packing, ids, positions, types, False, unpack=False)[0]
+        return self._encode_tokens(packing, ids, positions, types, False)[0]
+
     def _encode_packed(self, packing, ids, positions, types, output_hidden_states):
         """Packed token ids [T] -> (last_hidden_state [B, S, H], pooler_output [B, H], hidden_states)."""
         _ = packing.cu_seqlens  # uploaded before the first launch (a graph replay uploads its bucket's own)
@@ -212,7 +223,7 @@ class FastBertModel:
                              hidden_states=states)
 
     def encode(self, texts, **kwargs):
-        """Sentence embeddings [N, H] float32 in input order; see fastbert.embedding.encode."""
-        from .embedding import encode
+        """Sentence embeddings [N, D] float32 in input order; see fastbert.sentences.encode."""
+        from .sentences import encode
 
         return encode(self, texts, **kwargs)

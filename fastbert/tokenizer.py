@@ -100,6 +100,11 @@ class Tokenizer:
             max_seq_length=st_max if isinstance(st_max, int) else None,
         )
 
+    def special_token_ids(self) -> set[int]:
+        """Ids of the special tokens ([CLS], [SEP], [PAD], ...): sentence-transformers leaves a trailing one
+        out when it counts a prompt's tokens."""
+        return {i for i, token in self._tok.get_added_tokens_decoder().items() if token.special}
+
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)

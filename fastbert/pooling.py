@@ -1,0 +1,126 @@
+"""sentence-transformers' Pooling modes, computed on packed tokens.
+
+The encoder's last hidden state stays packed, [T, H] with sequence b at rows offsets[b]:offsets[b + 1]
+(FastBertModel.forward_tokens): each mode reduces a sequence's rows directly, with segment sums
+(index_add) and gathers, never scattering back to a padded [B, S, H] batch first.
+
+Each mode gives what sentence_transformers' Pooling gives on the padded batch, including its
+`include_prompt=False` rule: the first `skip` tokens of every sequence ([CLS] and the prompt) take no
+part, while weightedmean keeps each remaining token's original position weight. All arithmetic is in
+fp32, whatever the model's dtype (sentence-transformers accumulates half-precision sums in fp32 too)."""
+
+import functools
+
+import torch
+
+
+class PackedTokens:
+    """The packed last hidden state of one batch, with the per-token bookkeeping the modes share.
+
+    hidden [T, H] (cast to fp32 here); cu_seqlens [B + 1] int tensor on hidden's device; skip: leading
+    tokens of each sequence that pooling excludes (0 when the prompt is included). A sequence no longer
+    than `skip` (a prompt that ends mid-word can merge with the text) pools as in sentence-transformers:
+    cls takes its first token, lasttoken and the means give zeros, max gives -inf."""
+
+    def __init__(self, hidden, cu_seqlens, skip=0):
+        self.hidden = hidden.float()
+        self.starts = cu_seqlens[:-1].long()
+        self.ends = cu_seqlens[1:].long()
+        self.skip = skip
+        self.batch_size = self.starts.shape[0]
+        self.has_tokens = (self.ends - self.starts > skip).unsqueeze(1)  # [B, 1]: something left to pool
+
+    @functools.cached_property
+    def segments(self):
+        """[T] the sequence each token belongs to; output_size keeps it free of a host synchronisation."""
+        lengths = self.ends - self.starts
+        batch = torch.arange(self.batch_size, device=self.hidden.device)
+        return torch.repeat_interleave(batch, lengths, output_size=self.hidden.shape[0])
+
+    @functools.cached_property
+    def positions(self):
+        """[T] each token's position within its sequence (0 = [CLS])."""
+        return torch.arange(self.hidden.shape[0], device=self.hidden.device) - self.starts[self.segments]
+
+    @functools.cached_property
+    def pooled_rows(self):
+        """(hidden, segments, positions) of the tokens that take part in pooling."""
+        if not self.skip:
+            return self.hidden, self.segments, self.positions
+        keep = self.positions >= self.skip
+        return self.hidden[keep], self.segments[keep], self.positions[keep]
+
+    def segment_sum(self, values):
+        """Per-sequence sums of `values` [t, K] over the pooled tokens -> [B, K]."""
+        _, segments, _ = self.pooled_rows
+        out = values.new_zeros(self.batch_size, values.shape[1])
+        return out.index_add_(0, segments, values)
+
+    @functools.cached_property
+    def token_sum(self):
+        return self.segment_sum(self.pooled_rows[0])
+
+    @functools.cached_property
+    def token_count(self):
+        count = (self.ends - self.starts - self.skip).to(self.hidden.dtype)
+        # sentence-transformers' clamp: a sequence with nothing to pool gives zeros, not NaN.
+        return count.clamp(min=1e-9).unsqueeze(1)
+
+
+def _cls(tokens):
+    return tokens.hidden[tokens.starts + tokens.skip * tokens.has_tokens.squeeze(1)]
+
+
+def _max(tokens):
+    hidden, segments, _ = tokens.pooled_rows
+    out = hidden.new_full((tokens.batch_size, hidden.shape[1]), float("-inf"))
+    index = segments.unsqueeze(1).expand_as(hidden)
+    return out.scatter_reduce_(0, index, hidden, reduce="amax", include_self=True)
+
+
+def _mean(tokens):
+    return tokens.token_sum / tokens.token_count
+
+
+def _mean_sqrt_len(tokens):
+    return tokens.token_sum / tokens.token_count.sqrt()
+
+
+def _weighted_mean(tokens):
+    # Weights 1, 2, ... from each sequence's first token; excluded prompt tokens keep their place.
+    hidden, _, positions = tokens.pooled_rows
+    weights = (positions + 1).to(hidden.dtype).unsqueeze(1)
+    return tokens.segment_sum(hidden * weights) / tokens.segment_sum(weights).clamp(min=1e-9)
+
+
+def _last_token(tokens):
+    return tokens.hidden[tokens.ends - 1] * tokens.has_tokens
+
+
+# sentence-transformers' mode names, in the order its legacy `pooling_mode_*` flags concatenate.
+POOLING_MODES = {
+    "cls": _cls,
+    "max": _max,
+    "mean": _mean,
+    "mean_sqrt_len_tokens": _mean_sqrt_len,
+    "weightedmean": _weighted_mean,
+    "lasttoken": _last_token,
+}
+
+
+def check_modes(modes, source):
+    """Modes as a non-empty tuple of known names; `source` names where they came from in errors."""
+    if isinstance(modes, str):
+        modes = (modes,)
+    if not isinstance(modes, (list, tuple)) or not modes:
+        raise ValueError(f"{source}: pooling mode must be a mode name or a non-empty list of them, got {modes!r}")
+    unknown = [mode for mode in modes if mode not in POOLING_MODES]
+    if unknown:
+        raise ValueError(f"{source}: unknown pooling mode(s) {unknown}; known: {list(POOLING_MODES)}")
+    return tuple(modes)
+
+
+def pool(hidden, cu_seqlens, modes, skip=0):
+    """Packed hidden [T, H] -> [B, H * len(modes)] float32: each mode's vector, concatenated in `modes` order."""
+    tokens = PackedTokens(hidden, cu_seqlens, skip)
+    return torch.cat([POOLING_MODES[mode](tokens) for mode in modes], dim=1)
