@@ -344,7 +344,7 @@ def _read_modules(root, pipeline):
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ValueError(f"{modules_file} must hold a list of module objects")
     kind, dim = None, pipeline.hidden_size
-    for number, entry in enumerate(sorted(entries, key=lambda e: e.get("idx", 0))):
+    for number, entry in enumerate(entries):  # in list order, as sentence-transformers runs them
         class_path, sub = entry.get("type"), entry.get("path", "")
         source = f"{modules_file} module {entry.get('idx', number)} ({class_path})"
         if class_path not in MODULES:

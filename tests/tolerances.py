@@ -82,3 +82,10 @@ ENCODER_TOLERANCES = {
 # (observed ~1e-6), so the 1e-5 holds with margin. On a GPU the attention kernel's fp32 tl.dot may
 # use TF32, hence the encoder-level bound there.
 FAMILY_ATOL = {"interpreter": 1e-5, "cuda": ENCODER_TOLERANCES[(torch.float32, "cuda")]}
+
+# Sentence embeddings (fastbert encode vs SentenceTransformer.encode, both fp32): the contract is
+# a cosine of at least 0.99999 per text. Cosine is blind to scale (mean vs mean_sqrt_len_tokens pooling
+# differ only in norm), so each vector's relative error is bounded too: the same ENCODER_TOLERANCES
+# fp32 bound (1e-4) on hidden states of norm O(1..10) carries through pooling and Dense as a relative error.
+SENTENCE_COSINE = 0.99999
+SENTENCE_RELATIVE_ERROR = 1e-4
