@@ -45,9 +45,8 @@ def cmd_encode(args):
     path = cli._model_path(args.model)
     device, dtype, backend = cli._resolve_runtime(args.device, args.dtype, args.backend)
     reader = open_reader(args.input, args.texts, args.input_format, args.text_field)
-    from .embedding import default_pooling
-
-    pooling = args.pooling or default_pooling(path)
+    # pooling and normalize None: what the folder's sentence-transformers modules say.
+    pooling = args.pooling
     encode_texts = functools.partial(encode_chunk, batch_size=args.batch_size, max_tokens=args.max_tokens,
                                      pooling=pooling, normalize=args.normalize, max_length=args.max_length)
     load_model = functools.partial(cli._load_model, path, device, dtype, backend, args.gemm)
@@ -81,6 +80,7 @@ def encode_options():
     """`fastbert encode`'s own options as a table of (flags, add_argument keywords): one row per option."""
     from .cli import _max_length, _positive_int
     from .corpus import OUTPUT_FORMATS
+    from .pooling import POOLING_MODES
     from .records import INPUT_FORMATS
 
     return [
@@ -100,13 +100,15 @@ def encode_options():
         (("--chunk-size",), dict(type=_positive_int, default=4096, metavar="N",
                                  help="records read, embedded and written at a time (default 4096; the first "
                                       "chunks are smaller so that rows appear early)")),
-        (("--pooling",), dict(choices=("mean", "cls"),
+        (("--pooling",), dict(choices=tuple(POOLING_MODES),
                               help="default: what the model folder declares (1_Pooling/config.json), else mean")),
-        (("--no-normalize",), dict(dest="normalize", action="store_false",
-                                   help="keep raw pooled vectors instead of unit-length ones")),
+        (("--normalize",), dict(action=argparse.BooleanOptionalAction, default=None,
+                                help="unit-length vectors, or (--no-normalize) without the folder's final "
+                                     "Normalize (default: as the folder's sentence-transformers modules say)")),
         (("--max-tokens",), dict(type=_positive_int, default=16384, metavar="N",
                                  help="padded tokens per batch (default 16384)")),
-        (("--batch-size",), dict(type=_positive_int, default=32, metavar="N", help="texts per batch (default 32)")),
+        (("--batch-size",), dict(type=_positive_int, default=None, metavar="N",
+                                 help="at most N texts per batch (default: --max-tokens alone decides)")),
         (("--max-length",), dict(type=_max_length, metavar="N",
                                  help="truncate texts to N tokens (default: the model folder's max_seq_length)")),
         (("--progress",), dict(action=argparse.BooleanOptionalAction, default=None,

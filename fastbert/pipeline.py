@@ -70,7 +70,14 @@ def _check_io_names(config, source):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Modules on the sentence embedding: called on [B, D] float32, on the model's device.
+# Modules on the sentence embedding: called on [B, D] float32, on the model's device. output_dim(dim)
+# checks the size the modules before give and returns the size this one gives.
+
+
+def _check_input_dim(name, expected, dim):
+    if dim != expected:
+        raise ValueError(f"{name} expects {expected} features but the modules before it give {dim} "
+                         "(pooling modes other than the folder's?)")
 
 
 @dataclass
@@ -83,15 +90,13 @@ class Dense:
     name: str = "Dense"
 
     def __call__(self, x):
-        if x.shape[1] != self.weight.shape[1]:
-            raise ValueError(f"{self.name} expects {self.weight.shape[1]} features but the pipeline gives "
-                             f"{x.shape[1]} (pooling modes that do not match the folder's?)")
         out = self.activation(torch.nn.functional.linear(x, self.weight, self.bias))
         if self.use_residual:
             out = out + (x if self.residual is None else torch.nn.functional.linear(x, self.residual))
         return out
 
     def output_dim(self, dim):
+        _check_input_dim(self.name, self.weight.shape[1], dim)
         return self.weight.shape[0]
 
     def to(self, device):
@@ -149,6 +154,7 @@ class LayerNorm:
         return torch.nn.functional.layer_norm(x, self.weight.shape, self.weight, self.bias)  # nn.LayerNorm's eps
 
     def output_dim(self, dim):
+        _check_input_dim(self.name, self.weight.shape[0], dim)
         return dim
 
     def to(self, device):
@@ -227,7 +233,8 @@ class SentencePipeline:
     truncate_dim: int | None = None
 
     def output_dim(self, modes=None):
-        """The embedding size with pooling `modes` (default: the folder's), before truncate_dim."""
+        """The embedding size with pooling `modes` (default: the folder's), before truncate_dim; a
+        ValueError when the modes do not fit the modules after the Pooling."""
         dim = self.hidden_size * len(modes or self.pooling.modes)
         for module in self.modules:
             dim = module.output_dim(dim)

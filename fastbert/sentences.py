@@ -127,11 +127,17 @@ def encode(model, texts, *, stats=None, **options):
     stats: an EncodeStats to fill with the time spent tokenizing and waiting for tokens."""
     single = isinstance(texts, str)
     opts = encode_options(model, **options)
-    chunks = list(_iter_encode(model, [texts] if single else texts, opts, stats))
-    if chunks:
-        embeddings = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+    texts = [texts] if single else texts
+    chunks = encode_chunks(model, texts, opts, stats)
+    dim = opts.truncate_dim or sentence_pipeline(model).output_dim(opts.pooling)
+    if isinstance(texts, (list, tuple)):
+        # The size is known: fill one tensor rather than hold every chunk and a concatenated copy.
+        embeddings, filled = torch.empty(len(texts), dim), 0
+        for chunk in chunks:
+            embeddings[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
     else:
-        embeddings = torch.zeros(0, opts.truncate_dim or sentence_pipeline(model).output_dim(opts.pooling))
+        embeddings = torch.cat([torch.zeros(0, dim), *chunks])
     return embeddings[0] if single else embeddings
 
 
@@ -142,11 +148,12 @@ def iter_encode(model, texts, *, stats=None, **options):
     if isinstance(texts, str):
         raise TypeError("iter_encode needs an iterable of strings, got a single string: use encode(text)")
     opts = encode_options(model, **options)
-    return _iter_encode(model, texts, opts, stats)
+    return encode_chunks(model, texts, opts, stats)
 
 
-def _iter_encode(model, texts, opts, stats):
-    """Check `texts` now; return the generator that reads and encodes it."""
+def encode_chunks(model, texts, opts, stats=None):
+    """iter_encode() with options already checked by encode_options() (what a worker process runs): checks
+    `texts` now and returns the generator that reads and encodes it."""
     if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
         raise TypeError(f"texts must be a string or an iterable of strings, got {type(texts).__name__}")
     return _encode_stream(model, texts, opts, stats if stats is not None else EncodeStats())

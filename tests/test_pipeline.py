@@ -151,6 +151,10 @@ def test_pooling_override(tmp_path, encoder):
     assert_same_embeddings(ours.encode(TEXTS, pooling=["cls", "max"]), reference.encode(TEXTS))
     with pytest.raises(ValueError, match=r"unknown pooling mode\(s\) \['median'\]"):
         ours.encode(TEXTS, pooling="median")
+    dense = fastbert.from_pretrained(save_pipeline(tmp_path / "dense", encoder, dense=[dict(out_features=8)]))
+    assert dense.encode(TEXTS, pooling="cls").shape == (len(TEXTS), 8)
+    with pytest.raises(ValueError, match=r"Dense\) expects 64 features but the modules before it give 128"):
+        dense.encode(TEXTS, pooling=["cls", "max"])
 
 
 # ---------------------------------------------------------------------------------------------------
