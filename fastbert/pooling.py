@@ -43,22 +43,19 @@ class PackedTokens:
         return torch.arange(self.hidden.shape[0], device=self.hidden.device) - self.starts[self.segments]
 
     @functools.cached_property
-    def pooled_rows(self):
-        """(hidden, segments, positions) of the tokens that take part in pooling."""
-        if not self.skip:
-            return self.hidden, self.segments, self.positions
-        keep = self.positions >= self.skip
-        return self.hidden[keep], self.segments[keep], self.positions[keep]
+    def keep(self):
+        """[T, 1] bool: the tokens that take part in pooling (a mask, not a selection: selecting would
+        cost a GPU synchronisation to size the result)."""
+        return (self.positions >= self.skip).unsqueeze(1)
 
     def segment_sum(self, values):
-        """Per-sequence sums of `values` [t, K] over the pooled tokens -> [B, K]."""
-        _, segments, _ = self.pooled_rows
+        """Per-sequence sums of `values` [T, K] -> [B, K]."""
         out = values.new_zeros(self.batch_size, values.shape[1])
-        return out.index_add_(0, segments, values)
+        return out.index_add_(0, self.segments, values)
 
     @functools.cached_property
     def token_sum(self):
-        return self.segment_sum(self.pooled_rows[0])
+        return self.segment_sum(self.hidden * self.keep if self.skip else self.hidden)
 
     @functools.cached_property
     def token_count(self):
@@ -72,9 +69,9 @@ def _cls(tokens):
 
 
 def _max(tokens):
-    hidden, segments, _ = tokens.pooled_rows
+    hidden = tokens.hidden.masked_fill(~tokens.keep, float("-inf")) if tokens.skip else tokens.hidden
     out = hidden.new_full((tokens.batch_size, hidden.shape[1]), float("-inf"))
-    index = segments.unsqueeze(1).expand_as(hidden)
+    index = tokens.segments.unsqueeze(1).expand_as(hidden)
     return out.scatter_reduce_(0, index, hidden, reduce="amax", include_self=True)
 
 
@@ -88,9 +85,8 @@ def _mean_sqrt_len(tokens):
 
 def _weighted_mean(tokens):
     # Weights 1, 2, ... from each sequence's first token; excluded prompt tokens keep their place.
-    hidden, _, positions = tokens.pooled_rows
-    weights = (positions + 1).to(hidden.dtype).unsqueeze(1)
-    return tokens.segment_sum(hidden * weights) / tokens.segment_sum(weights).clamp(min=1e-9)
+    weights = (tokens.positions + 1).to(tokens.hidden.dtype).unsqueeze(1) * tokens.keep
+    return tokens.segment_sum(tokens.hidden * weights) / tokens.segment_sum(weights).clamp(min=1e-9)
 
 
 def _last_token(tokens):
