@@ -10,7 +10,7 @@ from fastbert.sentences import length_sorted_batches
 from tests.bert_factory import device_for, random_batch
 from tests.st_factory import TEXTS as TINY_TEXTS
 from tests.st_factory import save_pipeline, tiny_encoder
-from tests.tolerances import SENTENCE_COSINE
+from tests.tolerances import SENTENCE_COSINE, SENTENCE_COSINE_HALF
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -214,3 +214,19 @@ def test_packed_output_equals_the_padded_output_on_real_tokens(tmp_path):
         for _ in range(2):  # seen, then captured and replayed
             torch.testing.assert_close(model.forward_tokens(*packed), expected, atol=1e-5, rtol=1e-5)
         model._graphs = None
+
+
+@pytest.mark.gpu
+def test_gpu_half_precision_with_graphs_matches_fp32(minilm_path):
+    """The GPU path: fp16, CUDA-graph replay of the packed output, chunks handed over one behind."""
+    gpu = fastbert.from_pretrained(minilm_path)  # CUDA, fp16, triton, graphs
+    cpu = fastbert.from_pretrained(minilm_path, device="cpu", dtype=torch.float32, backend="torch")
+    texts = TEXTS * 8
+    expected = cpu.encode(texts)
+    for _ in range(3):  # eager, captured, replayed
+        stats = fastbert.EncodeStats()
+        ours = torch.cat(list(fastbert.iter_encode(gpu, iter(texts), chunk_size=16, max_tokens=512, stats=stats)))
+        cosine = torch.nn.functional.cosine_similarity(ours, expected)
+        assert cosine.min().item() >= SENTENCE_COSINE_HALF, cosine
+        assert stats.chunks == 4 and stats.texts == len(texts)
+    assert gpu._graphs is not None and gpu._graphs.graphs
