@@ -124,7 +124,8 @@ def encode(model, texts, *, stats=None, **options):
       leaves out the folder's final Normalize.
     truncate_dim: keep the first D dimensions (Matryoshka), after the pipeline; default: the model's.
     max_length: truncation in tokens; None follows the folder's max_seq_length, else the model's maximum.
-    stats: an EncodeStats to fill with the time spent tokenizing and waiting for tokens."""
+    stats: an EncodeStats to fill with the time spent tokenizing and waiting for tokens.
+    A model encodes from one thread at a time (its tokenizer is shared with the background thread)."""
     single = isinstance(texts, str)
     opts = encode_options(model, **options)
     texts = [texts] if single else texts
@@ -144,7 +145,8 @@ def encode(model, texts, *, stats=None, **options):
 def iter_encode(model, texts, *, stats=None, **options):
     """encode() as a generator: yields float32 [n, D] CPU tensors, one per chunk of `chunk_size` texts (the
     last may be shorter), in input order. Reads `texts` lazily, so a stream of any length is encoded in
-    bounded memory; the options are encode()'s, checked before the first text is read."""
+    bounded memory; the options are encode()'s, checked before the first text is read. The reader runs up
+    to three chunks ahead of what has been yielded: a stream closed early may have read that much more."""
     if isinstance(texts, str):
         raise TypeError("iter_encode needs an iterable of strings, got a single string: use encode(text)")
     opts = encode_options(model, **options)
