@@ -145,8 +145,8 @@ def encode(model, texts, *, stats=None, **options):
 def iter_encode(model, texts, *, stats=None, **options):
     """encode() as a generator: yields float32 [n, D] CPU tensors, one per chunk of `chunk_size` texts (the
     last may be shorter), in input order. Reads `texts` lazily, so a stream of any length is encoded in
-    bounded memory; the options are encode()'s, checked before the first text is read. The reader runs up
-    to three chunks ahead of what has been yielded: a stream closed early may have read that much more."""
+    bounded memory; the options are encode()'s, checked before the first text is read. The reader runs a few
+    chunks ahead of what has been yielded (at most four): a stream closed early may have read that much more."""
     if isinstance(texts, str):
         raise TypeError("iter_encode needs an iterable of strings, got a single string: use encode(text)")
     opts = encode_options(model, **options)
