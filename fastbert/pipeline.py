@@ -135,6 +135,14 @@ def load_transformer(folder, dim, source):
     task = settings.get("transformer_task", "feature-extraction")
     if task != "feature-extraction":
         raise ValueError(f"{source}: transformer_task={task!r} is not supported (only feature-extraction)")
+    # Text in, the encoder's last hidden state out as token embeddings: what fastbert runs (no chat
+    # templates, images, or other outputs).
+    modalities = settings.get("modality_config", {"text": {}})
+    text_only = isinstance(modalities, dict) and set(modalities) == {"text"} and isinstance(modalities["text"], dict)
+    if (not text_only or modalities["text"].get("method_output_name", "last_hidden_state") != "last_hidden_state"
+            or settings.get("module_output_name", "token_embeddings") != "token_embeddings"):
+        raise ValueError(f"{source}: only text inputs to the last hidden state are supported, got modality_config="
+                         f"{modalities!r}, module_output_name={settings.get('module_output_name')!r}")
     processor = settings.get("processor_kwargs", settings.get("tokenizer_args")) or {}
     if not isinstance(processor, dict):
         raise ValueError(f"{source}: processor_kwargs must be a JSON object, got {processor!r}")

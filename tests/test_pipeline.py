@@ -209,6 +209,8 @@ def _set_module(index, **changes):
      "model_type 'SparseEncoder' is not a SentenceTransformer"),
     (lambda f: edit_json(f / "sentence_bert_config.json", lambda c: {**c, "transformer_task": "fill-mask"}),
      "transformer_task='fill-mask' is not supported"),
+    (lambda f: edit_json(f / "sentence_bert_config.json", lambda c: {**c, "modality_config": {
+        "message": {"method": "forward", "method_output_name": "last_hidden_state"}}}), "only text inputs"),
 ])
 def test_unsupported_folders_are_refused_by_name(tmp_path, saved, edit, match):
     folder = _broken(tmp_path, saved, edit)
