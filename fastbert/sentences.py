@@ -8,6 +8,7 @@ results come back in input order. Memory is bounded by a chunk, never by the cor
 each chunk's embeddings as soon as they are ready, `encode` gathers them into one tensor."""
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -18,6 +19,7 @@ import torch
 from .packing import pack_inputs
 from .pipeline import load_pipeline
 from .pooling import check_modes
+from .tokenizer import UntokenizableTextError
 
 DEFAULT_MAX_TOKENS = 16384
 DEFAULT_CHUNK_SIZE = 1024
@@ -220,15 +222,20 @@ def _tokenize_chunks(texts, tokenizer, pipeline, opts, stats):
         chunk.append(_lower(prefix + text, pipeline.do_lower_case))
         position += 1
         if len(chunk) == opts.chunk_size:
-            yield _tokenize(tokenizer, chunk, opts.max_length, stats)
+            yield _tokenize(tokenizer, chunk, position - len(chunk), opts.max_length, stats)
             chunk = []
     if chunk:
-        yield _tokenize(tokenizer, chunk, opts.max_length, stats)
+        yield _tokenize(tokenizer, chunk, position - len(chunk), opts.max_length, stats)
 
 
-def _tokenize(tokenizer, chunk, max_length, stats):
+def _tokenize(tokenizer, chunk, first, max_length, stats):
     started = time.perf_counter()
-    batch = tokenizer(chunk, max_length=max_length)
+    try:
+        batch = tokenizer(chunk, max_length=max_length)
+    except UntokenizableTextError as err:
+        # The tokenizer counts from the chunk's start; the caller counts from the input's.
+        message = re.sub(r"texts\[(\d+)\]", lambda m: f"texts[{first + int(m.group(1))}]", str(err))
+        raise UntokenizableTextError(message, [first + index for index in err.indices]) from None
     stats.tokenize_seconds += time.perf_counter() - started
     return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
 

@@ -188,6 +188,13 @@ def test_tokenization_overlaps_the_model_and_stops_with_the_consumer(tiny, monke
     assert 0 < stats.tokenize_share and 0 <= stats.stall_share <= 1
 
 
+def test_an_untokenizable_text_is_named_by_its_input_position(tiny):
+    texts = ["a", "b", "c", "d", "bad \ud800", "e", "f \udfff"]
+    with pytest.raises(ValueError, match=r"cannot tokenize texts\[4\] \(a lone surrogate .*texts\[6\]") as caught:
+        tiny.encode(iter(texts), chunk_size=4)
+    assert caught.value.indices == [4, 6]
+
+
 def test_stats_accumulate_over_calls(tiny):
     stats = fastbert.EncodeStats()
     tiny.encode(TINY_TEXTS, stats=stats)
