@@ -330,7 +330,7 @@ def test_resume_refuses_another_input_or_other_options(in_process, tmp_path):
     code, _, stderr = in_process("-i", "in.txt", "-o", "out.jsonl")
     assert code == 2 and "pass --resume to continue it" in stderr
     code, _, stderr = in_process("-i", "in.txt", "-o", "out.jsonl", "--resume", "--no-normalize")
-    assert code == 2 and "other settings (normalize True then, False now)" in stderr, stderr
+    assert code == 2 and "other settings (normalize None then, False now)" in stderr, stderr
     (tmp_path / "other.txt").write_text("\n".join(["changed"] + lines[1:]) + "\n")
     code, _, stderr = in_process("-i", "other.txt", "-o", "out.jsonl", "--resume")
     assert code == 2 and "the first 4 records of other.txt differ" in stderr, stderr
