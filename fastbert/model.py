@@ -223,7 +223,17 @@ class FastBertModel:
                              hidden_states=states)
 
     def encode(self, texts, **kwargs):
-        """Sentence embeddings [N, D] float32 in input order; see fastbert.sentences.encode."""
+        """Sentence embeddings [N, D] float32 in input order; see fastbert.sentences.encode.
+        devices=["cuda:0", "cuda:1"] runs one worker process per device for this call; pool= uses a
+        running pool (start_pool)."""
         from .sentences import encode
 
         return encode(self, texts, **kwargs)
+
+    def start_pool(self, devices, **options):
+        """Worker processes, one per device (e.g. ["cuda:0", "cuda:1"]), each loading this model's folder
+        with its dtype and backend; `pool.encode(texts)` or `model.encode(texts, pool=pool)` spreads
+        encode over them. options: see fastbert.workers.EncodePool. Close it, or use `with`."""
+        from .workers import EncodePool
+
+        return EncodePool.for_model(self, devices, **options)

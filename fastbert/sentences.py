@@ -20,6 +20,7 @@ from .packing import pack_inputs
 from .pipeline import load_pipeline
 from .pooling import check_modes
 from .tokenizer import UntokenizableTextError
+from .workers import with_devices
 
 DEFAULT_MAX_TOKENS = 16384
 DEFAULT_CHUNK_SIZE = 1024
@@ -110,6 +111,7 @@ def encode_options(model, *, prompt_name=None, prompt=None, batch_size=None, max
         show_progress_bar=bool(show_progress_bar))
 
 
+@with_devices  # devices=[...] / pool=: the same call spread over worker processes (fastbert/workers.py)
 def encode(model, texts, *, stats=None, **options):
     """Embed `texts` with `model` (a FastBertModel with a tokenizer) -> float32 [N, D] on the CPU, in input
     order; a single string gives [D].
