@@ -187,12 +187,13 @@ def _worker_main(index, device, path, options, threads, tasks, results, cancelle
         results.put(("done", index, call, chunk, result))
 
 
-def _shutdown(processes, tasks, results):
-    """Stop the workers: politely (finish the current chunk), then terminate, then kill."""
+def _shutdown(processes, tasks, results, grace=CLOSE_GRACE_S):
+    """Stop the workers: politely (finish the current chunk, within `grace` seconds), then terminate,
+    then kill."""
     for process in processes:
         if process.is_alive():
             tasks.put(None)
-    deadline = time.monotonic() + CLOSE_GRACE_S
+    deadline = time.monotonic() + grace
     while any(process.is_alive() for process in processes) and time.monotonic() < deadline:
         try:  # a worker cannot exit while its last result is stuck in a full pipe: keep reading
             results.get(timeout=0.05)
@@ -221,8 +222,9 @@ class EncodePool:
 
     dtype, backend, gemm, cuda_graphs: as FastBertModel.from_pretrained, resolved on each worker's device.
     chunk_size: texts per task in encode() (default: about CHUNKS_PER_WORKER tasks per worker, at most
-    MAX_CHUNK_TEXTS). timeout: seconds without any reply from the workers after which a call fails
-    (default None: wait as long as they live; a first call on a GPU may compile and tune kernels).
+    MAX_CHUNK_TEXTS). timeout: seconds without any reply from the workers after which a call fails and
+    the pool closes (default None: wait as long as they live; a first call on a GPU may compile and tune
+    kernels); loading the model waits as long as the workers live.
     Use as a context manager, or call close(); the pool serves any number of calls until then."""
 
     def __init__(self, path, devices, *, dtype=None, backend="auto", gemm="auto", cuda_graphs=None,
@@ -284,10 +286,13 @@ class EncodePool:
     def closed(self):
         return self._closed
 
-    def close(self):
-        """Stop every worker (idempotent). A call in progress in another thread fails."""
+    def close(self, grace=CLOSE_GRACE_S):
+        """Stop every worker, letting each finish its chunk for up to `grace` seconds (idempotent)."""
         self._closed = True
-        self._finalizer()
+        state = self._finalizer.detach()  # None once closed, or after garbage collection closed it
+        if state is not None:
+            _, shutdown, args, _ = state
+            shutdown(*args, grace=grace)
 
     def encode(self, texts, *args, **kwargs):
         """model.encode(texts, *args, **kwargs) spread over the workers: the same result, in input order."""
@@ -300,7 +305,23 @@ class EncodePool:
         # An empty list is one empty chunk: encode's own empty result, shape and type included.
         chunks = (list(texts[start:start + size]) for start in range(0, max(len(texts), 1), size))
         describe = lambda chunk: f"texts[{chunk * size}:{min((chunk + 1) * size, len(texts))}]"
-        return _concatenate(list(self._run(chunks, args, kwargs, describe)))
+        progress = None
+        if kwargs.get("show_progress_bar"):
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(texts), desc="encode", unit="text")
+        if "show_progress_bar" in kwargs:  # one bar, the parent's, not one per chunk in every worker
+            kwargs = {**kwargs, "show_progress_bar": False}
+        parts = []
+        try:
+            for part in self._run(chunks, args, kwargs, describe):
+                parts.append(part)
+                if progress is not None:
+                    progress.update(len(part))
+        finally:
+            if progress is not None:
+                progress.close()
+        return _concatenate(parts)
 
     def encode_chunks(self, chunks, *args, **kwargs):
         """Yield model.encode(chunk, *args, **kwargs) for each chunk of an iterable, in order, with
@@ -336,7 +357,7 @@ class EncodePool:
                 if exhausted and returned == sent:
                     finished = True
                     return
-                kind, worker, reply_call, chunk, payload = self._next_reply()
+                kind, worker, reply_call, chunk, payload = self._next_reply(self.timeout)
                 if reply_call != call:
                     continue  # a late result of an abandoned call
                 if kind == "error":
@@ -350,17 +371,17 @@ class EncodePool:
     def _wait_ready(self):
         summaries = [None] * len(self._processes)
         while None in summaries:
-            kind, worker, _, _, payload = self._next_reply()
+            kind, worker, _, _, payload = self._next_reply(timeout=None)  # loading: as long as they live
             if kind == "failed":
                 raise self._remote_error(worker, payload, "while loading the model")
             if kind == "ready":
                 summaries[worker] = payload
         return summaries
 
-    def _next_reply(self):
+    def _next_reply(self, timeout):
         """The next message from any worker; WorkerError when a worker has died, TimeoutError after
-        `timeout` seconds of silence."""
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        `timeout` seconds of silence (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
                 return self._results.get(timeout=POLL_S)
@@ -374,13 +395,13 @@ class EncodePool:
                     return self._results.get(timeout=POLL_S)
                 except queue.Empty:
                     pass
-                self.close()
+                self.close(grace=0)  # a broken pool: its survivors' chunks belong to a failed call
                 index, process = dead[0]
                 raise WorkerError(f"fastbert worker {index} on {self.devices[index]} died "
                                   f"({_exit_reason(process.exitcode)}); the pool is closed")
             if deadline is not None and time.monotonic() > deadline:
-                self.close()
-                raise TimeoutError(f"no reply from the fastbert workers in {self.timeout} s; the pool is closed")
+                self.close(grace=0)
+                raise TimeoutError(f"no reply from the fastbert workers in {timeout} s; the pool is closed")
 
     def _remote_error(self, worker, payload, what):
         exception, summary, text = payload

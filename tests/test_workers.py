@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,6 +96,15 @@ def test_dead_worker_fails_the_call_and_closes_the_pool(minilm_path):
     pool.close()  # idempotent
 
 
+def test_silent_worker_times_out_and_is_stopped(minilm_path):
+    pool = EncodePool(minilm_path, ["cpu"], backend="torch", timeout=2)
+    process = pool._processes[0]
+    os.kill(process.pid, signal.SIGSTOP)  # alive but hung: only the timeout can tell
+    with pytest.raises(TimeoutError, match="no reply from the fastbert workers in 2 s"):
+        pool.encode(TEXTS)
+    assert pool.closed and not process.is_alive()
+
+
 def test_load_failure_is_raised_in_parent(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     before = len(fastbert_workers())
@@ -130,3 +140,33 @@ def test_bad_pool_arguments(model, pool, tmp_path):
         EncodePool(model.path, ["cpu"], chunk_size=0)
     with pytest.raises(FileNotFoundError):
         EncodePool(tmp_path / "missing", ["cpu"])
+
+
+def test_cli_devices_matches_python_api(tmp_path, model, capsys):
+    from fastbert.cli import main
+
+    texts = [text for text in TEXTS[:9] if text]
+    out, before = tmp_path / "out.npy", len(fastbert_workers())
+    assert main(["encode", *texts, "--devices", "cpu,cpu", "--backend", "torch", "--model", str(model.path),
+                 "--output", str(out)]) == 0
+    assert "workers cpu, torch, float32; cpu, torch, float32" in capsys.readouterr().err
+    assert_same(torch.from_numpy(np.load(out)), model.encode(texts))
+    assert len(fastbert_workers()) == before
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--devices", "cpu,cpu", "--device", "cpu"], "not both"),
+    (["--devices", "cpu,,cpu"], "separated by commas"),
+    (["--devices", "cpu,tpu"], "--device must be cpu, cuda or cuda:N"),
+])
+def test_cli_bad_devices(model, options, message, capsys):
+    from fastbert.cli import main
+
+    assert main(["encode", "a text", "--model", str(model.path), *options]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_progress_bar_is_the_parents(model, pool, capsys):
+    assert_same(pool.encode(TEXTS[:12], show_progress_bar=True), model.encode(TEXTS[:12]))
+    err = capsys.readouterr().err
+    assert err.count("12/12") >= 1 and "encode" in err
