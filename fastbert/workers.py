@@ -15,20 +15,17 @@ and closes the pool. Spawned workers import the main module: a script needs the 
 import functools
 import inspect
 import math
-import multiprocessing
-import pickle
 import queue
 import signal
 import time
-import traceback
 import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 
-# How often a waiting parent checks that its workers live, and an idle worker that its parent does.
-POLL_S = 0.5
+from .worker_process import POLL_S, from_transport, worker_main
+
 # encode() cuts a call into about this many chunks per worker: enough for a fast device to take more
 # than a slow one, few enough that each chunk fills the token budget of several batches.
 CHUNKS_PER_WORKER = 4
@@ -92,36 +89,6 @@ def _cpu_threads(devices):
     return max(1, torch.get_num_threads() // max(1, cpu_workers))
 
 
-# ---------------------------------------------------------------------------------------------------
-# What crosses the queues. Tensors travel as NumPy arrays (plain pickled bytes): torch would pass them as
-# shared-memory file descriptors, one per tensor, which a long run exhausts.
-
-
-class _Array:
-    def __init__(self, array):
-        self.array = array
-
-
-def _to_transport(value):
-    if isinstance(value, torch.Tensor):
-        return _Array(value.detach().cpu().numpy())
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_transport(item) for item in value)
-    if isinstance(value, dict):
-        return {key: _to_transport(item) for key, item in value.items()}
-    return value
-
-
-def _from_transport(value):
-    if isinstance(value, _Array):
-        return torch.from_numpy(value.array)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_from_transport(item) for item in value)
-    if isinstance(value, dict):
-        return {key: _from_transport(item) for key, item in value.items()}
-    return value
-
-
 def _concatenate(parts):
     """One result from the chunks' results, in order: what encode would return for all the texts."""
     if len(parts) == 1:
@@ -133,58 +100,6 @@ def _concatenate(parts):
     if isinstance(parts[0], list):
         return [item for part in parts for item in part]
     raise TypeError(f"cannot join encode results of type {type(parts[0]).__name__} across chunks")
-
-
-def _pack_exception(err):
-    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    try:
-        exception = pickle.loads(pickle.dumps(err))
-    except Exception:  # an exception that does not survive pickling: described, not lost
-        exception = None
-    return exception, f"{type(err).__name__}: {err}", text
-
-
-# ---------------------------------------------------------------------------------------------------
-# The worker process
-
-
-def _worker_main(index, device, path, options, threads, tasks, results, cancelled):
-    """Load the model, report ready (or the failure), then encode chunks until told to stop."""
-    # Ctrl-C reaches every process of the terminal's group: the parent handles it and closes the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    try:
-        from .model import FastBertModel
-
-        if device.type == "cpu":
-            torch.set_num_threads(threads)
-        else:
-            torch.cuda.set_device(device)
-        model = FastBertModel.from_pretrained(path, device=device, **options)
-        model.get_tokenizer()  # a folder without a usable tokenizer fails now, not on the first chunk
-        summary = f"{model.device}, {model.backend}, {str(model.dtype).removeprefix('torch.')}"
-    except BaseException as err:
-        results.put(("failed", index, None, None, _pack_exception(err)))
-        return
-    results.put(("ready", index, None, None, summary))
-    while True:
-        try:
-            task = tasks.get(timeout=POLL_S)
-        except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                return  # orphaned: nobody will read the results
-            continue
-        if task is None:
-            return
-        call, chunk, texts, args, kwargs = task
-        if call <= cancelled.value:
-            continue  # the call was abandoned (an error elsewhere, or the caller stopped reading)
-        try:
-            result = _to_transport(model.encode(texts, *args, **kwargs))
-        except Exception as err:
-            results.put(("error", index, call, chunk, _pack_exception(err)))
-            continue
-        results.put(("done", index, call, chunk, result))
 
 
 def _shutdown(processes, tasks, results, grace=CLOSE_GRACE_S):
@@ -247,7 +162,7 @@ class EncodePool:
         self._closed = False
         threads = _cpu_threads(self.devices)
         self._processes = [
-            context.Process(target=_worker_main, name=f"fastbert-worker-{index}-{device}", daemon=True,
+            context.Process(target=worker_main, name=f"fastbert-worker-{index}-{device}", daemon=True,
                             args=(index, device, self.path, options, threads, self._tasks, self._results,
                                   self._cancelled))
             for index, device in enumerate(self.devices)]
@@ -350,7 +265,7 @@ class EncodePool:
                         self._tasks.put((call, sent, chunk, args, kwargs))
                         sent += 1
                 if returned in ready:
-                    result = _from_transport(ready.pop(returned))
+                    result = from_transport(ready.pop(returned))
                     returned += 1
                     yield result
                     continue
