@@ -90,7 +90,9 @@ class Embedder:
         return values
 
     def _embed(self, texts):
-        return self.model.encode(texts, **self.encode_options).numpy()
+        import numpy as np
+
+        return np.asarray(self.model.encode(texts, **self.encode_options))  # a CPU tensor or an array
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -84,6 +84,10 @@ def test_one_call_pool_via_devices_leaves_no_process(model):
     assert len(fastbert_workers()) == before
 
 
+POSIX = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+
+
+@POSIX
 def test_dead_worker_fails_the_call_and_closes_the_pool(minilm_path):
     pool = EncodePool(minilm_path, ["cpu"], backend="torch")
     process = pool._processes[0]
@@ -96,6 +100,7 @@ def test_dead_worker_fails_the_call_and_closes_the_pool(minilm_path):
     pool.close()  # idempotent
 
 
+@POSIX
 def test_silent_worker_times_out_and_is_stopped(minilm_path):
     pool = EncodePool(minilm_path, ["cpu"], backend="torch", timeout=2)
     process = pool._processes[0]
