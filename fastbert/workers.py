@@ -14,11 +14,13 @@ and closes the pool. Spawned workers import the main module: a script needs the 
 
 import functools
 import inspect
+import itertools
 import math
 import queue
 import signal
 import time
 import weakref
+from collections.abc import Iterable, Mapping, Sized
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from .worker_process import POLL_S, from_transport, worker_main
 # than a slow one, few enough that each chunk fills the token budget of several batches.
 CHUNKS_PER_WORKER = 4
 MAX_CHUNK_TEXTS = 4096
+STREAM_CHUNK_TEXTS = 1024  # chunks of an iterable of unknown length
 # Chunks handed out but not yet returned in order, per worker: bounds the parent's memory while every
 # worker always has its next chunk waiting.
 IN_FLIGHT_PER_WORKER = 2
@@ -210,26 +213,40 @@ class EncodePool:
             shutdown(*args, grace=grace)
 
     def encode(self, texts, *args, **kwargs):
-        """model.encode(texts, *args, **kwargs) spread over the workers: the same result, in input order."""
+        """model.encode(texts, *args, **kwargs) spread over the workers: the same result, in input order.
+        texts: a string, a list, or any iterable of strings (read lazily, a bounded number of chunks ahead)."""
+        if "stats" in kwargs:
+            raise ValueError("stats= is not collected across worker processes: encode on one device to measure")
         if isinstance(texts, str):
             return list(self._run(iter([texts]), args, kwargs, lambda chunk: "the text"))[0]
-        if not isinstance(texts, (list, tuple)):
-            raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
-        size = self.chunk_size or min(MAX_CHUNK_TEXTS, max(1, math.ceil(len(texts) / (CHUNKS_PER_WORKER *
-                                                                                       len(self.devices)))))
-        # An empty list is one empty chunk: encode's own empty result, shape and type included.
-        chunks = (list(texts[start:start + size]) for start in range(0, max(len(texts), 1), size))
-        describe = lambda chunk: f"texts[{chunk * size}:{min((chunk + 1) * size, len(texts))}]"
+        if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
+            raise TypeError(f"texts must be a string or an iterable of strings, got {type(texts).__name__}")
+        total = len(texts) if isinstance(texts, Sized) else None
+        size = self.chunk_size or (STREAM_CHUNK_TEXTS if total is None else min(
+            MAX_CHUNK_TEXTS, max(1, math.ceil(total / (CHUNKS_PER_WORKER * len(self.devices))))))
+        spans = []  # (first, end) index of each chunk sent, for error messages
+
+        def chunks():
+            iterator, first = iter(texts), 0
+            while True:
+                chunk = list(itertools.islice(iterator, size))
+                if chunk or not spans:  # no texts at all: one empty chunk, for encode's own empty result
+                    spans.append((first, first + len(chunk)))
+                    yield chunk
+                if len(chunk) < size:
+                    return
+                first += len(chunk)
+
         progress = None
         if kwargs.get("show_progress_bar"):
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=len(texts), desc="encode", unit="text")
+            progress = tqdm(total=total, desc="encode", unit="text")
         if "show_progress_bar" in kwargs:  # one bar, the parent's, not one per chunk in every worker
             kwargs = {**kwargs, "show_progress_bar": False}
         parts = []
         try:
-            for part in self._run(chunks, args, kwargs, describe):
+            for part in self._run(chunks(), args, kwargs, lambda chunk: "texts[{}:{}]".format(*spans[chunk])):
                 parts.append(part)
                 if progress is not None:
                     progress.update(len(part))

@@ -51,6 +51,8 @@ def test_pool_matches_single_process_in_input_order(model, pool):
 
 def test_pool_keeps_encode_shapes(model, pool):
     assert_same(pool.encode("one text"), model.encode("one text"))
+    assert_same(pool.encode(text for text in TEXTS[:13]), model.encode(TEXTS[:13]))  # any iterable
+    assert pool.encode(iter([])).shape == (0, 384)
     assert pool.encode([]).shape == model.encode([]).shape == (0, 384)
     assert_same(model.encode(TEXTS[:7], pool=pool), model.encode(TEXTS[:7]))
 
@@ -141,6 +143,8 @@ def test_bad_pool_arguments(model, pool, tmp_path):
         model.encode(["a"], pool="cpu")
     with pytest.raises(TypeError, match="texts must be"):
         pool.encode(None)
+    with pytest.raises(ValueError, match="stats= is not collected"):
+        pool.encode(["a"], stats=object())
     with pytest.raises(ValueError, match="chunk_size"):
         EncodePool(model.path, ["cpu"], chunk_size=0)
     with pytest.raises(FileNotFoundError):
