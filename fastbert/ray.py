@@ -16,7 +16,7 @@ used: this module is `fastbert.ray`, and every `import ray` in it means the Ray 
 import os
 from pathlib import Path
 
-FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
 # Rows per map_batches call: enough for encode's token budget to fill several full batches.
 BATCH_ROWS = 1024
 
@@ -171,16 +171,21 @@ def start_ray(address=None):
     return True
 
 
-def encode_files(source, destination, model, *, actors=None, device=None, dtype=None, backend="auto", gemm="auto",
-                 text_column="text", embedding_column="embedding", **encode_options):
+def encode_files(source, destination, model, *, source_format=None, actors=None, device=None, dtype=None,
+                 backend="auto", gemm="auto", text_column="text", embedding_column="embedding", **encode_options):
     """Read `source` (Parquet or JSONL file or folder), embed its text column with Embedder actors, write
     folder `destination` (Parquet or JSONL, one file per block) in input order -> the output format.
+    source_format: 'parquet' or 'json' (default: from the names of the input's files).
     Needs Ray initialised (start_ray). actors: default one per GPU of the cluster; on a cluster without
     GPUs (or device='cpu'), one per CPU but one, each CPU actor taking one CPU."""
     import ray
     import ray.data
 
-    source_format = input_format(source)
+    if source_format not in (None, "parquet", "json"):
+        raise ValueError(f"source_format must be 'parquet' or 'json', got {source_format!r}")
+    # A named format reads every file given; a detected one, only the files named as that format.
+    extensions = None if source_format else ["jsonl", "json", "ndjson"]
+    source_format = source_format or input_format(source)
     destination_format = output_format(destination, source, source_format)
     resources = ray.cluster_resources()
     use_gpus = device != "cpu" and resources.get("GPU", 0) >= 1
@@ -193,7 +198,7 @@ def encode_files(source, destination, model, *, actors=None, device=None, dtype=
     if source_format == "parquet":
         dataset = ray.data.read_parquet(path)
     else:
-        dataset = ray.data.read_json(path, file_extensions=["jsonl", "json", "ndjson"])
+        dataset = ray.data.read_json(path, file_extensions=extensions)
     constructor = dict(model=str(model), text_column=text_column, embedding_column=embedding_column,
                        device=device, dtype=dtype, backend=backend, gemm=gemm, **encode_options)
     dataset = dataset.map_batches(Embedder, fn_constructor_kwargs=constructor, concurrency=actors,
@@ -224,6 +229,15 @@ def run_cli(args, model_path):
                        "s3://...), not TEXT arguments or stdin")
     if args.devices:
         raise CliError("--ray places its workers itself: give --ray-actors N, not --devices")
+    if getattr(args, "resume", False):
+        raise CliError("--resume does not apply to --ray: Ray Data writes the output folder in one job")
+    # The streaming CLI's options, where it has them: a named input format, other field names.
+    named_format = getattr(args, "input_format", None)
+    if named_format not in (None, "parquet", "jsonl"):
+        raise CliError(f"--ray reads Parquet or JSONL, not --input-format {named_format}")
+    source_format = {"parquet": "parquet", "jsonl": "json"}.get(named_format)
+    columns = dict(text_column=getattr(args, "text_field", "text"),
+                   embedding_column=getattr(args, "embedding_field", "embedding"))
     if args.device not in (None, "cpu", "cuda"):
         raise CliError(f"--device with --ray is cpu or cuda (Ray assigns each actor its GPU), got {args.device!r}")
     try:
@@ -232,12 +246,13 @@ def run_cli(args, model_path):
     except ImportError as err:
         raise CliError("--ray needs Ray Data: pip install 'fastbert[ray]'") from err
     try:
-        output_format(args.output, args.input, input_format(args.input))
+        output_format(args.output, args.input, source_format or input_format(args.input))
     except (ValueError, OSError) as err:
         raise CliError(str(err)) from err
     started = start_ray(args.ray or None)
     try:
-        written = encode_files(args.input, args.output, model_path, actors=args.ray_actors, device=args.device,
+        written = encode_files(args.input, args.output, model_path, source_format=source_format,
+                               actors=args.ray_actors, device=args.device, **columns,
                                dtype=args.dtype, backend=args.backend, gemm=args.gemm, pooling=args.pooling,
                                normalize=args.normalize, max_length=args.max_length, batch_size=args.batch_size,
                                max_tokens=args.max_tokens)

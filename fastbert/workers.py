@@ -78,8 +78,8 @@ def parse_devices(devices):
             count = torch.cuda.device_count()
             if count == 0:
                 raise ValueError(f"devices[{position}] is {str(device)!r} but no CUDA GPU is available")
-            if device.index is None:
-                device = torch.device("cuda", torch.cuda.current_device())
+            if device.index is None:  # the current device, without creating a CUDA context just to ask
+                device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_initialized() else 0)
             if device.index >= count:
                 raise ValueError(f"devices[{position}] is {str(device)!r} but this machine has {count} CUDA device(s)")
         parsed.append(device)
