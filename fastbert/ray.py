@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
+JSON_COMPRESSIONS = (".gz", ".br", ".zst", ".lz4")
 # Rows per map_batches call: enough for encode's token budget to fill several full batches.
 BATCH_ROWS = 1024
 
@@ -113,7 +114,10 @@ def _filesystem(location):
 
 
 def _format_of(name):
-    return FORMATS.get(os.path.splitext(name.rstrip("/"))[1].lower())
+    stem, suffix = os.path.splitext(name.rstrip("/").lower())
+    if suffix in JSON_COMPRESSIONS:  # corpus.jsonl.gz: Ray reads compressed JSON lines by their suffix
+        return "json" if FORMATS.get(os.path.splitext(stem)[1]) == "json" else None
+    return FORMATS.get(suffix)
 
 
 def input_format(location):
@@ -184,8 +188,12 @@ def encode_files(source, destination, model, *, source_format=None, actors=None,
     if source_format not in (None, "parquet", "json"):
         raise ValueError(f"source_format must be 'parquet' or 'json', got {source_format!r}")
     # A named format reads every file given; a detected one, only the files named as that format.
-    extensions = None if source_format else ["jsonl", "json", "ndjson"]
+    named = source_format is not None
     source_format = source_format or input_format(source)
+    extensions = [name.lstrip(".") for name, kind in FORMATS.items() if kind == source_format]
+    if source_format == "json":
+        extensions += [name + compression for name in extensions for compression in JSON_COMPRESSIONS]
+    extensions = None if named else extensions
     destination_format = output_format(destination, source, source_format)
     resources = ray.cluster_resources()
     use_gpus = device != "cpu" and resources.get("GPU", 0) >= 1
@@ -196,7 +204,7 @@ def encode_files(source, destination, model, *, source_format=None, actors=None,
     placement = {"num_gpus": 1} if use_gpus else {"num_cpus": 1}
     path = _absolute(source)
     if source_format == "parquet":
-        dataset = ray.data.read_parquet(path)
+        dataset = ray.data.read_parquet(path, file_extensions=extensions)
     else:
         dataset = ray.data.read_json(path, file_extensions=extensions)
     constructor = dict(model=str(model), text_column=text_column, embedding_column=embedding_column,

@@ -94,6 +94,13 @@ def test_output_format_rules(tmp_path):
     for name in ("a.parquet", "b.parquet", "_SUCCESS", ".a.parquet.crc"):
         (tmp_path / "folder" / name).write_bytes(b"")
     assert fastbert.ray.input_format(tmp_path / "folder") == "parquet"
+    for name, expected_format in (("x.jsonl.gz", "json"), ("x.pq", "parquet"), ("x.parquet.gz", None)):
+        (tmp_path / name).write_bytes(b"")
+        if expected_format is None:
+            with pytest.raises(ValueError, match="give Parquet"):
+                fastbert.ray.input_format(tmp_path / name)
+        else:
+            assert fastbert.ray.input_format(tmp_path / name) == expected_format
     (tmp_path / "folder" / "c.jsonl").write_bytes(b"")
     with pytest.raises(ValueError, match="mixes"):
         fastbert.ray.input_format(tmp_path / "folder")
