@@ -13,7 +13,7 @@ import torch
 
 import fastbert
 from fastbert.workers import EncodePool, RemoteTraceback, WorkerError, parse_devices
-from tests.tolerances import BATCHING_ATOL
+from tests.tolerances import BATCHING_ATOL, ENCODER_TOLERANCES
 
 # Ragged on purpose: empty, one word, truncated at max_seq_length, and lengths shuffled so that every
 # chunk mixes short and long texts and the workers' length sorting must be undone.
@@ -179,3 +179,18 @@ def test_progress_bar_is_the_parents(model, pool, capsys):
     assert_same(pool.encode(TEXTS[:12], show_progress_bar=True), model.encode(TEXTS[:12]))
     err = capsys.readouterr().err
     assert err.count("12/12") >= 1 and "encode" in err
+
+
+@pytest.mark.gpu
+def test_gpu_workers_match_single_process(minilm_path):
+    # Every GPU of the machine, or two workers sharing the one GPU: CUDA in spawned processes, set_device.
+    devices = [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    devices = devices if len(devices) > 1 else devices * 2
+    model = fastbert.from_pretrained(minilm_path, device="cuda:0", dtype=torch.float16)
+    expected = model.encode(TEXTS)
+    with model.start_pool(devices, chunk_size=7) as gpu_pool:
+        assert all(", triton, float16" in worker for worker in gpu_pool.workers)
+        actual = gpu_pool.encode(TEXTS)
+    # Other batches mean other GEMM tiles and fp16 roundings: the encoder's fp16 bound, on unit vectors.
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max().item() <= ENCODER_TOLERANCES[(torch.float16, "cuda")]
