@@ -22,24 +22,22 @@ class _Array:
         self.array = array
 
 
-def to_transport(value):
-    if isinstance(value, torch.Tensor):
-        return _Array(value.detach().cpu().numpy())
+def _map_leaves(value, convert):
+    """`value` with `convert` applied to everything its nested lists, tuples and dicts hold."""
     if isinstance(value, (list, tuple)):
-        return type(value)(to_transport(item) for item in value)
+        return type(value)(_map_leaves(item, convert) for item in value)
     if isinstance(value, dict):
-        return {key: to_transport(item) for key, item in value.items()}
-    return value
+        return {key: _map_leaves(item, convert) for key, item in value.items()}
+    return convert(value)
+
+
+def to_transport(value):
+    return _map_leaves(value, lambda leaf: _Array(leaf.detach().cpu().numpy()) if isinstance(leaf, torch.Tensor)
+                       else leaf)
 
 
 def from_transport(value):
-    if isinstance(value, _Array):
-        return torch.from_numpy(value.array)
-    if isinstance(value, (list, tuple)):
-        return type(value)(from_transport(item) for item in value)
-    if isinstance(value, dict):
-        return {key: from_transport(item) for key, item in value.items()}
-    return value
+    return _map_leaves(value, lambda leaf: torch.from_numpy(leaf.array) if isinstance(leaf, _Array) else leaf)
 
 
 def pack_exception(err):
