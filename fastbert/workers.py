@@ -163,6 +163,7 @@ class EncodePool:
         self._call = 0
         self._busy = False
         self._closed = False
+        self.workers = []  # each worker's "device, backend, dtype", once all have loaded the model
         threads = _cpu_threads(self.devices)
         self._processes = [
             context.Process(target=worker_main, name=f"fastbert-worker-{index}-{device}", daemon=True,
@@ -193,8 +194,9 @@ class EncodePool:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc_info):
-        self.close()
+    def __exit__(self, exc_type, exc, traceback):
+        # Leaving on an exception (Ctrl-C included): the chunks in flight are abandoned, stop at once.
+        self.close(grace=CLOSE_GRACE_S if exc_type is None else 0)
 
     def __repr__(self):
         state = "closed" if self._closed else ", ".join(self.workers)
