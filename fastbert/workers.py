@@ -142,11 +142,12 @@ class EncodePool:
     chunk_size: texts per task in encode() (default: about CHUNKS_PER_WORKER tasks per worker, at most
     MAX_CHUNK_TEXTS). timeout: seconds without any reply from the workers after which a call fails and
     the pool closes (default None: wait as long as they live; a first call on a GPU may compile and tune
-    kernels); loading the model waits as long as the workers live.
+    kernels); loading the model waits as long as the workers live. encode_defaults: keyword arguments
+    every encode call gets unless it names them.
     Use as a context manager, or call close(); the pool serves any number of calls until then."""
 
     def __init__(self, path, devices, *, dtype=None, backend="auto", gemm="auto", cuda_graphs=None,
-                 chunk_size=None, timeout=None):
+                 chunk_size=None, timeout=None, encode_defaults=None):
         self.path = Path(path)
         if not self.path.is_dir():
             raise FileNotFoundError(f"model folder not found: {self.path}")
@@ -156,6 +157,7 @@ class EncodePool:
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
         self.chunk_size, self.timeout = chunk_size, timeout
+        self.encode_defaults = dict(encode_defaults or {})
         options = dict(dtype=dtype, backend=backend, gemm=gemm, cuda_graphs=cuda_graphs)
         context = torch.multiprocessing.get_context("spawn")
         self._tasks, self._results = context.Queue(), context.Queue()
@@ -189,6 +191,11 @@ class EncodePool:
                              "fastbert.from_pretrained(folder)")
         defaults = dict(dtype=model.dtype, backend=model.backend,
                         gemm=getattr(getattr(model.ops, "gemm", None), "mode", "auto"))
+        # A truncate_dim given to fastbert.from_pretrained lives in the model's sentence pipeline, which
+        # the workers' own loading does not see: it travels as an encode default instead.
+        truncate_dim = getattr(getattr(model, "sentence_pipeline", None), "truncate_dim", None)
+        if truncate_dim is not None:
+            defaults["encode_defaults"] = {"truncate_dim": truncate_dim}
         return cls(model.path, devices, **{**defaults, **options})
 
     def __enter__(self):
@@ -219,6 +226,7 @@ class EncodePool:
         texts: a string, a list, or any iterable of strings (read lazily, a bounded number of chunks ahead)."""
         if "stats" in kwargs:
             raise ValueError("stats= is not collected across worker processes: encode on one device to measure")
+        kwargs = {**self.encode_defaults, **kwargs}
         if isinstance(texts, str):
             return list(self._run(iter([texts]), args, kwargs, lambda chunk: "the text"))[0]
         if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
@@ -262,7 +270,7 @@ class EncodePool:
         IN_FLIGHT_PER_WORKER chunks per worker in flight: for streams too large to hold at once.
         Stopping the iteration early abandons the chunks in flight; the pool stays usable."""
         copies = (chunk if isinstance(chunk, str) else list(chunk) for chunk in chunks)
-        return self._run(copies, args, kwargs, lambda chunk: f"chunk {chunk}")
+        return self._run(copies, args, {**self.encode_defaults, **kwargs}, lambda chunk: f"chunk {chunk}")
 
     def _run(self, chunks, args, kwargs, describe):
         """Generator: send chunks (a bounded number ahead), yield their results in order."""

@@ -136,7 +136,7 @@ def test_bad_batches(embedder, batch, error, match):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(pooling="max"), ValueError, "pooling"),
+    (dict(max_tokens=0), ValueError, "max_tokens"),
     (dict(devices=["cpu"]), ValueError, "do not apply under Ray"),
     (dict(embedding_column="text"), ValueError, "must differ"),
     (dict(text_column=""), TypeError, "text_column"),

@@ -69,8 +69,8 @@ def test_encode_chunks_streams_in_order(model, pool):
 
 
 def test_worker_error_is_raised_in_parent_and_pool_survives(model, pool):
-    with pytest.raises(ValueError, match="pooling must be one of") as caught:
-        pool.encode(TEXTS, pooling="max")
+    with pytest.raises(ValueError, match="max_tokens") as caught:
+        pool.encode(TEXTS, max_tokens=0)
     assert isinstance(caught.value.__cause__, RemoteTraceback)
     assert "fastbert worker" in str(caught.value.__cause__)
     bad = TEXTS[:12] + [42] + TEXTS[12:20]
@@ -194,3 +194,10 @@ def test_gpu_workers_match_single_process(minilm_path):
     # Other batches mean other GEMM tiles and fp16 roundings: the encoder's fp16 bound, on unit vectors.
     assert actual.shape == expected.shape
     assert (actual - expected).abs().max().item() <= ENCODER_TOLERANCES[(torch.float16, "cuda")]
+
+
+def test_encode_defaults_apply_unless_named(model, pool, monkeypatch):
+    # for_model carries a truncate_dim given to fastbert.from_pretrained this way; normalize stands in here.
+    monkeypatch.setattr(pool, "encode_defaults", {"normalize": False})
+    assert_same(pool.encode(TEXTS[:5]), model.encode(TEXTS[:5], normalize=False))
+    assert_same(pool.encode(TEXTS[:5], normalize=True), model.encode(TEXTS[:5], normalize=True))
