@@ -25,7 +25,8 @@ BATCH_ROWS = 1024
 class Embedder:
     """A callable class for `ray.data.Dataset.map_batches`: embeds `text_column` into `embedding_column`.
 
-    model: checkpoint folder (a path every node can read). device, dtype, backend, gemm: as
+    model: checkpoint folder (a path every node can read), or a Hugging Face Hub id (each node fetches it
+    into its own cache). device, dtype, backend, gemm: as
     FastBertModel.from_pretrained (default: the GPU Ray assigned the actor, else CPU).
     encode_options: passed to encode (pooling, normalize, max_length, batch_size, max_tokens, ...).
     Batches may be dicts of NumPy arrays (Ray's default), pandas DataFrames or pyarrow Tables."""
@@ -35,7 +36,7 @@ class Embedder:
         from fastbert.model import FastBertModel
 
         if not isinstance(model, (str, os.PathLike)):
-            raise TypeError(f"model must be the path of a checkpoint folder, got {type(model).__name__} "
+            raise TypeError(f"model must be a checkpoint folder or a Hub id, got {type(model).__name__} "
                             "(Ray ships constructor arguments to every actor: pass the folder, not a model)")
         for name, column in (("text_column", text_column), ("embedding_column", embedding_column)):
             if not isinstance(column, str) or not column:
@@ -257,6 +258,8 @@ def run_cli(args, model_path):
         output_format(args.output, args.input, source_format or input_format(args.input))
     except (ValueError, OSError) as err:
         raise CliError(str(err)) from err
+    if args.model is not None and not Path(args.model).expanduser().exists():
+        model_path = args.model  # a Hub id: each node fetches it into its own cache, not the driver's folder
     started = start_ray(args.ray or None)
     try:
         written = encode_files(args.input, args.output, model_path, source_format=source_format,

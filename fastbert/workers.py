@@ -136,7 +136,7 @@ def _shutdown(processes, tasks, results, grace=CLOSE_GRACE_S):
 
 
 class EncodePool:
-    """Worker processes, one per entry of `devices`, each holding the model of folder `path`.
+    """Worker processes, one per entry of `devices`, each holding the model of folder `path` (or Hub id).
 
     dtype, backend, gemm, cuda_graphs: as FastBertModel.from_pretrained, resolved on each worker's device.
     chunk_size: texts per task in encode() (default: about CHUNKS_PER_WORKER tasks per worker, at most
@@ -148,9 +148,11 @@ class EncodePool:
 
     def __init__(self, path, devices, *, dtype=None, backend="auto", gemm="auto", cuda_graphs=None,
                  chunk_size=None, timeout=None, encode_defaults=None):
-        self.path = Path(path)
+        from .hub import resolve_model_path
+
+        self.path = resolve_model_path(path)  # a hub id is fetched once, here: the workers read the folder
         if not self.path.is_dir():
-            raise FileNotFoundError(f"model folder not found: {self.path}")
+            raise FileNotFoundError(f"model folder not found: {self.path} is a file, not a checkpoint folder")
         self.devices = parse_devices(devices)
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")

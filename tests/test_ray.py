@@ -147,7 +147,7 @@ def test_bad_embedder_options(minilm_path, kwargs, error, match):
 
 
 def test_bad_model_argument():
-    with pytest.raises(TypeError, match="path of a checkpoint folder"):
+    with pytest.raises(TypeError, match="checkpoint folder or a Hub id"):
         fastbert.ray.Embedder(object())
 
 
