@@ -25,6 +25,34 @@ def _progress_bar(args, reader):
     return tqdm(total=total, desc="encode", unit="text")
 
 
+def _device_list(text):
+    devices = [part.strip() for part in text.split(",")]
+    if not all(devices):
+        raise argparse.ArgumentTypeError(f"must be devices separated by commas, such as cuda:0,cuda:1, got {text!r}")
+    return devices
+
+
+def _check_devices(args):
+    """--devices: each device checked as --device is, before anything loads."""
+    from . import cli
+
+    if args.device is not None:
+        raise CliError("give --device (one device) or --devices (a worker per device), not both")
+    for device in args.devices:
+        cli._resolve_runtime(device, args.dtype, args.backend)
+
+
+def _start_pool(path, args):
+    """--devices: one worker process per device (fastbert/workers.py), standing in for the model."""
+    from . import cli
+    from .workers import EncodePool
+
+    try:
+        return EncodePool(path, args.devices, dtype=args.dtype, backend=args.backend, gemm=args.gemm)
+    except Exception as err:
+        raise CliError(f"cannot start workers with the model in {path}: {cli._one_line(err)}") from err
+
+
 def cmd_encode(args):
     import functools
 
@@ -32,6 +60,12 @@ def cmd_encode(args):
     from .corpus import check_output, encode_chunk, encode_records, write_corpus
     from .records import open_reader, require_pyarrow
 
+    if args.ray is not None:  # Ray Data reads and writes: fastbert/ray.py
+        from .ray import run_cli
+
+        return run_cli(args, cli._model_path(args.model))
+    if args.devices:
+        _check_devices(args)
     # Everything a user gave is checked before the model loads; the output before anything is written.
     output = suffix = None
     if args.output is not None:
@@ -50,6 +84,11 @@ def cmd_encode(args):
     encode_texts = functools.partial(encode_chunk, batch_size=args.batch_size, max_tokens=args.max_tokens,
                                      pooling=pooling, normalize=args.normalize, max_length=args.max_length)
     load_model = functools.partial(cli._load_model, path, device, dtype, backend, args.gemm)
+    pools = []  # --devices: the worker pool that stands in for the model, closed however the run ends
+    if args.devices:
+        def load_model():
+            pools.append(_start_pool(path, args))
+            return pools[-1]
     progress = _progress_bar(args, reader)
     start = time.perf_counter()
     try:
@@ -69,10 +108,12 @@ def cmd_encode(args):
     finally:
         if progress is not None:
             progress.close()
+        for pool in pools:
+            pool.close()
     seconds = time.perf_counter() - start
-    print(f"wrote {rows} x {dim} float32 embeddings to {output} "
-          f"({model.backend}, {model.device}, {str(model.dtype).removeprefix('torch.')}; {seconds:.1f} s)",
-          file=sys.stderr)
+    where = ("workers " + "; ".join(model.workers) if args.devices else
+             f"{model.backend}, {model.device}, {str(model.dtype).removeprefix('torch.')}")
+    print(f"wrote {rows} x {dim} float32 embeddings to {output} ({where}; {seconds:.1f} s)", file=sys.stderr)
     return 0
 
 
@@ -114,4 +155,14 @@ def encode_options():
         (("--progress",), dict(action=argparse.BooleanOptionalAction, default=None,
                                help=f"progress bar on stderr (default: on a terminal, unless fewer than "
                                     f"{PROGRESS_MIN_TEXTS} texts are known to come)")),
+        (("--devices",), dict(type=_device_list, metavar="LIST",
+                              help="one worker process per device, input order kept: cuda:0,cuda:1 (or cpu,cpu)")),
+        (("--ray",), dict(nargs="?", const="", metavar="ADDRESS",
+                          help="run on a Ray cluster through Ray Data (pip install 'fastbert[ray]'): --input and "
+                               "--output are Parquet or JSONL files or folders (local or s3://...), the output a "
+                               "folder; ADDRESS as ray.init takes it ('auto', 'ray://head:10001'), default "
+                               "$RAY_ADDRESS or a local cluster")),
+        (("--ray-actors",), dict(type=_positive_int, metavar="N",
+                                 help="with --ray: encoder actors (default: one per GPU of the cluster, else "
+                                      "CPUs - 1)")),
     ]
