@@ -62,7 +62,10 @@ def worker_main(index, device, path, options, threads, tasks, results, cancelled
         else:
             torch.cuda.set_device(device)
         model = FastBertModel.from_pretrained(path, device=device, **options)
-        model.get_tokenizer()  # a folder without a usable tokenizer fails now, not on the first chunk
+        # A folder without a usable tokenizer, or with a sentence-transformers module fastbert cannot
+        # run, fails now rather than on the first chunk.
+        model.get_tokenizer()
+        model.encode([])
         summary = f"{model.device}, {model.backend}, {str(model.dtype).removeprefix('torch.')}"
     except BaseException as err:
         results.put(("failed", index, None, None, pack_exception(err)))
