@@ -21,7 +21,7 @@ from fastbert.kernels.attention import (
 from tests.conftest import pinned_attention_config
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.references import attention_ref
-from tests.tolerances import assert_close, nan_padded
+from tests.tolerances import assert_matches_reference, nan_padded
 
 # The module itself: fastbert.kernels re-exports the function under the same name `attention`.
 attention_module = importlib.import_module("fastbert.kernels.attention")
@@ -46,9 +46,7 @@ def _packed_qkv(lengths, heads, head_dim, dtype, device, magnitude=1.0):
 def _check(q, k, v, cu_seqlens, backend, scale=None):
     out = attention(q, k, v, cu_seqlens, max(int(x) for x in cu_seqlens.diff().tolist()), scale=scale)
     assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous()
-    expected = attention_ref(q, k, v, cu_seqlens, scale=scale)
-    torch_same = None if q.dtype == torch.float32 else attention_ref(q, k, v, cu_seqlens, scale=scale, upcast=False)
-    assert_close(out, expected, q.dtype, backend, torch_same_dtype=torch_same)
+    assert_matches_reference(out, attention_ref, q, k, v, cu_seqlens, scale=scale, backend=backend)
     return out
 
 
@@ -101,7 +99,7 @@ def test_attention_ignores_excess_max_seqlen(device, backend):
     # max_seqlen only sizes the grid: a larger bound adds programs that exit at once.
     q, k, v, cu_seqlens = _packed_qkv([9, 30], 2, 32, torch.float32, device)
     out = attention(q, k, v, cu_seqlens, 200)
-    assert_close(out, attention_ref(q, k, v, cu_seqlens), torch.float32, backend)
+    assert_matches_reference(out, attention_ref, q, k, v, cu_seqlens, backend=backend)
 
 
 @pytest.mark.parametrize("lengths", [[], [0, 0]])

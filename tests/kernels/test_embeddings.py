@@ -4,7 +4,7 @@ from fastbert.kernels.embeddings import embeddings, embeddings_configs
 
 from tests.kernels.compile_check import ARCHS, MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.references import embeddings_ref
-from tests.tolerances import assert_close, nan_padded, nan_row_padded
+from tests.tolerances import assert_matches_reference, nan_padded, nan_row_padded
 
 TORCH_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
               torch.int32: "i32", torch.int64: "i64"}
@@ -47,8 +47,8 @@ def test_embeddings_match_reference(H, T, token_types, index_dtype, dtype, devic
                      token_type_ids=token_type_ids, token_type_embeddings=token_type)
     assert out.dtype == dtype and out.shape == (T, H) and out.is_contiguous()
     ids = (input_ids, position_ids, token_type_ids)
-    expected = embeddings_ref(*ids, word, position, token_type, weight, bias, 1e-12)
-    assert_close(out, expected, dtype, backend)
+    tables = (word, position, token_type, weight, bias)
+    assert_matches_reference(out, embeddings_ref, *ids, *tables, 1e-12, backend=backend)
 
 
 def test_embeddings_nan_padded_and_strided(device, backend):
@@ -63,9 +63,9 @@ def test_embeddings_nan_padded_and_strided(device, backend):
                      nan_padded(weight), nan_padded(bias), 1e-12,
                      token_type_ids=strided[2], token_type_embeddings=nan_padded(token_type))
     ids = (input_ids, position_ids, token_type_ids)
-    expected = embeddings_ref(*ids, word, position, token_type, weight, bias, 1e-12)
     assert out.dtype == torch.float16
-    assert_close(out, expected, torch.float16, backend)
+    tables = (word, position, token_type, weight, bias)
+    assert_matches_reference(out, embeddings_ref, *ids, *tables, 1e-12, backend=backend)
 
 
 def test_embeddings_empty(device):
@@ -128,8 +128,8 @@ def test_embeddings_check_indices_false_skips_range_check(device, backend):
     out = embeddings(input_ids, position_ids, word, position, weight, bias, 1e-12, token_type_ids, token_type,
                      check_indices=False)
     ids = (input_ids, position_ids, token_type_ids)
-    expected = embeddings_ref(*ids, word, position, token_type, weight, bias, 1e-12)
-    assert_close(out, expected, torch.float32, backend)
+    tables = (word, position, token_type, weight, bias)
+    assert_matches_reference(out, embeddings_ref, *ids, *tables, 1e-12, backend=backend)
 
 
 @pytest.mark.gpu
@@ -140,8 +140,7 @@ def test_embeddings_gpu(T, H, dtype, device, backend):
     input_ids, position_ids, token_type_ids = _ids(T, device)
     out = embeddings(input_ids, position_ids, word, position, weight, bias, 1e-12, token_type_ids, token_type)
     args = (input_ids, position_ids, token_type_ids, word, position, token_type, weight, bias, 1e-12)
-    torch_same = embeddings_ref(*args, upcast=False)
-    assert_close(out, embeddings_ref(*args), dtype, backend, torch_same_dtype=torch_same)
+    assert_matches_reference(out, embeddings_ref, *args, backend=backend)
 
 
 def _compile_case(config, dtype, index_dtype, arch, has_token_type_ids):

@@ -4,7 +4,7 @@ from fastbert.kernels.layer_norm import MAX_N, layer_norm, layer_norm_configs
 
 from tests.kernels.compile_check import ARCHS, MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.references import layer_norm_ref
-from tests.tolerances import assert_close, nan_padded, nan_row_padded
+from tests.tolerances import assert_matches_reference, nan_padded, nan_row_padded
 
 TORCH_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -29,15 +29,14 @@ def test_layer_norm_matches_reference(N, M, with_residual, dtype, device, backen
     residual = residual if with_residual else None
     out = layer_norm(x, weight, bias, 1e-12, residual=residual)
     assert out.dtype == dtype and out.shape == (M, N) and out.is_contiguous()
-    assert_close(out, layer_norm_ref(x, weight, bias, 1e-12, residual), dtype, backend)
+    assert_matches_reference(out, layer_norm_ref, x, weight, bias, 1e-12, residual, backend=backend)
 
 
 @pytest.mark.parametrize("eps", [1e-12, 1e-5, 1])
 def test_layer_norm_eps(eps, device, backend):
     x, residual, weight, bias = _inputs(7, 384, torch.float32, device)
     x = x * 1e-3  # variance ~1e-6: eps 1e-5 and 1 visibly change the result
-    expected = layer_norm_ref(x, weight, bias, eps)
-    assert_close(layer_norm(x, weight, bias, eps), expected, torch.float32, backend)
+    assert_matches_reference(layer_norm(x, weight, bias, eps), layer_norm_ref, x, weight, bias, eps, backend=backend)
 
 
 @pytest.mark.parametrize("offset", [100.0, 1000.0])
@@ -45,7 +44,7 @@ def test_layer_norm_fp16_large_mean(offset, device, backend):
     """|mean| >> std: E[x^2] - E[x]^2 would cancel; fp32 two-pass statistics stay exact."""
     x, residual, weight, bias = _inputs(33, 768, torch.float16, device, offset=offset)
     out = layer_norm(x, weight, bias, 1e-12, residual=residual)
-    assert_close(out, layer_norm_ref(x, weight, bias, 1e-12, residual), torch.float16, backend)
+    assert_matches_reference(out, layer_norm_ref, x, weight, bias, 1e-12, residual, backend=backend)
 
 
 def test_layer_norm_constant_rows_give_bias(device):
@@ -60,7 +59,7 @@ def test_layer_norm_fp32_params_with_fp16_input(device, backend):
     x, residual, weight, bias = _inputs(7, 768, torch.float16, device, param_dtype=torch.float32)
     out = layer_norm(x, weight, bias, 1e-12, residual=residual)
     assert out.dtype == torch.float16
-    assert_close(out, layer_norm_ref(x, weight, bias, 1e-12, residual), torch.float16, backend)
+    assert_matches_reference(out, layer_norm_ref, x, weight, bias, 1e-12, residual, backend=backend)
 
 
 @pytest.mark.parametrize("N", [384, 1000])
@@ -70,9 +69,9 @@ def test_layer_norm_nan_padded_and_row_strided(N, device, backend):
     x_p, residual_p = nan_row_padded(x, extra_columns=5), nan_row_padded(residual, extra_columns=11)
     weight_p, bias_p = nan_padded(weight), nan_padded(bias)
     out = layer_norm(x_p, weight_p, bias_p, 1e-12, residual=residual_p)
-    assert_close(out, layer_norm_ref(x, weight, bias, 1e-12, residual), torch.float16, backend)
+    assert_matches_reference(out, layer_norm_ref, x, weight, bias, 1e-12, residual, backend=backend)
     out = layer_norm(nan_padded(x), weight_p, bias_p, 1e-12, residual=nan_padded(residual))
-    assert_close(out, layer_norm_ref(x, weight, bias, 1e-12, residual), torch.float16, backend)
+    assert_matches_reference(out, layer_norm_ref, x, weight, bias, 1e-12, residual, backend=backend)
 
 
 @pytest.mark.parametrize("N", [1, 7])
@@ -80,7 +79,7 @@ def test_layer_norm_narrow_rows(N, device, backend):
     """Widths below the smallest tile (64): masked; a single column normalises to the bias."""
     x, residual, weight, bias = _inputs(7, N, torch.float32, device)
     out = layer_norm(x, weight, bias, 1e-5, residual=residual)
-    assert_close(out, layer_norm_ref(x, weight, bias, 1e-5, residual), torch.float32, backend)
+    assert_matches_reference(out, layer_norm_ref, x, weight, bias, 1e-5, residual, backend=backend)
 
 
 def test_layer_norm_empty(device):
@@ -124,9 +123,7 @@ def test_layer_norm_validation(device):
 def test_layer_norm_gpu(M, N, dtype, device, backend):
     x, residual, weight, bias = _inputs(M, N, dtype, device, offset=10.0)
     out = layer_norm(x, weight, bias, 1e-12, residual=residual)
-    torch_same = layer_norm_ref(x, weight, bias, 1e-12, residual, upcast=False)
-    expected = layer_norm_ref(x, weight, bias, 1e-12, residual)
-    assert_close(out, expected, dtype, backend, torch_same_dtype=torch_same)
+    assert_matches_reference(out, layer_norm_ref, x, weight, bias, 1e-12, residual, backend=backend)
 
 
 def _compile_case(config, dtype, arch, has_residual, n_is_one=False):
