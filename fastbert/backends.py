@@ -92,7 +92,9 @@ class TritonOps:
         return self.gemm(x, weight, bias, activation, residual)
 
     def attention(self, q, k, v, packing):
-        return self.kernels.attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, scale=1.0)
+        # Packing built cu_seqlens from the validated mask: no need to read it back (a sync) every layer.
+        return self.kernels.attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, scale=1.0,
+                                      check_indices=False)
 
     def layer_norm(self, x, weight, bias, eps, residual=None):
         return self.kernels.layer_norm(x, weight, bias, eps, residual=residual)

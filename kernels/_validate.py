@@ -2,12 +2,15 @@
 message that names the argument instead of a device-side assert or a silent wrong answer."""
 
 import functools
+import math
 import os
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
+FP32_TINY = float(torch.finfo(torch.float32).tiny)  # the smallest normal fp32 value
+FP32_MAX = float(torch.finfo(torch.float32).max)
 
 
 # triton.jit decides once, when it decorates a kernel, whether the kernel is interpreted; the mode
@@ -28,6 +31,12 @@ def check_tensor(name, tensor, *, ndim=None, dtypes=FLOAT_DTYPES, unit_last_stri
     """Validate one launcher argument; raise TypeError/ValueError naming it."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    # Kernels address raw memory through strides: sparse, nested or mkldnn layouts have none, and a lazily
+    # negated or conjugated view would be read without its sign.
+    if tensor.layout != torch.strided or tensor.is_nested:
+        raise ValueError(f"{name} must be a dense (strided) tensor, got layout {tensor.layout}")
+    if tensor.is_neg() or tensor.is_conj():
+        raise ValueError(f"{name} is a lazily negated or conjugated view: call .resolve_neg() / .resolve_conj()")
     if ndim is not None and tensor.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tensor.shape)}")
     if dtypes is not None and tensor.dtype not in dtypes:
@@ -68,6 +77,53 @@ def check_same(name, tensor, reference_name, reference, *, dtype=True, device=Tr
         raise TypeError(f"{name} has dtype {tensor.dtype} but {reference_name} has {reference.dtype}")
     if device and tensor.device != reference.device:
         raise ValueError(f"{name} is on {tensor.device} but {reference_name} is on {reference.device}")
+
+
+def check_positive_fp32(name, value):
+    """A Python number the kernel receives as an fp32 scalar: finite, positive and a normal fp32 value, so
+    it neither flushes to 0 nor overflows to inf on the way (bool and tensors rejected: a tensor would need
+    a host sync)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive float, got {type(value).__name__}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a positive finite fp32 value, got an integer too large for a float") from None
+    if not (math.isfinite(value) and FP32_TINY <= value <= FP32_MAX):
+        raise ValueError(f"{name} must be a positive finite fp32 value (in [{FP32_TINY:.3g}, {FP32_MAX:.3g}]), got {value}")
+    return value
+
+
+def check_index_ranges(named_ids):
+    """named_ids: (name, ids, number of rows of the table they index). Data-dependent: every min and max is
+    read back in one transfer (one host sync), so launchers run it only when check_indices=True."""
+    bounds = torch.stack([torch.stack(ids.aminmax()).long() for _, ids, _ in named_ids]).tolist()
+    for (name, _, rows), (low, high) in zip(named_ids, bounds, strict=True):
+        if low < 0 or high >= rows:
+            raise ValueError(f"{name} must lie in [0, {rows}), got values in [{low}, {high}]")
+
+
+def check_cu_seqlens(cu_seqlens, num_tokens, max_seqlen):
+    """cu_seqlens [B + 1] must start at 0, never decrease and end at num_tokens, and no sequence may be
+    longer than max_seqlen (the grid covers max_seqlen query rows). Data-dependent: first, last, shortest
+    and longest length are read back in one transfer (one host sync)."""
+    lengths = cu_seqlens.diff()
+    ends = [cu_seqlens[0], cu_seqlens[-1]]
+    if lengths.numel() > 0:
+        ends += list(lengths.aminmax())
+    stats = torch.stack(ends).tolist()
+    first, last = stats[:2]
+    shortest, longest = stats[2:] if len(stats) == 4 else (0, 0)
+    if first != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {first}")
+    if shortest < 0:
+        at = int((lengths < 0).nonzero()[0])  # error path only: a second sync is fine here
+        pair = cu_seqlens[at : at + 2].tolist()
+        raise ValueError(f"cu_seqlens must never decrease, got cu_seqlens[{at}]={pair[0]} > cu_seqlens[{at + 1}]={pair[1]}")
+    if last != num_tokens:
+        raise ValueError(f"cu_seqlens must end at the number of tokens T={num_tokens}, got {last}")
+    if longest > max_seqlen:
+        raise ValueError(f"max_seqlen={max_seqlen} is less than the longest sequence ({longest} tokens)")
 
 
 @functools.cache

@@ -11,9 +11,10 @@ with log2(e) folded into the scale), so no [S, S] score matrix ever exists. Q @ 
 cores with operands in the input dtype and fp32 accumulation; fp32 inputs use IEEE fp32 products unless
 torch.backends.cuda.matmul.allow_tf32 is set, as torch.matmul does.
 
-cu_seqlens is trusted: the launcher checks its dtype, shape and device but never reads its contents,
-because that would synchronise the host with the GPU on every layer. It must start at 0, never decrease
-and end at T, and max_seqlen must be at least every sequence length; otherwise the output is undefined.
+cu_seqlens must start at 0, never decrease and end at T, and max_seqlen must be at least every sequence
+length. The launcher checks that (check_indices=True, the default), which reads cu_seqlens back to the
+host: one device sync. A caller that built cu_seqlens itself (fastbert's encoder) passes
+check_indices=False to skip the sync; then contents that break these rules read and write out of bounds.
 Limits: inference only (no autograd); at most 65535 sequences and 65535 heads (CUDA grid limits);
 offsets are int64, so T * token stride may exceed 2**31.
 """
@@ -24,11 +25,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._validate import check_same, check_tensor, is_interpreter, max_shared_bytes
+from ._validate import check_cu_seqlens, check_positive_fp32, check_same, check_tensor, is_interpreter, max_shared_bytes
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
 _LOG2E = 1.4426950408889634
 _MAX_GRID_YZ = 65535
+_MAX_INT32 = 2**31 - 1
 
 
 @triton.jit
@@ -237,13 +239,15 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def attention(q, k, v, cu_seqlens, max_seqlen, scale=None) -> torch.Tensor:
+def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -> torch.Tensor:
     """Bidirectional attention within each packed sequence.
 
     q, k, v: [T, heads, head_dim], unit last stride, any other strides; one float dtype, one device.
-    cu_seqlens: int32 [B + 1] on that device (contents trusted, never read on the host).
+    cu_seqlens: contiguous int32 [B + 1] on that device: 0, then each sequence's end, the last one T.
     max_seqlen: Python int, at least every sequence length. scale: positive float, default
-    1/sqrt(head_dim). Returns a contiguous [T, heads, head_dim] tensor in q's dtype.
+    1/sqrt(head_dim). check_indices: verify cu_seqlens and max_seqlen against each other and T (one
+    device sync); False only where the caller guarantees them. Returns a contiguous [T, heads, head_dim]
+    tensor in q's dtype.
     """
     check_tensor("q", q, ndim=3)
     check_tensor("k", k, ndim=3)
@@ -257,7 +261,8 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None) -> torch.Tensor:
     T, heads, head_dim = q.shape
     if head_dim not in HEAD_DIMS:
         raise ValueError(f"q has head_dim {head_dim}; supported: {HEAD_DIMS}")
-    check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32,), unit_last_stride=False)
+    # Contiguous: the kernel reads entry b at cu_seqlens_ptr + b.
+    check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32,))
     check_same("cu_seqlens", cu_seqlens, "q", q, dtype=False)
     if cu_seqlens.shape[0] < 1:
         raise ValueError("cu_seqlens must hold at least one entry (B + 1 for B sequences)")
@@ -265,17 +270,22 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None) -> torch.Tensor:
         raise TypeError(f"max_seqlen must be a Python int, got {type(max_seqlen).__name__}")
     if max_seqlen < 0 or (T > 0 and max_seqlen < 1):
         raise ValueError(f"max_seqlen must be at least the longest sequence's length, got {max_seqlen} for T={T}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(head_dim)
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool):
-        raise TypeError(f"scale must be a Python float or None, got {type(scale).__name__}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a finite positive number, got {scale}")
+    if max_seqlen > _MAX_INT32:
+        raise ValueError(f"max_seqlen must fit cu_seqlens' int32, got {max_seqlen}")
+    if T > _MAX_INT32:
+        raise ValueError(f"q holds T={T} tokens, more than cu_seqlens' int32 can delimit")
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else check_positive_fp32("scale", scale)
+    scale_log2e = check_positive_fp32("scale * log2(e)", scale * _LOG2E)  # the kernel's fp32 scalar
+    if not isinstance(check_indices, bool):
+        raise TypeError(f"check_indices must be a bool, got {type(check_indices).__name__}")
     batch = cu_seqlens.shape[0] - 1
     if batch == 0 and T != 0:
         raise ValueError(f"cu_seqlens describes no sequence but q holds T={T} tokens")
     if batch > _MAX_GRID_YZ or heads > _MAX_GRID_YZ:
         raise ValueError(f"at most {_MAX_GRID_YZ} sequences and heads per call, got {batch} and {heads}")
+
+    if check_indices:
+        check_cu_seqlens(cu_seqlens, T, max_seqlen)
 
     out = torch.empty((T, heads, head_dim), dtype=q.dtype, device=q.device)
     if T == 0 or batch == 0 or heads == 0:
@@ -286,7 +296,7 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None) -> torch.Tensor:
     grid = lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), batch, heads)
     _attention[grid](
         q, k, v, out, cu_seqlens,
-        float(scale) * _LOG2E,
+        scale_log2e,
         max(triton.next_power_of_2(max_seqlen), 16),
         program_count_bucket(batch, heads, max_seqlen),
         q.stride(0), q.stride(1),

@@ -9,15 +9,16 @@ Without token_type_embeddings (models with type_vocab_size 0) there is no type t
 token_type_ids every token uses type 0, as transformers does.
 
 The sum and the LayerNorm are fp32 (the normalisation is layer_norm's, two-pass over registers); rows are
-gathered with int64 offsets since V * H can exceed 2**31. Index ranges are checked on the host when
-check_indices=True (one device sync); with check_indices=False an out-of-range id reads arbitrary memory.
+gathered with int64 offsets since V * H can exceed 2**31. Every id is checked against its table when
+check_indices=True (the default; one device sync); the encoder, which validated the ids already, passes
+check_indices=False, with which an out-of-range id reads arbitrary memory.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from ._validate import INDEX_DTYPES, check_tensor, is_interpreter
+from ._validate import INDEX_DTYPES, check_index_ranges, check_tensor, is_interpreter
 from .layer_norm import MAX_N, MIN_BLOCK_N, _config, _normalize_rows, check_eps, check_norm_params
 
 
@@ -93,14 +94,6 @@ def _check_table(name, table, dtype, hidden):
         raise ValueError(f"{name} has no rows, got shape {tuple(table.shape)}")
 
 
-def _check_ranges(named_ids):
-    """named_ids: (name, ids, table rows). Reads every min and max back in one transfer (one host sync)."""
-    bounds = torch.stack([torch.stack(ids.aminmax()).long() for _, ids, _ in named_ids]).tolist()
-    for (name, _, rows), (low, high) in zip(named_ids, bounds, strict=True):
-        if low < 0 or high >= rows:
-            raise ValueError(f"{name} must lie in [0, {rows}), got values in [{low}, {high}]")
-
-
 def embeddings(input_ids, position_ids, word_embeddings, position_embeddings, ln_weight, ln_bias, eps,
                token_type_ids=None, token_type_embeddings=None, check_indices=True) -> torch.Tensor:
     """Packed BERT embeddings, LayerNorm included (see the module docstring for shapes and dtypes)."""
@@ -120,6 +113,8 @@ def embeddings(input_ids, position_ids, word_embeddings, position_embeddings, ln
         _check_ids("token_type_ids", token_type_ids, num_tokens)
     check_norm_params(ln_weight, ln_bias, hidden, dtype, "ln_weight", "ln_bias")
     check_eps(eps)
+    if not isinstance(check_indices, bool):
+        raise TypeError(f"check_indices must be a bool, got {type(check_indices).__name__}")
     for name, tensor in (("position_ids", position_ids), ("word_embeddings", word_embeddings),
                          ("position_embeddings", position_embeddings), ("ln_weight", ln_weight),
                          ("ln_bias", ln_bias), ("token_type_ids", token_type_ids),
@@ -135,7 +130,7 @@ def embeddings(input_ids, position_ids, word_embeddings, position_embeddings, ln
                      ("position_ids", position_ids, position_embeddings.shape[0])]
         if token_type_ids is not None:
             named_ids.append(("token_type_ids", token_type_ids, token_type_embeddings.shape[0]))
-        _check_ranges(named_ids)
+        check_index_ranges(named_ids)
 
     has_token_type = token_type_embeddings is not None
     has_token_type_ids = token_type_ids is not None

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._validate import check_same, check_tensor, is_interpreter
+from ._validate import check_positive_fp32, check_same, check_tensor, is_interpreter
 
 MAX_N = 8192
 MIN_BLOCK_N = 64
@@ -118,11 +118,8 @@ def layer_norm_configs(gpu: bool) -> list[triton.Config]:
 
 
 def check_eps(eps):
-    """eps: a finite positive Python number (bool and tensors rejected: a tensor would need a host sync)."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TypeError(f"eps must be a positive float, got {type(eps).__name__}")
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive finite float, got {eps}")
+    """eps: a positive Python number the kernel can hold in fp32 (see check_positive_fp32)."""
+    check_positive_fp32("eps", eps)
 
 
 def check_norm_params(weight, bias, n, dtype, weight_name="weight", bias_name="bias"):

@@ -182,6 +182,9 @@ def _tma_problem(x, weight):
     if K == 0:
         return "x has K=0: a TMA descriptor needs non-empty dimensions"
     for name, tensor in (("x", x), ("weight", weight)):
+        if tensor.shape[0] > 1 and tensor.stride(0) < K:
+            # A TMA descriptor describes disjoint rows; broadcast (stride 0) or overlapping rows it cannot.
+            return f"{name} has row stride {tensor.stride(0)} < K={K}: TMA needs rows that do not overlap"
         if tensor.data_ptr() % 16 or (tensor.stride(0) * element_size) % 16:
             return (f"{name} must start on a 16-byte boundary with a row stride that is a multiple of 16 bytes "
                     f"for TMA (data_ptr % 16 = {tensor.data_ptr() % 16}, row stride {tensor.stride(0)} elements)")

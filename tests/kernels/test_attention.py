@@ -138,9 +138,18 @@ def _valid_args(device):
         (lambda a: {"max_seqlen": 5.0}, TypeError, "max_seqlen must be a Python int"),
         (lambda a: {"max_seqlen": torch.tensor(5)}, TypeError, "max_seqlen must be a Python int"),
         (lambda a: {"max_seqlen": 0}, ValueError, "max_seqlen must be at least"),
-        (lambda a: {"scale": -1.0}, ValueError, "scale must be a finite positive"),
-        (lambda a: {"scale": float("nan")}, ValueError, "scale must be a finite positive"),
-        (lambda a: {"scale": torch.tensor(1.0)}, TypeError, "scale must be a Python float"),
+        (lambda a: {"scale": -1.0}, ValueError, "scale must be a positive finite fp32"),
+        (lambda a: {"scale": float("nan")}, ValueError, "scale must be a positive finite fp32"),
+        (lambda a: {"scale": 1e-300}, ValueError, "scale must be a positive finite fp32"),  # flushes to 0
+        (lambda a: {"scale": 10**400}, ValueError, "too large for a float"),
+        (lambda a: {"scale": 3e38}, ValueError, r"scale \* log2\(e\) must be"),  # overflows once scaled
+        (lambda a: {"scale": torch.tensor(1.0)}, TypeError, "scale must be a positive float"),
+        (lambda a: {"max_seqlen": 2**40}, ValueError, "max_seqlen must fit"),
+        (lambda a: {"check_indices": 1}, TypeError, "check_indices must be a bool"),
+        (lambda a: {"cu_seqlens": torch.tensor([0, 3, 3, 8, 8], dtype=torch.int32)[::2]}, ValueError,
+         "cu_seqlens must have stride 1"),
+        (lambda a: {"cu_seqlens": a["cu_seqlens"].to_sparse()}, ValueError, "cu_seqlens must be a dense"),
+        (lambda a: {"q": a["q"].contiguous()._neg_view()}, ValueError, "q is a lazily negated"),
     ],
 )
 def test_attention_validation(change, error, match, device):
@@ -148,6 +157,39 @@ def test_attention_validation(change, error, match, device):
     args.update(change(args))
     with pytest.raises(error, match=match):
         attention(**args)
+
+
+@pytest.mark.parametrize(
+    "bounds, max_seqlen, match",
+    [
+        ([0, 4, 20], 16, "cu_seqlens must end at the number of tokens T=8, got 20"),  # past the tokens
+        ([0, 3, 5], 3, "must end at the number of tokens T=8, got 5"),  # short of them
+        ([1, 3, 8], 5, "cu_seqlens must start at 0, got 1"),
+        ([-2, 3, 8], 5, "cu_seqlens must start at 0, got -2"),
+        ([0, 6, 3, 8], 6, r"cu_seqlens must never decrease, got cu_seqlens\[1\]=6 > cu_seqlens\[2\]=3"),
+        ([0, 3, 8], 4, r"max_seqlen=4 is less than the longest sequence \(5 tokens\)"),
+        ([0, 8], 7, r"max_seqlen=7 is less than the longest sequence \(8 tokens\)"),
+    ],
+)
+def test_attention_rejects_inconsistent_cu_seqlens(bounds, max_seqlen, match, device):
+    """Contents that would read or write outside q, k, v and out (a segfault under the interpreter, an
+    illegal memory access on a GPU) or silently drop keys: checked before the launch."""
+    args = _valid_args(device)
+    args.update(cu_seqlens=torch.tensor(bounds, dtype=torch.int32, device=device), max_seqlen=max_seqlen)
+    with pytest.raises(ValueError, match=match):
+        attention(**args)
+
+
+def test_attention_check_indices_false_skips_the_read_back(device, backend, monkeypatch):
+    """The encoder's call: valid cu_seqlens give the same answer without the data-dependent check."""
+    def fail(*args):
+        raise AssertionError("check_cu_seqlens ran")
+
+    args = _valid_args(device)
+    expected = attention(**args)
+    monkeypatch.setattr(attention_module, "check_cu_seqlens", fail)
+    out = attention(**args, check_indices=False)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
 
 
 def test_attention_configs():
