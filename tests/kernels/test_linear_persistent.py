@@ -100,8 +100,11 @@ def test_empty_m_returns_without_launch(device, monkeypatch):
         (lambda x, w: (x, nan_padded(w, pad=3)), "weight must start on a 16-byte boundary"),
         (lambda x, w: (x, w[:-1]), "N=71"),  # output rows of 142 bytes
         (lambda x, w: (x[:, :0], w[:, :0]), "K=0"),
+        (lambda x, w: (x[:1].expand(7, -1), w), "x has row stride 0 < K=40"),  # one row broadcast
+        (lambda x, w: (x, w.new_zeros(8 * w.shape[0] + w.shape[1]).as_strided(w.shape, (8, 1))),
+         "weight has row stride 8 < K=40"),  # rows that overlap
     ],
-    ids=["odd-K", "x-row-stride", "x-base", "weight-base", "odd-N", "empty-K"],
+    ids=["odd-K", "x-row-stride", "x-base", "weight-base", "odd-N", "empty-K", "x-broadcast", "weight-overlap"],
 )
 def test_unaligned_operands_are_unsupported(operands, match, device):
     """What TMA cannot address: is_supported says False (the GEMM picker then skips this kernel) and a
