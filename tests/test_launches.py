@@ -78,3 +78,28 @@ def test_at_most_seven_launches_per_layer_and_no_other_ops(tmp_path, layers):
     assert first_layer == [False, False, True, False, False, True, False]
     other_ops = {name for kind, name in layer_events if kind == "op"} - VIEW_OPS
     assert not other_ops, f"the layer loop issued tensor ops besides kernel launches: {other_ops}"
+
+
+def test_encoder_skips_the_launchers_data_checks(tmp_path):
+    """The encoder validated ids and built cu_seqlens itself: its launches pass check_indices=False, so the
+    launchers do not read ids or cu_seqlens back to the host (a device sync) on every layer."""
+    random_bert(tmp_path, num_hidden_layers=2)
+    model = load_fastbert(tmp_path, "triton", cuda_graphs=False, gemm="triton")
+    kernels = model.model.ops.kernels
+    calls = []
+
+    class RecordingKernels:
+        def __getattr__(self, name):
+            launcher = getattr(kernels, name)
+
+            def record(*args, **kwargs):
+                calls.append((name, kwargs.get("check_indices")))
+                return launcher(*args, **kwargs)
+
+            return record
+
+    model.model.ops.kernels = RecordingKernels()
+    ids, mask, types = random_batch(211, [5, 9, 2], seq_len=9)
+    model(ids, mask, types)
+    checked = [(name, check) for name, check in calls if name in ("embeddings", "attention")]
+    assert checked == [("embeddings", False)] + [("attention", False)] * 2
