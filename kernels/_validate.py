@@ -106,7 +106,8 @@ def check_index_ranges(named_ids):
 def check_cu_seqlens(cu_seqlens, num_tokens, max_seqlen):
     """cu_seqlens [B + 1] must start at 0, never decrease and end at num_tokens, and no sequence may be
     longer than max_seqlen (the grid covers max_seqlen query rows). Data-dependent: first, last, shortest
-    and longest length are read back in one transfer (one host sync)."""
+    and longest length are read back in one transfer (one host sync). Returns the longest length."""
+    cu_seqlens = cu_seqlens.long()  # int32 differences could wrap around and hide a decrease
     lengths = cu_seqlens.diff()
     ends = [cu_seqlens[0], cu_seqlens[-1]]
     if lengths.numel() > 0:
@@ -124,6 +125,13 @@ def check_cu_seqlens(cu_seqlens, num_tokens, max_seqlen):
         raise ValueError(f"cu_seqlens must end at the number of tokens T={num_tokens}, got {last}")
     if longest > max_seqlen:
         raise ValueError(f"max_seqlen={max_seqlen} is less than the longest sequence ({longest} tokens)")
+    return longest
+
+
+def check_flag(name, value):
+    """A launcher's bool option (no truthy stand-ins: check_indices=None must not mean False)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
 @functools.cache

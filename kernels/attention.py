@@ -25,7 +25,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._validate import check_cu_seqlens, check_positive_fp32, check_same, check_tensor, is_interpreter, max_shared_bytes
+from ._validate import (
+    check_cu_seqlens,
+    check_flag,
+    check_positive_fp32,
+    check_same,
+    check_tensor,
+    is_interpreter,
+    max_shared_bytes,
+)
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
 _LOG2E = 1.4426950408889634
@@ -276,8 +284,7 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -
         raise ValueError(f"q holds T={T} tokens, more than cu_seqlens' int32 can delimit")
     scale = 1.0 / math.sqrt(head_dim) if scale is None else check_positive_fp32("scale", scale)
     scale_log2e = check_positive_fp32("scale * log2(e)", scale * _LOG2E)  # the kernel's fp32 scalar
-    if not isinstance(check_indices, bool):
-        raise TypeError(f"check_indices must be a bool, got {type(check_indices).__name__}")
+    check_flag("check_indices", check_indices)
     batch = cu_seqlens.shape[0] - 1
     if batch == 0 and T != 0:
         raise ValueError(f"cu_seqlens describes no sequence but q holds T={T} tokens")
@@ -285,7 +292,9 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -
         raise ValueError(f"at most {_MAX_GRID_YZ} sequences and heads per call, got {batch} and {heads}")
 
     if check_indices:
-        check_cu_seqlens(cu_seqlens, T, max_seqlen)
+        # Known now, the longest sequence sizes the grid: an overstated max_seqlen (up to 2**31 - 1) would
+        # otherwise launch millions of programs that exit at once.
+        max_seqlen = check_cu_seqlens(cu_seqlens, T, max_seqlen)
 
     out = torch.empty((T, heads, head_dim), dtype=q.dtype, device=q.device)
     if T == 0 or batch == 0 or heads == 0:

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._validate import INDEX_DTYPES, check_index_ranges, check_tensor, is_interpreter
+from ._validate import INDEX_DTYPES, check_flag, check_index_ranges, check_tensor, is_interpreter
 from .layer_norm import MAX_N, MIN_BLOCK_N, _config, _normalize_rows, check_eps, check_norm_params
 
 
@@ -113,8 +113,7 @@ def embeddings(input_ids, position_ids, word_embeddings, position_embeddings, ln
         _check_ids("token_type_ids", token_type_ids, num_tokens)
     check_norm_params(ln_weight, ln_bias, hidden, dtype, "ln_weight", "ln_bias")
     check_eps(eps)
-    if not isinstance(check_indices, bool):
-        raise TypeError(f"check_indices must be a bool, got {type(check_indices).__name__}")
+    check_flag("check_indices", check_indices)
     for name, tensor in (("position_ids", position_ids), ("word_embeddings", word_embeddings),
                          ("position_embeddings", position_embeddings), ("ln_weight", ln_weight),
                          ("ln_bias", ln_bias), ("token_type_ids", token_type_ids),

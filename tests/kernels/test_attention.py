@@ -95,10 +95,12 @@ def test_attention_independent_strides(device, backend):
     _check(q, k, v, cu_seqlens, backend)
 
 
-def test_attention_ignores_excess_max_seqlen(device, backend):
-    # max_seqlen only sizes the grid: a larger bound adds programs that exit at once.
+@pytest.mark.parametrize("check_indices", [True, False])
+def test_attention_ignores_excess_max_seqlen(check_indices, device, backend):
+    # max_seqlen only bounds the sequences: unchecked it sizes the grid (the extra programs exit at once),
+    # checked the longest sequence found does.
     q, k, v, cu_seqlens = _packed_qkv([9, 30], 2, 32, torch.float32, device)
-    out = attention(q, k, v, cu_seqlens, 200)
+    out = attention(q, k, v, cu_seqlens, 200, check_indices=check_indices)
     assert_matches_reference(out, attention_ref, q, k, v, cu_seqlens, backend=backend)
 
 
@@ -169,6 +171,8 @@ def test_attention_validation(change, error, match, device):
         ([0, 6, 3, 8], 6, r"cu_seqlens must never decrease, got cu_seqlens\[1\]=6 > cu_seqlens\[2\]=3"),
         ([0, 3, 8], 4, r"max_seqlen=4 is less than the longest sequence \(5 tokens\)"),
         ([0, 8], 7, r"max_seqlen=7 is less than the longest sequence \(8 tokens\)"),
+        # A drop of more than 2**31 wraps around in int32 arithmetic and would look like a long sequence.
+        ([0, 2**31 - 1, -2, 8], 2**31 - 1, r"cu_seqlens must never decrease, got cu_seqlens\[1\]=2147483647"),
     ],
 )
 def test_attention_rejects_inconsistent_cu_seqlens(bounds, max_seqlen, match, device):

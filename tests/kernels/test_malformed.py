@@ -138,8 +138,8 @@ def test_attention_rejects_malformed(lengths, heads, device):
     _check_corruptions(attention, args, ("cu_seqlens",), grow, scalars, extra)
 
 
-@given(bounds=st.lists(st.integers(-3, 24), min_size=1, max_size=5), tokens=st.integers(0, 20),
-       max_seqlen=st.integers(0, 24), data=st.data())
+@given(bounds=st.lists(st.integers(-3, 24) | st.sampled_from([-(2**31), 2**31 - 1]), min_size=1, max_size=5),
+       tokens=st.integers(0, 20), max_seqlen=st.integers(0, 24) | st.just(2**31 - 1), data=st.data())
 def test_attention_accepts_exactly_consistent_cu_seqlens(bounds, tokens, max_seqlen, data, device, backend):
     """Random cu_seqlens and max_seqlen, valid or not: a ValueError exactly when they break a rule (start at
     0, never decrease, end at T, no sequence longer than max_seqlen), else the reference's answer."""
