@@ -113,8 +113,17 @@ def test_batch_invariance(tmp_path, backend):
     padded_longer = torch.nn.functional.pad(ids[:1, :7], (0, 30))
     longer = model(padded_longer, torch.nn.functional.pad(mask[:1, :7], (0, 30)),
                    torch.nn.functional.pad(types[:1, :7], (0, 30))).last_hidden_state
-    assert (batched[0, :7] - alone[0]).abs().max().item() <= 1e-6
-    assert (longer[0, :7] - alone[0]).abs().max().item() <= 1e-6
+    allowed = 1e-6
+    if backend == "torch":
+        # PyTorch's GEMMs are not batch invariant: the BLAS picks its blocking by the token count, so a
+        # row's rounding depends on the CPU. Two fp32 evaluations can differ by at most the sum of their
+        # errors, so allow twice this sequence's own fp32 error against transformers in float64.
+        with torch.no_grad():
+            exact = hf_model.double()(input_ids=ids[:1, :7], attention_mask=mask[:1, :7],
+                                      token_type_ids=types[:1, :7]).last_hidden_state
+        allowed = max(allowed, 2 * (alone[0].double() - exact[0]).abs().max().item())
+    assert (batched[0, :7] - alone[0]).abs().max().item() <= allowed
+    assert (longer[0, :7] - alone[0]).abs().max().item() <= allowed
 
 
 def test_position_ids_are_used(tmp_path):
