@@ -130,7 +130,7 @@ def test_attention(measure, settings, sizes, dtype, seq_tokens, impl):
 
         def op(qkv):
             q, k, v = qkv.view(tokens, 3, heads, head_dim).unbind(1)
-            return attention(q, k, v, cu_seqlens, seq)
+            return attention(q, k, v, cu_seqlens, seq, check_indices=False)  # as the encoder calls it: no sync
 
         context, name = contextlib.nullcontext(), "triton"
     else:
