@@ -3,7 +3,6 @@ rule of tests/tolerances.py. Shapes stay tiny (the interpreter's time grows with
 the interpreter's tile sizes (64) where that is where edges live. Example counts come from the hypothesis
 profile registered in tests/conftest.py."""
 
-import math
 
 import pytest
 import torch
@@ -14,7 +13,8 @@ from fastbert.kernels.linear import linear
 from fastbert.kernels.linear_persistent import is_available, linear_persistent
 
 from tests.conftest import HAS_CUDA
-from tests.kernels.references import attention_ref, embeddings_ref, layer_norm_ref, linear_ref
+from tests.kernels.linear_cases import check, make_inputs
+from tests.kernels.references import attention_ref, embeddings_ref, layer_norm_ref
 from tests.tolerances import assert_matches_reference
 
 hypothesis = pytest.importorskip("hypothesis")  # the dev extra; a bare GPU box skips these tests
@@ -32,16 +32,18 @@ def _randn(shape, dtype, device, scale=1.0):
     return (torch.randn(shape, device=device) * scale).to(dtype)
 
 
+def _check_gemm(gemm, M, N, K, dtype, has_bias, activation, seed, device, backend):
+    torch.manual_seed(seed)
+    x, weight, bias = make_inputs(M, N, K, dtype, device, bias=has_bias)
+    out = gemm(x, weight, bias, activation)
+    assert out.shape == (M, N)
+    check(out, x, weight, bias, activation, backend)
+
+
 @given(M=st.integers(0, 70), N=st.integers(1, 70), K=st.integers(1, 70), dtype=dtypes, has_bias=st.booleans(),
        activation=activations, seed=seeds)
 def test_linear_property(M, N, K, dtype, has_bias, activation, seed, device, backend):
-    torch.manual_seed(seed)
-    x = _randn((M, K), dtype, device)
-    weight = _randn((N, K), dtype, device, 1 / math.sqrt(K))
-    bias = _randn((N,), dtype, device) if has_bias else None
-    out = linear(x, weight, bias, activation)
-    assert out.shape == (M, N) and out.dtype == dtype
-    assert_matches_reference(out, linear_ref, x, weight, bias, activation, backend=backend)
+    _check_gemm(linear, M, N, K, dtype, has_bias, activation, seed, device, backend)
 
 
 @given(M=st.integers(0, 70), n_blocks=st.integers(1, 9), k_blocks=st.integers(1, 9), dtype=dtypes,
@@ -50,14 +52,7 @@ def test_linear_persistent_property(M, n_blocks, k_blocks, dtype, has_bias, acti
     """N and K in steps of 8 elements: TMA needs 16-byte rows, which 8 fp16 (or fp32) elements always give."""
     if not is_available(device):
         return  # a GPU older than sm_90: test_linear_persistent.py skips it likewise
-    torch.manual_seed(seed)
-    N, K = 8 * n_blocks, 8 * k_blocks
-    x = _randn((M, K), dtype, device)
-    weight = _randn((N, K), dtype, device, 1 / math.sqrt(K))
-    bias = _randn((N,), dtype, device) if has_bias else None
-    out = linear_persistent(x, weight, bias, activation)
-    assert out.shape == (M, N) and out.dtype == dtype
-    assert_matches_reference(out, linear_ref, x, weight, bias, activation, backend=backend)
+    _check_gemm(linear_persistent, M, 8 * n_blocks, 8 * k_blocks, dtype, has_bias, activation, seed, device, backend)
 
 
 @given(lengths=st.lists(st.integers(0, 70), min_size=1, max_size=4), heads=st.integers(1, 3),
