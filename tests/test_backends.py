@@ -10,7 +10,7 @@ import torch
 
 from tests.bert_factory import random_bert
 from tests.kernels.compile_check import REPO_ROOT
-from tests.tolerances import tolerance
+from tests.tolerances import ENCODER_TOLERANCES
 
 PROGRAM = """
     import torch
@@ -50,8 +50,8 @@ def test_triton_backend_on_cpu_works_whatever_was_imported_first(tmp_path, prelu
     result = _run(prelude + "\n" + textwrap.dedent(program.format(folder=str(tmp_path))))
     assert result.returncode == 0, result.stderr
     assert "torch.Size([2, 4, 64])" in result.stdout
-    atol, rtol = tolerance(torch.float32, "interpreter")
-    assert float(result.stdout.split("max error")[1]) <= max(atol, rtol), result.stdout
+    tolerance = ENCODER_TOLERANCES[(torch.float32, "interpreter")]
+    assert float(result.stdout.split("max error")[1]) <= tolerance, result.stdout
 
 
 def _add_one(x):
