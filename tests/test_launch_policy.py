@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.kernels.references import layer_norm_ref
-from tests.tolerances import assert_close, nan_padded, nan_row_padded
+from tests.tolerances import assert_matches_reference, nan_padded, nan_row_padded
 
 # The modules (fastbert.kernels re-exports functions of the same names).
 attention_module = importlib.import_module("fastbert.kernels.attention")
@@ -80,4 +80,4 @@ def test_every_gpu_multi_row_config_under_the_interpreter(block_n, rows, monkeyp
     out = layer_norm_module.layer_norm(nan_row_padded(x, extra_columns=7), nan_padded(weight), nan_padded(bias),
                                        1e-12, residual=nan_row_padded(residual, extra_columns=3))
     assert out.shape == (m, n) and torch.isfinite(out).all()
-    assert_close(out, layer_norm_ref(x, weight, bias, 1e-12, residual), torch.float16, backend)
+    assert_matches_reference(out, layer_norm_ref, x, weight, bias, 1e-12, residual, backend=backend)
