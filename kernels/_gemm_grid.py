@@ -99,12 +99,17 @@ def _device_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def check_num_sms(num_sms):
+    """num_sms: None or a positive Python int."""
+    if num_sms is not None and (isinstance(num_sms, bool) or not isinstance(num_sms, int) or num_sms < 1):
+        raise ValueError(f"num_sms must be a positive int, got {num_sms!r}")
+
+
 def resolve_num_sms(device, num_sms=None) -> int:
     """The SM count grids are sized for: num_sms if given, else the GPU's own (read at launch, cached per
     device); under the interpreter 1, i.e. no split unless a test asks for one by passing num_sms."""
     if num_sms is not None:
-        if isinstance(num_sms, bool) or not isinstance(num_sms, int) or num_sms < 1:
-            raise ValueError(f"num_sms must be a positive int, got {num_sms!r}")
+        check_num_sms(num_sms)
         return num_sms
     if device.type != "cuda":
         return 1

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_grid import plan_launch, pruning_rule, reduce_block_m, resolve_num_sms, tiles_of
+from ._gemm_grid import check_num_sms, plan_launch, pruning_rule, reduce_block_m, resolve_num_sms, tiles_of
 from ._validate import check_same, check_tensor, is_interpreter
 
 ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu", "silu")
@@ -277,7 +277,7 @@ _linear_one_config = _optional_inputs(_even_k(_linear_kernel))
 _linear_split_reduce = _optional_inputs(_linear_split_reduce_kernel)
 
 
-def check_linear_args(x, weight, bias, activation, residual=None):
+def check_linear_args(x, weight, bias, activation, residual=None, num_sms=None):
     """Validate a linear call (errors name the argument); returns (M, N, K). Shared by every GEMM kernel
     of this op, so they accept and reject exactly the same inputs."""
     if activation not in ACTIVATIONS:
@@ -299,6 +299,7 @@ def check_linear_args(x, weight, bias, activation, residual=None):
         check_same("residual", residual, "x", x)
         if residual.shape != (M, N):
             raise ValueError(f"residual has shape {tuple(residual.shape)}; expected ({M}, {N}), the output's")
+    check_num_sms(num_sms)  # also when the output is empty and nothing launches
     return M, N, K
 
 
@@ -317,7 +318,7 @@ def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None
     activation: None, "gelu", "gelu_tanh", "relu", "silu". num_sms: the SM count to fill (default: the GPU's).
     Returns a contiguous [M, N] tensor in x's dtype.
     """
-    M, N, K = check_linear_args(x, weight, bias, activation, residual)
+    M, N, K = check_linear_args(x, weight, bias, activation, residual, num_sms)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out

@@ -207,7 +207,7 @@ def linear_persistent(x, weight, bias=None, activation=None, residual=None, *, n
     activation: None, "gelu", "gelu_tanh", "relu". num_sms: the SM count to fill (default: the GPU's).
     Returns a contiguous [M, N] tensor in x's dtype. Raises ValueError where is_supported is False.
     """
-    M, N, K = check_linear_args(x, weight, bias, activation, residual)
+    M, N, K = check_linear_args(x, weight, bias, activation, residual, num_sms)
     if M == 0 or N == 0:
         return torch.empty((M, N), dtype=x.dtype, device=x.device)
     if not is_available(x.device):

@@ -14,7 +14,7 @@ from fastbert.kernels.linear_persistent import is_available, linear_persistent, 
 from tests.kernels.compile_check import MAX_SHARED_BYTES
 from tests.kernels.linear_cases import ACTIVATIONS, BERT_SHAPES, make_inputs
 from tests.kernels.references import linear_ref
-from tests.tolerances import assert_close, nan_padded, nan_row_padded
+from tests.tolerances import assert_matches_reference, nan_padded, nan_row_padded
 
 linear_module = importlib.import_module("fastbert.kernels.linear")
 persistent_module = importlib.import_module("fastbert.kernels.linear_persistent")
@@ -111,16 +111,10 @@ def test_ieee_fp32_uses_only_tiles_within_the_register_rule():
             assert all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * c.num_warps for c in used)
 
 
-def _reference(x, weight, bias, activation, residual):
-    out = linear_ref(x.double(), weight.double(), bias.double() if bias is not None else None, activation,
-                     upcast=False)
-    return out + residual.double() if residual is not None else out
-
-
 def _check(out, x, weight, bias, activation, residual, backend):
     assert out.dtype == x.dtype and out.is_contiguous()
     # float64 oracle; fp16 rounds once at the store (fp32 accumulation throughout).
-    assert_close(out, _reference(x, weight, bias, activation, residual), x.dtype, backend)
+    assert_matches_reference(out, linear_ref, x, weight, bias, activation, residual=residual, backend=backend)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

@@ -88,21 +88,28 @@ def _check_corruptions(launcher, args, index_args, grow, scalars, extra=()):
             raise
 
 
-@given(M=st.integers(0, 9), N=st.integers(2, 9), K=st.integers(2, 9), has_bias=st.booleans())
-def test_linear_rejects_malformed(M, N, K, has_bias, device):
-    args = {"x": torch.randn(M, K, device=device), "weight": torch.randn(N, K, device=device),
-            "bias": torch.randn(N, device=device) if has_bias else None, "activation": "gelu"}
-    _check_corruptions(linear, args, (), [("weight", 1), ("bias", 0)],
-                       {"activation": ["silu", "GELU", "", 1, torch.nn.GELU()]})
+GEMM_GROW = [("weight", 1), ("bias", 0), ("residual", 0), ("residual", 1)]
+GEMM_SCALARS = {"activation": ["silu", "GELU", "", 1, torch.nn.GELU()], "num_sms": [0, -1, 2.0, "132", True]}
 
 
-@given(M=st.integers(0, 9), has_bias=st.booleans())
-def test_linear_persistent_rejects_malformed(M, has_bias, device):
+def _gemm_args(M, N, K, has_bias, has_residual, device):
+    return {"x": torch.randn(M, K, device=device), "weight": torch.randn(N, K, device=device),
+            "bias": torch.randn(N, device=device) if has_bias else None, "activation": "gelu",
+            "residual": torch.randn(M, N, device=device) if has_residual else None}
+
+
+@given(M=st.integers(0, 9), N=st.integers(2, 9), K=st.integers(2, 9), has_bias=st.booleans(),
+       has_residual=st.booleans())
+def test_linear_rejects_malformed(M, N, K, has_bias, has_residual, device):
+    _check_corruptions(linear, _gemm_args(M, N, K, has_bias, has_residual, device), (), GEMM_GROW, GEMM_SCALARS)
+
+
+@given(M=st.integers(0, 9), has_bias=st.booleans(), has_residual=st.booleans())
+def test_linear_persistent_rejects_malformed(M, has_bias, has_residual, device):
     if not is_available(device):
         return
-    args = {"x": torch.randn(M, 16, device=device), "weight": torch.randn(8, 16, device=device),
-            "bias": torch.randn(8, device=device) if has_bias else None, "activation": None}
-    _check_corruptions(linear_persistent, args, (), [("weight", 1), ("bias", 0)], {"activation": ["silu", 1]})
+    _check_corruptions(linear_persistent, _gemm_args(M, 8, 16, has_bias, has_residual, device), (), GEMM_GROW,
+                       GEMM_SCALARS)
 
 
 @given(M=st.integers(0, 9), N=st.integers(2, 70), has_residual=st.booleans())

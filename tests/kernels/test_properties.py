@@ -13,8 +13,8 @@ from fastbert.kernels.linear import linear
 from fastbert.kernels.linear_persistent import is_available, linear_persistent
 
 from tests.conftest import HAS_CUDA
-from tests.kernels.linear_cases import check, make_inputs
-from tests.kernels.references import attention_ref, embeddings_ref, layer_norm_ref
+from tests.kernels.linear_cases import make_inputs
+from tests.kernels.references import attention_ref, embeddings_ref, layer_norm_ref, linear_ref
 from tests.tolerances import assert_matches_reference
 
 hypothesis = pytest.importorskip("hypothesis")  # the dev extra; a bare GPU box skips these tests
@@ -32,27 +32,35 @@ def _randn(shape, dtype, device, scale=1.0):
     return (torch.randn(shape, device=device) * scale).to(dtype)
 
 
-def _check_gemm(gemm, M, N, K, dtype, has_bias, activation, seed, device, backend):
+def _check_gemm(gemm, M, N, K, dtype, epilogue, num_sms, seed, device, backend):
+    has_bias, activation, has_residual = epilogue
     torch.manual_seed(seed)
     x, weight, bias = make_inputs(M, N, K, dtype, device, bias=has_bias)
-    out = gemm(x, weight, bias, activation)
-    assert out.shape == (M, N)
-    check(out, x, weight, bias, activation, backend)
+    residual = _randn((M, N), dtype, device) if has_residual else None
+    out = gemm(x, weight, bias, activation, residual, num_sms=num_sms)
+    assert out.shape == (M, N) and out.dtype == dtype and out.is_contiguous()
+    assert_matches_reference(out, linear_ref, x, weight, bias, activation, residual=residual, backend=backend)
 
 
-@given(M=st.integers(0, 70), N=st.integers(1, 70), K=st.integers(1, 70), dtype=dtypes, has_bias=st.booleans(),
-       activation=activations, seed=seeds)
-def test_linear_property(M, N, K, dtype, has_bias, activation, seed, device, backend):
-    _check_gemm(linear, M, N, K, dtype, has_bias, activation, seed, device, backend)
+# bias, activation, residual; num_sms: the SM count the grid must fill (None: the device's, 1 under the
+# interpreter), up to more programs than the tiles give, where K is split.
+epilogues = st.tuples(st.booleans(), activations, st.booleans())
+sm_counts = st.none() | st.integers(1, 200)
 
 
-@given(M=st.integers(0, 70), n_blocks=st.integers(1, 9), k_blocks=st.integers(1, 9), dtype=dtypes,
-       has_bias=st.booleans(), activation=activations, seed=seeds)
-def test_linear_persistent_property(M, n_blocks, k_blocks, dtype, has_bias, activation, seed, device, backend):
+@given(M=st.integers(0, 70), N=st.integers(1, 70), K=st.integers(1, 200), dtype=dtypes, epilogue=epilogues,
+       num_sms=sm_counts, seed=seeds)
+def test_linear_property(M, N, K, dtype, epilogue, num_sms, seed, device, backend):
+    _check_gemm(linear, M, N, K, dtype, epilogue, num_sms, seed, device, backend)
+
+
+@given(M=st.integers(0, 70), n_blocks=st.integers(1, 9), k_blocks=st.integers(1, 20), dtype=dtypes,
+       epilogue=epilogues, num_sms=sm_counts, seed=seeds)
+def test_linear_persistent_property(M, n_blocks, k_blocks, dtype, epilogue, num_sms, seed, device, backend):
     """N and K in steps of 8 elements: TMA needs 16-byte rows, which 8 fp16 (or fp32) elements always give."""
     if not is_available(device):
         return  # a GPU older than sm_90: test_linear_persistent.py skips it likewise
-    _check_gemm(linear_persistent, M, 8 * n_blocks, 8 * k_blocks, dtype, has_bias, activation, seed, device, backend)
+    _check_gemm(linear_persistent, M, 8 * n_blocks, 8 * k_blocks, dtype, epilogue, num_sms, seed, device, backend)
 
 
 @given(lengths=st.lists(st.integers(0, 70), min_size=1, max_size=4), heads=st.integers(1, 3),
