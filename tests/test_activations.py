@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fastbert.config import ACTIVATIONS
 from fastbert.gemm import torch_linear
 from tests.kernels.linear_cases import make_inputs
-from tests.tolerances import tolerance
+from tests.tolerances import assert_close
 
 transformers_activations = pytest.importorskip("transformers.activations")
 
@@ -39,14 +39,17 @@ def test_epilogue_matches_transformers_in_float64(hidden_act, implementation, de
     run = kernel_linear() if implementation == "triton" else torch_linear
     if implementation == "torch":
         x, weight, bias = x.cpu(), weight.cpu(), bias.cpu()
-    out = run(x, weight, bias, ACTIVATIONS[hidden_act]).cpu().double()
+    out = run(x, weight, bias, ACTIVATIONS[hidden_act]).cpu()
     x, weight, bias = x.cpu(), weight.cpu(), bias.cpu()
     expected = float64_reference(x, weight, bias, hidden_act)
-    # The table's fp32 bound, and at most twice the error of transformers' own fp32 computation on the
-    # same inputs (flash-attention's rule) plus one fp32 ulp at O(10): rounding, not a wrong formula.
-    atol, rtol = tolerance(torch.float32, backend if implementation == "triton" else "interpreter")
-    torch.testing.assert_close(out, expected, atol=atol, rtol=rtol)
-    own = transformers_activations.ACT2FN[hidden_act](F.linear(x, weight, bias)).double()
+    # At most twice the error of transformers' own fp32 computation on the same inputs (flash-attention's
+    # rule, tests/tolerances.py)...
+    own = transformers_activations.ACT2FN[hidden_act](F.linear(x, weight, bias))
+    assert_close(out, expected, torch.float32, backend if implementation == "triton" else "interpreter",
+                 torch_same_dtype=own)
+    # ... and, where the products are IEEE fp32 like PyTorch's CPU GEMM, with a floor of one fp32 ulp at
+    # O(10) only: rounding, not a wrong formula.
+    own, out = own.double(), out.double()
     own_error, error = (own - expected).abs().max().item(), (out - expected).abs().max().item()
     if implementation == "torch" or backend == "interpreter":  # IEEE fp32 products, as PyTorch's CPU GEMM
         assert error <= 2 * own_error + 1e-6, f"error {error:.2e} vs transformers' own fp32 error {own_error:.2e}"
