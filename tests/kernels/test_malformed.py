@@ -89,7 +89,8 @@ def _check_corruptions(launcher, args, index_args, grow, scalars, extra=()):
 
 
 GEMM_GROW = [("weight", 1), ("bias", 0), ("residual", 0), ("residual", 1)]
-GEMM_SCALARS = {"activation": ["silu", "GELU", "", 1, torch.nn.GELU()], "num_sms": [0, -1, 2.0, "132", True]}
+GEMM_SCALARS = {"activation": ["no-such-activation", "GELU", "", 1, torch.nn.GELU()],
+                "num_sms": [0, -1, 2.0, "132", True]}
 
 
 def _gemm_args(M, N, K, has_bias, has_residual, device):
