@@ -57,7 +57,7 @@ def cmd_encode(args):
     import functools
 
     from . import cli
-    from .corpus import check_output, encode_chunk, encode_records, write_corpus
+    from .corpus import check_output, encode_records, write_corpus
     from .records import open_reader, require_pyarrow
 
     if args.ray is not None:  # Ray Data reads and writes: fastbert/ray.py
@@ -81,8 +81,8 @@ def cmd_encode(args):
     reader = open_reader(args.input, args.texts, args.input_format, args.text_field)
     # pooling and normalize None: what the folder's sentence-transformers modules say.
     pooling = args.pooling
-    encode_texts = functools.partial(encode_chunk, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                                     pooling=pooling, normalize=args.normalize, max_length=args.max_length)
+    options = dict(batch_size=args.batch_size, max_tokens=args.max_tokens, pooling=pooling,
+                   normalize=args.normalize, max_length=args.max_length)
     load_model = functools.partial(cli._load_model, path, device, dtype, backend, args.gemm)
     pools = []  # --devices: the worker pool that stands in for the model, closed however the run ends
     if args.devices:
@@ -94,16 +94,16 @@ def cmd_encode(args):
     try:
         if output is None:
             model = load_model()
-            encode_records(reader, model, encode_texts, args.text_field, args.chunk_size,
-                                  on_rows=lambda first, records, embeddings: print_embeddings(
-                                      [record[args.text_field] for record in records], embeddings, first),
-                                  progress_bar=progress)
+            encode_records(reader, model, options, args.text_field, args.chunk_size,
+                           on_rows=lambda first, records, embeddings: print_embeddings(
+                               [record[args.text_field] for record in records], embeddings, first),
+                           progress_bar=progress)
             return 0
         # What shapes the rows: a resumed run must match it (device, backend and batching may change).
         settings = {"model": str(path.resolve()), "dtype": str(dtype).removeprefix("torch."), "pooling": pooling,
                     "normalize": args.normalize, "max_length": args.max_length, "text_field": args.text_field,
                     "embedding_field": args.embedding_field, "format": suffix}
-        rows, dim, model = write_corpus(output, suffix, settings, args.resume, reader, load_model, encode_texts,
+        rows, dim, model = write_corpus(output, suffix, settings, args.resume, reader, load_model, options,
                                         args.text_field, args.embedding_field, args.chunk_size, progress)
     finally:
         if progress is not None:

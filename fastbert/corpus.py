@@ -1,5 +1,6 @@
-"""`fastbert encode` over a corpus: stream records in, embed them chunk by chunk, append each chunk's rows to
-a partial output on disk, and make the output final with one atomic rename.
+"""`fastbert encode` over a corpus: stream records in, embed them chunk by chunk (fastbert.sentences tokenizes
+the next chunk while the model encodes this one), append each chunk's rows to a partial output on disk, and
+make the output final with one atomic rename.
 
 Nothing is lost:
 - The output may not be the input (or its partial files), and its folder must take a new file: both are
@@ -13,14 +14,16 @@ Nothing is lost:
   they are kept, resumable); the rename to the final name is never interrupted.
 - A full disk reads `no space left on device` naming the output, in every format."""
 
+import collections
+import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import os
-import queue
+import re
 import signal
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 from .sinks import OUTPUT_FORMATS
@@ -62,7 +65,7 @@ class SignalGuard:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
 
-    @contextmanager
+    @contextlib.contextmanager
     def deferred(self):
         self.deferring = True
         try:
@@ -80,39 +83,6 @@ def chunk_sizes(chunk_size, resuming):
     while True:
         yield size
         size = min(2 * size, chunk_size)
-
-
-def prefetch(chunks, depth=1):
-    """Iterate `chunks` in a thread one step ahead: the input is read and parsed while the model works."""
-    slots, stop, done = queue.Queue(maxsize=depth), threading.Event(), object()
-
-    def produce():
-        try:
-            for item in chunks:
-                while not stop.is_set():
-                    try:
-                        slots.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put((done, None))
-        except BaseException as err:  # delivered to the consumer, which raises it
-            slots.put((done, err))
-
-    thread = threading.Thread(target=produce, name="fastbert-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = slots.get()
-            if error is not None:
-                raise error
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
 
 
 def record_digest_update(hasher, records):
@@ -299,17 +269,6 @@ class PartialOutput:
 # The run
 
 
-def encode_chunk(model, texts, **options):
-    """One chunk's embeddings, float32 numpy [len(texts), dim]: the run's only call into the model (the
-    place to switch to a chunked encode API that overlaps tokenization with the model)."""
-    import numpy as np
-
-    embeddings = model.encode(texts, **options)
-    if hasattr(embeddings, "numpy"):  # a torch tensor (sentence-transformers' convert_to_numpy gives numpy)
-        embeddings = embeddings.cpu().numpy()
-    return np.asarray(embeddings, dtype=np.float32)
-
-
 def _fields(reader, records):
     """The input's field names: known up front (CSV, Parquet) or those of the first chunk, in order."""
     if reader.fields is not None:
@@ -317,63 +276,111 @@ def _fields(reader, records):
     return list(dict.fromkeys(key for record in records for key in record))
 
 
-def encode_records(reader, model, encode_texts, text_field, chunk_size, sink=None, on_rows=None,
-                   progress_bar=None):
-    """Embed every record of `reader` chunk by chunk. With a PartialOutput `sink`, each chunk is committed to
-    it (after skipping and checking what an interrupted run committed); `on_rows(first_index, records,
-    embeddings)` sees every new chunk. Returns the number of rows."""
-    resuming = sink is not None and sink.rows > 0
-    hasher, skip, number = hashlib.sha256(), (sink.rows if sink is not None else 0), 1
-    for chunk in prefetch(reader.chunks(chunk_sizes(chunk_size, resuming))):
-        if skip:
-            done, chunk = chunk[:skip], chunk[skip:]
-            record_digest_update(hasher, done)
-            skip -= len(done)
-            number += len(done)
-            if progress_bar is not None:
-                progress_bar.update(len(done))
-            if skip == 0:
-                if hasher.hexdigest() != sink.digest:
-                    raise CliError(f"cannot resume: the first {sink.rows} records of {reader.name} differ from "
-                                   "those the interrupted run encoded (another input?)")
-                sink.truncate()
-            if not chunk:
-                continue
-        if sink is not None:
-            sink.format.check(chunk, number)
-        try:
-            embeddings = encode_texts(model, [record[text_field] for record in chunk])
-        except ValueError as err:  # a text the model refuses: name its record (err's index counts in the chunk)
-            indices = getattr(err, "indices", None)
-            where = (f"record {', '.join(str(number + i) for i in indices[:5])}" if indices
-                     else f"records {number}-{number + len(chunk) - 1}")
-            raise CliError(f"cannot encode input {where}: {err}") from err
-        if sink is not None:
-            header = b""
-            if sink.format.state is None:
-                header = sink.format.start(_fields(reader, chunk), chunk, embeddings.shape[1],
-                                           getattr(reader, "arrow_schema", None))
-            elif embeddings.shape[1] != sink.format.state["dim"]:
-                raise CliError(f"the model gives {embeddings.shape[1]} dimensions, the partial output holds "
-                               f"{sink.format.state['dim']}")
-            data = header + sink.format.rows(chunk, embeddings)
-            record_digest_update(hasher, chunk)
-            with sink.guard.deferred():
-                sink.commit(data, len(chunk), hasher.hexdigest())
-        if on_rows is not None:
-            on_rows(number - 1, chunk, embeddings)
-        number += len(chunk)
-        if progress_bar is not None:
-            progress_bar.update(len(chunk))
-    if skip:
-        raise CliError(f"cannot resume: {reader.name} holds {number - 1} records, fewer than the {sink.rows} "
+def _skip_committed(records, reader, sink, hasher, progress_bar):
+    """Read (without encoding) the records an interrupted run committed, check that they are the ones it
+    encoded, and drop what follows its last commit. Returns their count."""
+    skipped = 0
+
+    def counted():
+        nonlocal skipped
+        for record in itertools.islice(records, sink.rows):
+            skipped += 1
+            yield record
+
+    record_digest_update(hasher, counted())
+    if progress_bar is not None:
+        progress_bar.update(skipped)
+    if skipped < sink.rows:
+        raise CliError(f"cannot resume: {reader.name} holds {skipped} records, fewer than the {sink.rows} "
                        "the interrupted run encoded (another input?)")
+    if hasher.hexdigest() != sink.digest:
+        raise CliError(f"cannot resume: the first {sink.rows} records of {reader.name} differ from those the "
+                       "interrupted run encoded (another input?)")
+    sink.truncate()
+    return skipped
+
+
+def _encode_error(err, first_number, unwritten):
+    """CliError for a ValueError of the encode stream: the text(s) the model refuses named by input record
+    number. The stream counts its texts from `first_number`'s record (0 in err's texts[i]); without indices,
+    the error is somewhere in the `unwritten` records read after the last row written."""
+    indices = getattr(err, "indices", None)
+    if indices:
+        where = f"record {', '.join(str(first_number + i) for i in indices[:5])}"
+        message = re.sub(r"texts\[(\d+)\]", lambda m: f"texts[{first_number - 1 + int(m.group(1))}]", str(err))
+        return CliError(f"cannot encode input {where}: {message}")
+    first, last = unwritten
+    where = f"records {first}-{last}" if last >= first else f"the records from {first} on"
+    return CliError(f"cannot encode input {where}: {err}")
+
+
+def encode_records(reader, model, options, text_field, chunk_size, sink=None, on_rows=None, progress_bar=None):
+    """Embed every record of `reader` through fastbert.sentences.encode_chunks: its background thread reads
+    the records and tokenizes the next chunk while the model encodes this one. `options`: encode()'s keyword
+    arguments. With a PartialOutput `sink`, each chunk's rows are committed to it in input order (after
+    skipping and checking what an interrupted run committed); `on_rows(first_index, records, embeddings)`
+    sees every new chunk. Returns the number of rows."""
+    from .sentences import encode_chunks, encode_options
+
+    try:
+        opts = encode_options(model, chunk_size=chunk_size, **options)
+    except (TypeError, ValueError) as err:
+        raise CliError(str(err)) from err
+    resuming = sink is not None and sink.rows > 0
+    records = (record for chunk in reader.chunks(chunk_sizes(chunk_size, resuming)) for record in chunk)
+    hasher, number = hashlib.sha256(), 1  # number: the input record number of the next row to write
+    if resuming:
+        number += _skip_committed(records, reader, sink, hasher, progress_bar)
+    first_encoded = number
+    # The records the background thread has read and whose rows are not written yet, oldest first: the
+    # stream's embeddings come in the same order, so a chunk of n rows belongs to the first n records here.
+    unwritten = collections.deque()
+
+    def texts():
+        for record in records:
+            unwritten.append(record)
+            yield record[text_field]
+
+    stream = encode_chunks(model, texts(), opts, chunk_sizes=chunk_sizes(chunk_size, resuming))
+    with contextlib.closing(stream):  # stops the background thread when a signal or an error ends the run
+        while True:
+            try:
+                embeddings = next(stream, None)
+            except ValueError as err:
+                raise _encode_error(err, first_encoded, (number, number + len(unwritten) - 1)) from err
+            if embeddings is None:
+                break
+            chunk = [unwritten.popleft() for _ in range(len(embeddings))]
+            embeddings = embeddings.float().numpy()
+            if sink is not None:
+                _commit_chunk(sink, reader, chunk, embeddings, number, hasher)
+            if on_rows is not None:
+                on_rows(number - 1, chunk, embeddings)
+            number += len(chunk)
+            if progress_bar is not None:
+                progress_bar.update(len(chunk))
     if number == 1:
         raise CliError(f"{reader.name} holds no records")
     return number - 1
 
 
-def write_corpus(output, suffix, settings, resume, reader, load_model, encode_texts, text_field,
+def _commit_chunk(sink, reader, chunk, embeddings, number, hasher):
+    """Append one chunk's rows to the partial output and record them, signals held back meanwhile."""
+    sink.format.check(chunk, number)
+    header = b""
+    if sink.format.state is None:
+        header = sink.format.start(_fields(reader, chunk), chunk, embeddings.shape[1],
+                                   getattr(reader, "arrow_schema", None))
+    elif embeddings.shape[1] != sink.format.state["dim"]:
+        raise CliError(f"the model gives {embeddings.shape[1]} dimensions, the partial output holds "
+                       f"{sink.format.state['dim']}")
+    data = header + sink.format.rows(chunk, embeddings)
+    record_digest_update(hasher, chunk)
+    with sink.guard.deferred():
+        sink.commit(data, len(chunk), hasher.hexdigest())
+
+
+def write_corpus(output, suffix, settings, resume, reader, load_model, options, text_field,
                  embedding_field, chunk_size, progress_bar=None):
     """The whole --output run: open (or continue) the partial output, load the model, encode, rename.
     Returns (rows, dim, model). Any failure or signal abandons the partial files (kept with --resume)."""
@@ -386,7 +393,7 @@ def write_corpus(output, suffix, settings, resume, reader, load_model, encode_te
         try:
             sink.open(resume)
             model = load_model()
-            rows = encode_records(reader, model, encode_texts, text_field, chunk_size, sink=sink,
+            rows = encode_records(reader, model, options, text_field, chunk_size, sink=sink,
                                   progress_bar=progress_bar)
             with guard.deferred():
                 sink.finish()

@@ -7,6 +7,7 @@ pads a batch of short ones; the encoder's packed output is pooled directly (fast
 results come back in input order. Memory is bounded by a chunk, never by the corpus: `iter_encode` yields
 each chunk's embeddings as soon as they are ready, `encode` gathers them into one tensor."""
 
+import itertools
 import queue
 import re
 import threading
@@ -157,15 +158,18 @@ def iter_encode(model, texts, *, stats=None, **options):
     return encode_chunks(model, texts, opts, stats)
 
 
-def encode_chunks(model, texts, opts, stats=None):
+def encode_chunks(model, texts, opts, stats=None, chunk_sizes=None):
     """iter_encode() with options already checked by encode_options() (what a worker process runs): checks
-    `texts` now and returns the generator that reads and encodes it."""
+    `texts` now and returns the generator that reads and encodes it. `chunk_sizes`, an endless iterator of
+    positive ints, gives each chunk's length in turn instead of opts.chunk_size (`fastbert encode` starts small so
+    that its first rows reach the disk early)."""
     if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
         raise TypeError(f"texts must be a string or an iterable of strings, got {type(texts).__name__}")
-    return _encode_stream(model, texts, opts, stats if stats is not None else EncodeStats())
+    sizes = itertools.repeat(opts.chunk_size) if chunk_sizes is None else chunk_sizes
+    return _encode_stream(model, texts, opts, stats if stats is not None else EncodeStats(), sizes)
 
 
-def _encode_stream(model, texts, opts, stats):
+def _encode_stream(model, texts, opts, stats, sizes):
     pipeline = sentence_pipeline(model)
     tokenizer = model.get_tokenizer()
     prompt_tokens = 0
@@ -173,7 +177,7 @@ def _encode_stream(model, texts, opts, stats):
         prompt_tokens = _prompt_length(tokenizer, _lower(opts.prompt, pipeline.do_lower_case), opts.max_length)
     progress = _progress_bar(texts) if opts.show_progress_bar else None
     clock = _WallClock(stats)
-    tokenized = _Prefetch(_tokenize_chunks(texts, tokenizer, pipeline, opts, stats))
+    tokenized = _Prefetch(_tokenize_chunks(texts, tokenizer, pipeline, opts, stats, sizes))
     try:
         pending = None
         for ids, mask, types in tokenized.items(stats):
@@ -214,18 +218,19 @@ def _prompt_length(tokenizer, prompt, max_length):
     return len(ids) - 1 if ids and ids[-1] in tokenizer.special_token_ids() else len(ids)
 
 
-def _tokenize_chunks(texts, tokenizer, pipeline, opts, stats):
-    """Chunks of padded (input_ids, attention_mask, token_type_ids) [n, S]: runs on the background thread."""
+def _tokenize_chunks(texts, tokenizer, pipeline, opts, stats, sizes):
+    """Chunks of padded (input_ids, attention_mask, token_type_ids) [n, S], of the lengths `sizes` gives:
+    runs on the background thread."""
     prefix = opts.prompt or ""
-    chunk, position = [], 0
+    chunk, position, size = [], 0, next(sizes)
     for text in texts:
         if not isinstance(text, str):
             raise TypeError(f"texts[{position}] must be a string, got {type(text).__name__}")
         chunk.append(_lower(prefix + text, pipeline.do_lower_case))
         position += 1
-        if len(chunk) == opts.chunk_size:
+        if len(chunk) == size:
             yield _tokenize(tokenizer, chunk, position - len(chunk), opts.max_length, stats)
-            chunk = []
+            chunk, size = [], next(sizes)
     if chunk:
         yield _tokenize(tokenizer, chunk, position - len(chunk), opts.max_length, stats)
 

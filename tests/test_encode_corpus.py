@@ -417,6 +417,23 @@ def test_bad_record_mid_stream_leaves_nothing(in_process, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
+def test_untokenizable_text_is_named_by_its_record_number_also_when_resuming(in_process, tmp_path):
+    """The streaming encode reads ahead of what is written: the rows before the bad text are committed, and
+    the bad text is named by its input record (and input position), in a resumed run too."""
+    records = [{"text": f"text {i}"} for i in range(1, 9)]
+    records[5]["text"] = "bad \ud800 text"  # record 6: a lone surrogate, which JSON can carry
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    args = ["-i", "in.jsonl", "-o", "out.jsonl", "--chunk-size", "2", "--resume"]
+    for _ in range(2):  # the first run commits records 1-4; the resumed one starts at record 5
+        code, _, stderr = in_process(*args)
+        assert code == 2, stderr
+        assert "cannot encode input record 6: cannot tokenize texts[5] (a lone surrogate" in stderr, stderr
+        assert "4 rows are complete in out.jsonl.partial" in stderr, stderr
+        assert json.loads((tmp_path / "out.jsonl.progress.json").read_text())["rows"] == 4
+    written = (tmp_path / "out.jsonl.partial").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(row)["text"] for row in written] == [f"text {i}" for i in range(1, 5)]
+
+
 def test_parquet_text_column_is_checked_before_the_model_loads(tmp_path, monkeypatch, capsys):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
