@@ -53,6 +53,20 @@ def _start_pool(path, args):
         raise CliError(f"cannot start workers with the model in {path}: {cli._one_line(err)}") from err
 
 
+def _load_model(path, device, dtype, backend, gemm):
+    """The model with its sentence-transformers pipeline: a module fastbert cannot reproduce is a CliError
+    here, before the first row is written, not a failure in the middle of the encode."""
+    from . import cli
+    from .sentences import sentence_pipeline
+
+    model = cli._load_model(path, device, dtype, backend, gemm)
+    try:
+        sentence_pipeline(model)
+    except (ValueError, OSError) as err:
+        raise CliError(f"cannot encode with the model in {path}: {cli._one_line(err)}") from err
+    return model
+
+
 def cmd_encode(args):
     import functools
 
@@ -83,7 +97,7 @@ def cmd_encode(args):
     pooling = args.pooling
     options = dict(batch_size=args.batch_size, max_tokens=args.max_tokens, pooling=pooling,
                    normalize=args.normalize, max_length=args.max_length)
-    load_model = functools.partial(cli._load_model, path, device, dtype, backend, args.gemm)
+    load_model = functools.partial(_load_model, path, device, dtype, backend, args.gemm)
     pools = []  # --devices: the worker pool that stands in for the model, closed however the run ends
     if args.devices:
         def load_model():

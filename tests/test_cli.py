@@ -294,6 +294,29 @@ def test_error_is_one_line_exit_2_in_process(tmp_path, monkeypatch, capsys, name
     assert_one_line_error(code, captured.out, captured.err, message)
 
 
+@pytest.mark.parametrize("output", [None, "out.npy"])
+def test_unsupported_sentence_module_is_a_user_error_before_any_output(tmp_path, monkeypatch, capsys, output):
+    """A modules.json module fastbert cannot reproduce is found when the model loads: one line, exit 2,
+    nothing printed and no output file (not an exit 1 from the middle of the encode)."""
+    from fastbert import cli
+    from tests.st_factory import tiny_encoder
+
+    folder = tiny_encoder(tmp_path / "model")
+    capsys.readouterr()  # transformers' progress bars while saving it
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Custom", "type": "my_package.CustomPooling"}]))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code = cli.main(["encode", "--model", str(folder), *TORCH_CPU, "a text", "another"]
+                    + (["--output", output] if output else []))
+    captured = capsys.readouterr()
+    assert_one_line_error(code, captured.out, captured.err, "module 1 (my_package.CustomPooling): fastbert cannot "
+                                                            "reproduce this sentence-transformers module")
+    assert list(work.iterdir()) == []
+
+
 def test_debug_flag_shows_traceback(cheap_runs):
     code, _, stderr = cheap_runs["debug_shows_traceback"]
     assert code == 2
