@@ -17,7 +17,10 @@
 #   6. tests: the encoder tests on CUDA (graph replay, the GEMM picker, fastbert against transformers),
 #      then the gpu-marked kernel tests (bf16, TF32, BERT-sized shapes, every autotune config)
 #   7. report: REPORT.md again, from every JSON file
-#   8. tests-rest: the rest of the test suite natively on the GPU, with what is left of the total; the
+#   8. corpus: the corpus benchmark (benchmarks/corpus.py: 2,000 texts from a file to a .npy, fastbert
+#      encode against sentence-transformers and its multi-process pool, each engine in its own process),
+#      into DIR/<device-slug>/corpus/; budget 90 s, or what is left of the total when less (30 s at least)
+#   9. tests-rest: the rest of the test suite natively on the GPU, with what is left of the total; the
 #      CPU-only compile checks are left to CI
 # Every stage has a budget and a `timeout` (SIGINT first, so pytest still writes its JSON; SIGKILL 15 s
 # later); a stage that runs out is interrupted and the next stage runs. Every file is written as it
@@ -26,10 +29,11 @@
 #
 # Usage: bash benchmarks/gpu_check.sh [--out DIR]      (default DIR: benchmarks/results)
 # Writes DIR/<device-slug>/: gpu_check.log stages.txt headline.json profile.json PROFILE.md kernels.json
-# encoder.json REPORT.md speedup.png padding.png tflops.png. Stage budgets (seconds) can be changed with
-# FASTBERT_CHECK_{HEADLINE,PROFILE,REPORT,KERNELS,ENCODER,TESTS}_S (0 skips a stage) and
-# FASTBERT_CHECK_TOTAL_S (the whole run, which bounds stage 8); FASTBERT_CHECK_SIZE=tiny|quick|full picks
-# the grid of stages 4-5 (default quick; tiny also shrinks stages 1-2 to the CPU smoke sizes).
+# encoder.json REPORT.md speedup.png padding.png tflops.png corpus/{corpus.json,CORPUS.md}. Stage budgets
+# (seconds) can be changed with FASTBERT_CHECK_{HEADLINE,PROFILE,REPORT,KERNELS,ENCODER,TESTS,CORPUS}_S (0
+# skips a stage) and FASTBERT_CHECK_TOTAL_S (the whole run, which bounds stages 8-9);
+# FASTBERT_CHECK_SIZE=tiny|quick|full picks the grid of stages 4-5 (default quick; tiny also shrinks stages
+# 1-2 to the CPU smoke sizes and stage 8 to 16 texts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +42,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --out) out_root="$2"; shift 2 ;;
         --out=*) out_root="${1#--out=}"; shift ;;
-        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown argument $1 (usage: gpu_check.sh [--out DIR])" >&2; exit 2 ;;
     esac
 done
@@ -57,6 +61,7 @@ report_s="${FASTBERT_CHECK_REPORT_S:-20}"
 kernels_s="${FASTBERT_CHECK_KERNELS_S:-50}"
 encoder_s="${FASTBERT_CHECK_ENCODER_S:-75}"
 tests_s="${FASTBERT_CHECK_TESTS_S:-50}"
+corpus_s="${FASTBERT_CHECK_CORPUS_S:-90}"
 total_s="${FASTBERT_CHECK_TOTAL_S:-540}"
 size="${FASTBERT_CHECK_SIZE:-quick}"
 start_all=$SECONDS
@@ -67,7 +72,8 @@ out="$out_root/$slug"
 mkdir -p "$out"
 log="$out/gpu_check.log"
 stages="$out/stages.txt"
-rm -f "$log" "$stages" "$out"/{headline,kernels,encoder,compile,profile}.json "$out/PROFILE.md"
+rm -f "$log" "$stages" "$out"/{headline,kernels,encoder,compile,profile}.json "$out/PROFILE.md" \
+    "$out"/corpus/{corpus.json,CORPUS.md}
 echo "gpu_check: device slug $slug, writing to $out" | tee "$log"
 
 # stage NAME BUDGET_S CMD...: run CMD under timeout (SIGINT first, SIGKILL 15 s later), log its time and
@@ -143,6 +149,20 @@ encoder_tests=(tests/test_graphs.py tests/test_gemm.py tests/test_model.py tests
             -m gpu "${rest_opts[@]}"
     fi
     report report
+    # The corpus benchmark end to end (file in, .npy out): three engines share the stage, each stopped at
+    # its third of it (fastbert's committed rows still count); a GPU machine runs fastbert on Triton.
+    corpus_budget=$((total_s - (SECONDS - start_all)))
+    [ "$corpus_budget" -gt "$corpus_s" ] && corpus_budget=$corpus_s
+    if [ "$corpus_budget" -ge 30 ]; then
+        corpus_size="$([ "$size" = tiny ] && echo tiny || echo quick)"
+        corpus_runtime=(--device cuda --backend triton)
+        $PY -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null \
+            || corpus_runtime=(--device cpu --backend torch)
+        stage corpus "$corpus_budget" $PY -m benchmarks.corpus --out "$out/corpus" --size "$corpus_size" \
+            "${corpus_runtime[@]}" --budget $(((corpus_budget - 15) / 3))
+    else
+        echo "=== [corpus] skipped: ${corpus_budget}s of the total budget left"
+    fi
     rest=$((total_s - (SECONDS - start_all)))
     if [ "$tests_s" -gt 0 ] && [ "$rest" -ge 30 ]; then
         stage tests-rest "$rest" $PY -m pytest tests -m "not gpu" -k "not for_gpus and not configs_compile" \
