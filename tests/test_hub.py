@@ -151,6 +151,46 @@ def test_download_fetches_only_what_fastbert_reads(hub, monkeypatch):
                                         "modules.json"])]
 
 
+def test_a_sentence_transformers_repo_downloads_every_module_file(hub, monkeypatch, tmp_path):
+    """What the download keeps of a sentence-transformers repository is enough for its whole pipeline: the
+    module configs, and a Dense's weights in its own folder (here pytorch_model.bin) beside the encoder's
+    root model.safetensors. The fake download lays out only the files asked for."""
+    pytest.importorskip("sentence_transformers")
+    from safetensors.torch import load_file
+
+    from tests.st_factory import TEXTS, save_pipeline, tiny_encoder
+
+    cache, _ = hub
+    source = save_pipeline(tmp_path / "st", tiny_encoder(tmp_path / "encoder"), dense=[dict(out_features=24)],
+                           normalize=True, prompts={"query": "query: "}, default_prompt_name="query")
+    dense = source / "2_Dense"
+    torch.save(load_file(dense / "model.safetensors"), dense / "pytorch_model.bin")
+    (dense / "model.safetensors").unlink()
+    repo_files = sorted(str(f.relative_to(source)) for f in source.rglob("*") if f.is_file())
+    noise = ["onnx/model.onnx", "openvino/openvino_model.bin", "2_Dense/tf_model.h5"]
+    go_online_without_network(monkeypatch)
+    asked = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        asked.extend(allow_patterns)
+        kept = tmp_path / "kept"
+        for name in allow_patterns:
+            (kept / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / name, kept / name)
+        return str(lay_out_cache(cache, repo_id, kept))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kw: repo_files + noise)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    model = fastbert.from_pretrained("org/tiny-st", backend="torch", device="cpu")
+    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+                 "1_Pooling/config.json", "2_Dense/config.json", "2_Dense/pytorch_model.bin", "model.safetensors"):
+        assert name in asked, asked
+    assert not set(noise) & set(asked), asked
+    direct = fastbert.from_pretrained(source, backend="torch", device="cpu")
+    assert torch.equal(model.encode(TEXTS), direct.encode(TEXTS))  # Dense, Normalize and the prompt included
+    assert model.encode(TEXTS).shape == (len(TEXTS), 24)
+
+
 def test_hub_files_prefers_safetensors_per_folder():
     files = ["config.json", "pytorch_model.bin", "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json",
              "sentencepiece.bpe.model", "merges.txt", "vocab.json", "flax_model.msgpack", "rust_model.ot"]
