@@ -21,13 +21,15 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import signal
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from .sinks import OUTPUT_FORMATS
 from .textio import CliError
+from .tokenizer import UntokenizableTextError, check_encodable
 
 PROGRESS_VERSION = 1
 FIRST_CHUNK = 32  # records in the first chunk: its rows reach the disk within seconds, even on a CPU
@@ -300,18 +302,39 @@ def _skip_committed(records, reader, sink, hasher, progress_bar):
     return skipped
 
 
-def _encode_error(err, first_number, unwritten):
-    """CliError for a ValueError of the encode stream: the text(s) the model refuses named by input record
-    number. The stream counts its texts from `first_number`'s record (0 in err's texts[i]); without indices,
-    the error is somewhere in the `unwritten` records read after the last row written."""
-    indices = getattr(err, "indices", None)
-    if indices:
-        where = f"record {', '.join(str(first_number + i) for i in indices[:5])}"
-        message = re.sub(r"texts\[(\d+)\]", lambda m: f"texts[{first_number - 1 + int(m.group(1))}]", str(err))
-        return CliError(f"cannot encode input {where}: {message}")
-    first, last = unwritten
-    where = f"records {first}-{last}" if last >= first else f"the records from {first} on"
+def _refused_texts_error(err, unwritten, number, text_field):
+    """A CliError for an encode failure that input text explains, else None. The records read and not yet
+    written (from record `number` on) hold the chunk that failed: a text that is not valid Unicode among
+    them is named by its record number, checked here, after the failure, so good chunks pay nothing (and a
+    worker pool's error, which counts in its own chunk, is told in the input's numbers too)."""
+    try:
+        check_encodable("texts", [record[text_field] for record in unwritten])
+    except UntokenizableTextError as bad:
+        where = ", ".join(str(number + i) for i in bad.indices[:5])
+        return CliError(f"cannot encode input record {where}: {bad.shifted(number - 1)}")
+    if not isinstance(err, ValueError):
+        return None
+    last = number + len(unwritten) - 1
+    where = f"records {number}-{last}" if unwritten else f"the records from {number} on"
     return CliError(f"cannot encode input {where}: {err}")
+
+
+def embedding_chunks(model, texts, options, sizes):
+    """Embeddings [n, D] of the iterable `texts`, chunk after chunk in input order, of the lengths the
+    endless iterator `sizes` gives. A FastBertModel streams through fastbert.sentences (a background thread
+    tokenizes the next chunk while the model encodes this one); a worker pool (--devices) through its own
+    encode_chunks (each worker tokenizes its chunks, a few chunks in flight)."""
+    from .sentences import encode_chunks, encode_options
+    from .workers import EncodePool
+
+    if isinstance(model, EncodePool):
+        chunks = iter(lambda: list(itertools.islice(texts, next(sizes))), [])
+        return model.encode_chunks(chunks, **options)
+    try:
+        opts = encode_options(model, **options)
+    except (TypeError, ValueError) as err:
+        raise CliError(str(err)) from err
+    return encode_chunks(model, texts, opts, chunk_sizes=sizes)
 
 
 def encode_records(reader, model, options, text_field, chunk_size, sink=None, on_rows=None, progress_bar=None):
@@ -320,18 +343,11 @@ def encode_records(reader, model, options, text_field, chunk_size, sink=None, on
     arguments. With a PartialOutput `sink`, each chunk's rows are committed to it in input order (after
     skipping and checking what an interrupted run committed); `on_rows(first_index, records, embeddings)`
     sees every new chunk. Returns the number of rows."""
-    from .sentences import encode_chunks, encode_options
-
-    try:
-        opts = encode_options(model, chunk_size=chunk_size, **options)
-    except (TypeError, ValueError) as err:
-        raise CliError(str(err)) from err
     resuming = sink is not None and sink.rows > 0
     records = (record for chunk in reader.chunks(chunk_sizes(chunk_size, resuming)) for record in chunk)
     hasher, number = hashlib.sha256(), 1  # number: the input record number of the next row to write
     if resuming:
         number += _skip_committed(records, reader, sink, hasher, progress_bar)
-    first_encoded = number
     # The records the background thread has read and whose rows are not written yet, oldest first: the
     # stream's embeddings come in the same order, so a chunk of n rows belongs to the first n records here.
     unwritten = collections.deque()
@@ -341,17 +357,20 @@ def encode_records(reader, model, options, text_field, chunk_size, sink=None, on
             unwritten.append(record)
             yield record[text_field]
 
-    stream = encode_chunks(model, texts(), opts, chunk_sizes=chunk_sizes(chunk_size, resuming))
-    with contextlib.closing(stream):  # stops the background thread when a signal or an error ends the run
+    stream = embedding_chunks(model, texts(), options, chunk_sizes(chunk_size, resuming))
+    with contextlib.closing(stream):  # stops the background work when a signal or an error ends the run
         while True:
             try:
                 embeddings = next(stream, None)
-            except ValueError as err:
-                raise _encode_error(err, first_encoded, (number, number + len(unwritten) - 1)) from err
+            except (ValueError, RuntimeError) as err:  # RuntimeError: how a worker pool reports a failure
+                refused = _refused_texts_error(err, unwritten, number, text_field)
+                if refused is None:
+                    raise
+                raise refused from err
             if embeddings is None:
                 break
             chunk = [unwritten.popleft() for _ in range(len(embeddings))]
-            embeddings = embeddings.float().numpy()
+            embeddings = np.asarray(embeddings, dtype=np.float32)
             if sink is not None:
                 _commit_chunk(sink, reader, chunk, embeddings, number, hasher)
             if on_rows is not None:

@@ -9,7 +9,6 @@ each chunk's embeddings as soon as they are ready, `encode` gathers them into on
 
 import itertools
 import queue
-import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -241,8 +240,7 @@ def _tokenize(tokenizer, chunk, first, max_length, stats):
         batch = tokenizer(chunk, max_length=max_length)
     except UntokenizableTextError as err:
         # The tokenizer counts from the chunk's start; the caller counts from the input's.
-        message = re.sub(r"texts\[(\d+)\]", lambda m: f"texts[{first + int(m.group(1))}]", str(err))
-        raise UntokenizableTextError(message, [first + index for index in err.indices]) from None
+        raise err.shifted(first) from None
     stats.tokenize_seconds += time.perf_counter() - started
     return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
 

@@ -19,6 +19,7 @@ so one Tokenizer should not be called from several threads at once.
 """
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -38,6 +39,12 @@ class UntokenizableTextError(ValueError):
     def __init__(self, message, indices):
         super().__init__(message)
         self.indices = indices
+
+    def shifted(self, offset):
+        """The same error with its texts[i] and indices counted `offset` texts further on: a chunk's error
+        told in the positions of the whole input."""
+        message = re.sub(r"texts\[(\d+)\]", lambda m: f"texts[{offset + int(m.group(1))}]", str(self))
+        return UntokenizableTextError(message, [offset + index for index in self.indices])
 
 
 class Tokenizer:
@@ -188,9 +195,9 @@ class Tokenizer:
         except Exception as err:  # `tokenizers` raises a bare Exception, e.g. when pairs cannot fit
             # ...or a TypeError naming no text for one that is not valid Unicode: name it (checked only
             # after a failure, so that good batches pay nothing).
-            _check_encodable("texts", texts)
+            check_encodable("texts", texts)
             if text_pairs is not None:
-                _check_encodable("text_pairs", text_pairs)
+                check_encodable("text_pairs", text_pairs)
             raise ValueError(f"cannot tokenize within max_length={limit}: {err}") from err
         finally:
             self._tok.no_truncation()
@@ -214,11 +221,11 @@ def _encode_batch(tokenizer: _HFTokenizer, name: str, texts: list[str]):
     try:
         return tokenizer.encode_batch(texts, add_special_tokens=False)
     except Exception:  # the library raises a bare TypeError/Exception that names no text
-        _check_encodable(name, texts)
+        check_encodable(name, texts)
         raise
 
 
-def _check_encodable(name: str, texts: list[str]) -> None:
+def check_encodable(name: str, texts: list[str]) -> None:
     """Raise UntokenizableTextError naming every text that is not valid Unicode (a lone surrogate such as
     '\\ud800', which Python strings allow but UTF-8, and so `tokenizers`, cannot carry)."""
     bad = []

@@ -434,6 +434,21 @@ def test_untokenizable_text_is_named_by_its_record_number_also_when_resuming(in_
     assert [json.loads(row)["text"] for row in written] == [f"text {i}" for i in range(1, 5)]
 
 
+def test_worker_pool_streams_chunks_and_names_an_untokenizable_record(tmp_path, monkeypatch, capsys):
+    """--devices: the pool's encode_chunks carries the stream; a worker's error, counted in its own chunk,
+    is told in the input's record numbers, after the rows before it are committed."""
+    records = [{"text": f"text {i}"} for i in range(1, 9)]
+    records[5]["text"] = "bad \ud800 text"
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["encode", "--devices", "cpu", "--backend", "torch", "-i", "in.jsonl", "-o", "out.jsonl",
+                     "--chunk-size", "2", "--resume"])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert "cannot encode input record 6: cannot tokenize texts[5] (a lone surrogate" in stderr, stderr
+    assert "4 rows are complete in out.jsonl.partial" in stderr, stderr
+
+
 def test_parquet_text_column_is_checked_before_the_model_loads(tmp_path, monkeypatch, capsys):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
