@@ -1,6 +1,7 @@
 """`fastbert encode`: its options (a table, one row per option) and the command, which streams records
-through fastbert.records (readers), fastbert.corpus (chunked encode, partial output, resume, signals) and
-fastbert.sinks (output formats). The model helpers it shares with the other commands stay in cli.py."""
+through fastbert.records (readers), fastbert.corpus_run (chunked encode), fastbert.corpus (partial output,
+resume, signals) and fastbert.sinks (output formats). The model helpers it shares with the other commands
+stay in cli.py."""
 
 import argparse
 import sys
@@ -71,7 +72,8 @@ def cmd_encode(args):
     import functools
 
     from . import cli
-    from .corpus import check_output, encode_records, write_corpus
+    from .corpus import check_output
+    from .corpus_run import encode_records, write_corpus
     from .records import open_reader, require_pyarrow
 
     if args.ray is not None:  # Ray Data reads and writes: fastbert/ray.py
