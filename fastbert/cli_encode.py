@@ -1,12 +1,14 @@
 """`fastbert encode`: its options (a table, one row per option) and the command, which streams records
 through fastbert.records (readers), fastbert.corpus_run (chunked encode), fastbert.corpus (partial output,
 resume, signals) and fastbert.sinks (output formats). The model helpers it shares with the other commands
-stay in cli.py."""
+live in cli_common.py."""
 
 import argparse
 import sys
 import time
 
+from .cli_common import load_model as load_pretrained
+from .cli_common import max_length, model_path, one_line, positive_int, resolve_runtime
 from .textio import CliError, print_embeddings
 
 # Inputs at least this long get a progress bar on an interactive stderr (about a second of work on a CPU);
@@ -35,43 +37,39 @@ def _device_list(text):
 
 def _check_devices(args):
     """--devices: each device checked as --device is, before anything loads."""
-    from . import cli
 
     if args.device is not None:
         raise CliError("give --device (one device) or --devices (a worker per device), not both")
     for device in args.devices:
-        cli._resolve_runtime(device, args.dtype, args.backend)
+        resolve_runtime(device, args.dtype, args.backend)
 
 
 def _start_pool(path, args):
     """--devices: one worker process per device (fastbert/workers.py), standing in for the model."""
-    from . import cli
     from .workers import EncodePool
 
     try:
         return EncodePool(path, args.devices, dtype=args.dtype, backend=args.backend, gemm=args.gemm)
     except Exception as err:
-        raise CliError(f"cannot start workers with the model in {path}: {cli._one_line(err)}") from err
+        raise CliError(f"cannot start workers with the model in {path}: {one_line(err)}") from err
 
 
 def _load_model(path, device, dtype, backend, gemm):
     """The model with its sentence-transformers pipeline: a module fastbert cannot reproduce is a CliError
     here, before the first row is written, not a failure in the middle of the encode."""
-    from . import cli
     from .sentences import sentence_pipeline
 
-    model = cli._load_model(path, device, dtype, backend, gemm)
+    model = load_pretrained(path, device, dtype, backend, gemm)
     try:
         sentence_pipeline(model)
     except (ValueError, OSError) as err:
-        raise CliError(f"cannot encode with the model in {path}: {cli._one_line(err)}") from err
+        raise CliError(f"cannot encode with the model in {path}: {one_line(err)}") from err
     return model
 
 
 def cmd_encode(args):
     import functools
 
-    from . import cli
     from .corpus import check_output
     from .corpus_run import encode_records, write_corpus
     from .records import open_reader, require_pyarrow
@@ -79,7 +77,7 @@ def cmd_encode(args):
     if args.ray is not None:  # Ray Data reads and writes: fastbert/ray.py
         from .ray import run_cli
 
-        return run_cli(args, cli._model_path(args.model))
+        return run_cli(args, model_path(args.model))
     if args.devices:
         _check_devices(args)
     # Everything a user gave is checked before the model loads; the output before anything is written.
@@ -92,8 +90,8 @@ def cmd_encode(args):
         raise CliError("--resume continues an --output file: give --output")
     if args.texts and args.input is not None:
         raise CliError("give texts as arguments or with --input, not both")
-    path = cli._model_path(args.model)
-    device, dtype, backend = cli._resolve_runtime(args.device, args.dtype, args.backend)
+    path = model_path(args.model)
+    device, dtype, backend = resolve_runtime(args.device, args.dtype, args.backend)
     reader = open_reader(args.input, args.texts, args.input_format, args.text_field)
     # pooling and normalize None: what the folder's sentence-transformers modules say.
     pooling = args.pooling
@@ -135,7 +133,6 @@ def cmd_encode(args):
 
 def encode_options():
     """`fastbert encode`'s own options as a table of (flags, add_argument keywords): one row per option."""
-    from .cli import _max_length, _positive_int
     from .corpus import OUTPUT_FORMATS
     from .pooling import POOLING_MODES
     from .records import INPUT_FORMATS
@@ -154,7 +151,7 @@ def encode_options():
         (("--resume",), dict(action="store_true",
                              help="continue an interrupted run from the rows complete in FILE.partial (same "
                                   "input and options); keep them if this run is interrupted too")),
-        (("--chunk-size",), dict(type=_positive_int, default=4096, metavar="N",
+        (("--chunk-size",), dict(type=positive_int, default=4096, metavar="N",
                                  help="records read, embedded and written at a time (default 4096; the first "
                                       "chunks are smaller so that rows appear early)")),
         (("--pooling",), dict(choices=tuple(POOLING_MODES),
@@ -162,11 +159,11 @@ def encode_options():
         (("--normalize",), dict(action=argparse.BooleanOptionalAction, default=None,
                                 help="unit-length vectors, or (--no-normalize) without the folder's final "
                                      "Normalize (default: as the folder's sentence-transformers modules say)")),
-        (("--max-tokens",), dict(type=_positive_int, default=16384, metavar="N",
+        (("--max-tokens",), dict(type=positive_int, default=16384, metavar="N",
                                  help="padded tokens per batch (default 16384)")),
-        (("--batch-size",), dict(type=_positive_int, default=None, metavar="N",
+        (("--batch-size",), dict(type=positive_int, default=None, metavar="N",
                                  help="at most N texts per batch (default: --max-tokens alone decides)")),
-        (("--max-length",), dict(type=_max_length, metavar="N",
+        (("--max-length",), dict(type=max_length, metavar="N",
                                  help="truncate texts to N tokens (default: the model folder's max_seq_length)")),
         (("--progress",), dict(action=argparse.BooleanOptionalAction, default=None,
                                help=f"progress bar on stderr (default: on a terminal, unless fewer than "
@@ -178,7 +175,7 @@ def encode_options():
                                "--output are Parquet or JSONL files or folders (local or s3://...), the output a "
                                "folder; ADDRESS as ray.init takes it ('auto', 'ray://head:10001'), default "
                                "$RAY_ADDRESS or a local cluster")),
-        (("--ray-actors",), dict(type=_positive_int, metavar="N",
+        (("--ray-actors",), dict(type=positive_int, metavar="N",
                                  help="with --ray: encoder actors (default: one per GPU of the cluster, else "
                                       "CPUs - 1)")),
     ]
