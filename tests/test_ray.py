@@ -17,7 +17,7 @@ pd = pytest.importorskip("pandas")
 import fastbert  # noqa: E402
 import fastbert.ray  # noqa: E402
 from fastbert.cli import main  # noqa: E402
-from tests.tolerances import BATCHING_ATOL  # noqa: E402
+from tests.tolerances import BATCHING_ATOL, batching_error  # noqa: E402
 
 TEXTS = [("word " * ((5 * i) % 23)) + f"passage {i}" for i in range(13)] + ["", "Ça coûte 🍕", "long " * 300]
 CPU = dict(device="cpu", backend="torch", dtype="float32")
@@ -44,7 +44,7 @@ def embedder(minilm_path):
 def assert_same(actual, expected):
     actual = np.asarray(actual, dtype=np.float32)
     assert actual.shape == expected.shape
-    assert np.abs(actual - expected).max() <= BATCHING_ATOL
+    assert batching_error(actual, expected) <= BATCHING_ATOL
 
 
 def _cli(minilm_path, source, destination, *extra):
