@@ -6,6 +6,7 @@ live in cli_common.py."""
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from .cli_common import load_model as load_pretrained
 from .cli_common import max_length, model_path, one_line, positive_int, resolve_runtime
@@ -67,6 +68,14 @@ def _load_model(path, device, dtype, backend, gemm):
     return model
 
 
+def ray_model(option):
+    """--ray: the default model or a local folder, checked here; a Hub id goes to the actors as it is, since
+    each node fetches it into its own cache (the driver needs no copy, nor access to the Hub)."""
+    if option is not None and not Path(option).expanduser().exists():
+        return option
+    return model_path(option)
+
+
 def cmd_encode(args):
     import functools
 
@@ -77,7 +86,7 @@ def cmd_encode(args):
     if args.ray is not None:  # Ray Data reads and writes: fastbert/ray.py
         from .ray import run_cli
 
-        return run_cli(args, model_path(args.model))
+        return run_cli(args, ray_model(args.model))
     if args.devices:
         _check_devices(args)
     # Everything a user gave is checked before the model loads; the output before anything is written.

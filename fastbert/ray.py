@@ -226,9 +226,9 @@ def encode_files(source, destination, model, *, source_format=None, actors=None,
     return destination_format
 
 
-def run_cli(args, model_path):
-    """`fastbert encode --ray [ADDRESS]` (fastbert/cli.py parses the options) -> exit code; CliError for a
-    usage problem."""
+def run_cli(args, model):
+    """`fastbert encode --ray [ADDRESS]` (fastbert/cli.py parses the options), `model` a checked folder or a Hub
+    id -> exit code; CliError for a usage problem."""
     import sys
 
     from .textio import CliError
@@ -258,11 +258,9 @@ def run_cli(args, model_path):
         output_format(args.output, args.input, source_format or input_format(args.input))
     except (ValueError, OSError) as err:
         raise CliError(str(err)) from err
-    if args.model is not None and not Path(args.model).expanduser().exists():
-        model_path = args.model  # a Hub id: each node fetches it into its own cache, not the driver's folder
     started = start_ray(args.ray or None)
     try:
-        written = encode_files(args.input, args.output, model_path, source_format=source_format,
+        written = encode_files(args.input, args.output, model, source_format=source_format,
                                actors=args.ray_actors, device=args.device, **columns,
                                dtype=args.dtype, backend=args.backend, gemm=args.gemm, pooling=args.pooling,
                                normalize=args.normalize, max_length=args.max_length, batch_size=args.batch_size,
