@@ -19,6 +19,7 @@ import torch
 from .packing import pack_inputs
 from .pipeline import load_pipeline
 from .pooling import check_modes
+from .sentence_modules import int_option
 from .tokenizer import UntokenizableTextError
 from .workers import with_devices
 
@@ -69,12 +70,11 @@ class EncodeOptions:
     show_progress_bar: bool = False
 
 
-def _positive(name, value, allow_none=True):
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+def _required(name, value):
+    """A count that has no 'unset' value: int_option's check, None included."""
+    if value is None:
+        raise ValueError(f"{name} must be an integer >= 1, got None")
+    return int_option(value, name)
 
 
 def sentence_pipeline(model):
@@ -96,17 +96,16 @@ def encode_options(model, *, prompt_name=None, prompt=None, batch_size=None, max
         pooling = check_modes(pooling, "pooling")
     if normalize not in (None, True, False):
         raise TypeError(f"normalize must be None, True or False, got {normalize!r}")
-    truncate_dim = _positive("truncate_dim", truncate_dim)
+    truncate_dim = int_option(truncate_dim, "truncate_dim")
     truncate_dim = pipeline.truncate_dim if truncate_dim is None else truncate_dim
     dim = pipeline.output_dim(pooling)
     if truncate_dim is not None and truncate_dim > dim:
         raise ValueError(f"truncate_dim={truncate_dim} exceeds the embedding size {dim}")
-    if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2):
-        raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
+    max_length = int_option(max_length, "max_length", minimum=2)
     return EncodeOptions(
         prompt=pipeline.resolve_prompt(prompt, prompt_name) or None,  # "" is no prompt, as in sentence-transformers
-        batch_size=_positive("batch_size", batch_size), max_tokens=_positive("max_tokens", max_tokens, False),
-        chunk_size=_positive("chunk_size", chunk_size, False), pooling=pooling, normalize=normalize,
+        batch_size=int_option(batch_size, "batch_size"), max_tokens=_required("max_tokens", max_tokens),
+        chunk_size=_required("chunk_size", chunk_size), pooling=pooling, normalize=normalize,
         truncate_dim=truncate_dim, max_length=pipeline.max_seq_length if max_length is None else max_length,
         show_progress_bar=bool(show_progress_bar))
 
