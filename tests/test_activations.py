@@ -29,6 +29,13 @@ def test_every_kernel_activation_is_reachable():
     assert set(ACTIVATIONS.values()) == set(kernel_activations) - {None}
 
 
+def test_the_oracle_knows_every_accepted_activation():
+    """A hidden_act the config accepts must have its function in the reference encoder, not a KeyError there."""
+    from fastbert.reference import _ACT_FNS
+
+    assert _ACT_FNS.keys() == ACTIVATIONS.keys()
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the interpreter's numpy exp in the tanh form
 @pytest.mark.parametrize("hidden_act", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("implementation", ["triton", "torch"])
