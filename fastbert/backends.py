@@ -111,9 +111,17 @@ def load_kernels(device):
     loaded = sys.modules.get("fastbert.kernels")
     if loaded is None:
         if device.type == "cpu":
+            already_set = "TRITON_INTERPRET" in os.environ
             os.environ["TRITON_INTERPRET"] = "1"
             if "triton" in sys.modules:  # imported before us, by sentence-transformers, torch or the user
-                interpret_imported_triton()
+                try:
+                    interpret_imported_triton()
+                except RuntimeError:
+                    # Refused (a GPU machine): leave the environment as it was, so a later CUDA model in this
+                    # process still gets compiled kernels.
+                    if not already_set:
+                        del os.environ["TRITON_INTERPRET"]
+                    raise
         loaded = importlib.import_module("fastbert.kernels")
     interpreted = loaded.is_interpreter()
     if device.type == "cpu" and not interpreted:
