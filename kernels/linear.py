@@ -253,6 +253,8 @@ def fits_shared_memory(config: triton.Config, element_size: int, max_shared_byte
 # stage of 64x64x32 tiles, 16 KB in fp32 (sm_75 has no asynchronous copies to pipeline). The launcher's last
 # resort (split_k_configs ends with it).
 SMALL_SHARED_CONFIG = _config(64, 64, 32, 4, 1)
+# Built once: linear() consults it on every launch, eager calls included.
+_SPLIT_K_CONFIGS = split_k_configs()
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -325,7 +327,7 @@ def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None
     num_sms = resolve_num_sms(x.device, num_sms)
     precision = dot_precision(x.dtype)
     fits = pruning_rule(x, precision, lambda config: shared_bytes_estimate(config, x.element_size()))
-    plan = plan_launch(M, N, K, num_sms, _linear.configs, split_k_configs(), fits)
+    plan = plan_launch(M, N, K, num_sms, _linear.configs, _SPLIT_K_CONFIGS, fits)
     common = dict(ACTIVATION=activation or "none", INPUT_PRECISION=precision)
     r_stride = residual.stride(0) if residual is not None else 0
     if plan.filling:
