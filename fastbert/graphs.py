@@ -142,7 +142,8 @@ class GraphCache:
         def copy_out(packed):
             return packing.unpack(packed[:tokens], copy=True) if unpack else packed[:tokens].clone()
 
-        return (copy_out(hidden), pooled[:batch].clone() if pooled is not None else None,
+        # Packed callers (forward_tokens: sentence pooling) read the hidden states alone.
+        return (copy_out(hidden), pooled[:batch].clone() if pooled is not None and unpack else None,
                 tuple(copy_out(s) for s in states) if states is not None else None)
 
     def _eager(self, unpack, *args):
