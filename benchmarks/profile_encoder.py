@@ -3,7 +3,7 @@
 For each model (random weights, benchmarks/models.py shapes) and case, times `model(ids, attention_mask=mask)`
 as a user calls it, with CUDA graphs (the default) and without; profiles a few graph-free forwards with
 torch.profiler and sums device time per kernel family; and times the input validation and packing
-(`fastbert.packing.pack_inputs`) alone. Wall >> device means the host, not the GPU, sets the pace.
+(`fastbert.engine.packing.pack_inputs`) alone. Wall >> device means the host, not the GPU, sets the pace.
 
   python -m benchmarks.profile_encoder --out DIR [--size tiny|quick] [--models bert-base,minilm]
       [--cases 32x128,1x128,32x128p50] [--budget S]
@@ -119,7 +119,7 @@ def device_profile(fn, device, forwards):
 def profile_case(record, models, device, s):
     """Fill one case's record, in microseconds: wall times (graph and eager), device time by kernel family,
     host pieces. Filled as it goes, so an interrupted case keeps what it measured."""
-    from fastbert.packing import pack_inputs
+    from fastbert.engine.packing import pack_inputs
 
     graph_model, eager_model = models
     batch, seq = record["batch"], record["seq"]

@@ -262,7 +262,7 @@ def test_encode_corpus(measure, benchmark, settings, checkpoint, model, impl):
         pytest.skip("CUDA graphs exist only on GPU: fastbert_encode already runs without them")
     from transformers import AutoTokenizer
 
-    from fastbert.sentences import length_sorted_batches
+    from fastbert.sentence.stream import length_sorted_batches
 
     device = settings.device
     dtype = torch.float16 if settings.gpu else torch.float32

@@ -5,34 +5,38 @@ CamemBERT, DistilBERT, ELECTRA).
     model = fastbert.from_pretrained("path/to/bert")      # FastBertModel (or a hub id, "org/name")
     embeddings = model.encode(["a sentence", "another"])  # [2, hidden] float32
     fastbert.optimize(hf_model)                           # transformers / sentence-transformers, in place
-"""
 
-from pathlib import Path as _Path
+The public names load on first use, so `import fastbert` (and the `fastbert` command's start-up) costs
+no torch import until a name that needs it is read."""
 
-# In a source checkout run with PYTHONPATH=. (no install), `fastbert.kernels` lives in the
-# repository's top-level kernels/ folder: put the checkout on this package's search path so the
-# import resolves exactly as it does after `pip install`, where the folder is mapped by pyproject.
-_checkout = _Path(__file__).resolve().parent.parent
-if not (_Path(__file__).parent / "kernels").is_dir() and (_checkout / "kernels" / "__init__.py").is_file():
-    __path__.append(str(_checkout))  # noqa: F821 - __path__ is defined for packages
+import importlib
 
-from .config import BertConfig  # noqa: E402
-from .model import FastBertModel  # noqa: E402
-from .patch import optimize, restore  # noqa: E402
-from .sentences import EncodeStats, iter_encode  # noqa: E402
+from . import _moved
 
 __version__ = "0.1.0"
-__all__ = ["BertConfig", "EncodeStats", "FastBertModel", "from_pretrained", "iter_encode", "optimize", "restore"]
+
+# public name -> the module that defines it (fastbert/api.py is the front door; the rest are re-exported).
+_EXPORTS = {
+    "from_pretrained": "fastbert.api",
+    "FastBertModel": "fastbert.api",
+    "BertConfig": "fastbert.checkpoint.config",
+    "EncodeStats": "fastbert.sentence.stream",
+    "iter_encode": "fastbert.sentence.stream",
+    "optimize": "fastbert.patch",
+    "restore": "fastbert.patch",
+}
+__all__ = sorted(_EXPORTS)
+
+_moved.install()
 
 
-def from_pretrained(path, dtype=None, device=None, backend="auto", truncate_dim=None):
-    """Load a checkpoint folder of any supported model_type, or a Hugging Face Hub id, as a FastBertModel
-    (see FastBertModel.from_pretrained), with the folder's sentence-transformers pipeline (modules.json:
-    pooling, Dense, Normalize, prompts, max_seq_length) behind model.encode. A module fastbert cannot
-    reproduce is a ValueError naming it; FastBertModel.from_pretrained loads the encoder alone.
-    truncate_dim: encode()'s default, as in SentenceTransformer(truncate_dim=...)."""
-    from .pipeline import load_pipeline
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fastbert' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
 
-    model = FastBertModel.from_pretrained(path, dtype=dtype, device=device, backend=backend)
-    model.sentence_pipeline = load_pipeline(model.path, model.config.hidden_size, truncate_dim).to(model.device)
-    return model
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

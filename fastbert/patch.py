@@ -11,10 +11,10 @@ original method exactly: no module is rebuilt or moved."""
 import inspect
 from dataclasses import fields
 
-from .config import BertConfig
-from .families import FAMILIES
-from .model import FastBertModel
-from .weights import convert_state_dict
+from fastbert.checkpoint.config import BertConfig
+from fastbert.checkpoint.families import FAMILIES
+from fastbert.checkpoint.weights import convert_state_dict
+from fastbert.engine.model import FastBertModel
 
 # Models that hold their transformers model below the top, as an attribute path. A transformers model
 # itself needs no entry: its config's model_type names its family (fastbert/families.py), and the family

@@ -100,7 +100,7 @@ class OnItsDevice:
         return getattr(self.model, name)
 
     def __call__(self, *args, **kwargs):
-        from fastbert.outputs import EncoderOutput
+        from fastbert.engine.outputs import EncoderOutput
 
         def move(value):
             return value.to(self.model.device) if isinstance(value, torch.Tensor) else value

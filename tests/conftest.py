@@ -116,7 +116,7 @@ def pytest_configure(config):
     if not HAS_CUDA:
         # The kernel tests run through Triton's interpreter: stop at once, with the reason, where this
         # Triton/NumPy pair cannot run it, instead of failing hundreds of tests deep inside Triton.
-        from fastbert.backends import check_interpreter_support
+        from fastbert.engine.backends import check_interpreter_support
 
         try:
             check_interpreter_support()

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import triton
+
 from fastbert.kernels._validate import max_shared_bytes
 from fastbert.kernels.attention import (
     HEAD_DIMS,
@@ -17,7 +18,6 @@ from fastbert.kernels.attention import (
     fits_shared_memory,
     shared_bytes_estimate,
 )
-
 from tests.conftest import pinned_attention_config
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.references import attention_ref

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from fastbert.kernels.embeddings import embeddings, embeddings_configs
 
+from fastbert.kernels.embeddings import embeddings, embeddings_configs
 from tests.kernels.compile_check import ARCHS, MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.references import embeddings_ref
 from tests.tolerances import assert_matches_reference, nan_padded, nan_row_padded

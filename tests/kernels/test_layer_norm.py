@@ -1,7 +1,7 @@
 import pytest
 import torch
-from fastbert.kernels.layer_norm import MAX_N, layer_norm, layer_norm_configs
 
+from fastbert.kernels.layer_norm import MAX_N, layer_norm, layer_norm_configs
 from tests.kernels.compile_check import ARCHS, MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.references import layer_norm_ref
 from tests.tolerances import assert_matches_reference, nan_padded, nan_row_padded

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from fastbert.kernels._gemm_grid import fits_registers
 from fastbert.kernels._validate import max_shared_bytes
 from fastbert.kernels.linear import (
@@ -15,7 +16,6 @@ from fastbert.kernels.linear import (
     shared_bytes_estimate,
     split_k_configs,
 )
-
 from tests.conftest import pinned_linear_config
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.linear_cases import ACTIVATIONS, BERT_SHAPES, check, make_inputs

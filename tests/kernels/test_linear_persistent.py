@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from fastbert.kernels._validate import max_shared_bytes
 from fastbert.kernels.linear_persistent import (
     is_available,
@@ -15,7 +16,6 @@ from fastbert.kernels.linear_persistent import (
     linear_persistent_configs,
     shared_bytes_estimate,
 )
-
 from tests.conftest import pinned_linear_persistent_config
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.linear_cases import ACTIVATIONS, BERT_SHAPES, check, make_inputs

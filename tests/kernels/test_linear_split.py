@@ -7,10 +7,10 @@ import importlib
 
 import pytest
 import torch
+
 from fastbert.kernels._gemm_grid import fits_registers, plan_launch, plan_split_k
 from fastbert.kernels.linear import fits_shared_memory, linear, linear_configs, split_k_configs
 from fastbert.kernels.linear_persistent import is_available, linear_persistent, linear_persistent_configs
-
 from tests.kernels.compile_check import MAX_SHARED_BYTES
 from tests.kernels.linear_cases import ACTIVATIONS, BERT_SHAPES, make_inputs
 from tests.kernels.references import linear_ref

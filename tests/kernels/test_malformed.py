@@ -13,12 +13,12 @@ import math
 
 import pytest
 import torch
+
 from fastbert.kernels.attention import attention
 from fastbert.kernels.embeddings import embeddings
 from fastbert.kernels.layer_norm import layer_norm
 from fastbert.kernels.linear import linear
 from fastbert.kernels.linear_persistent import is_available, linear_persistent
-
 from tests.kernels.references import attention_ref, embeddings_ref
 from tests.tolerances import assert_matches_reference
 

@@ -6,12 +6,12 @@ profile registered in tests/conftest.py."""
 
 import pytest
 import torch
+
 from fastbert.kernels.attention import HEAD_DIMS, attention
 from fastbert.kernels.embeddings import embeddings
 from fastbert.kernels.layer_norm import layer_norm
 from fastbert.kernels.linear import linear
 from fastbert.kernels.linear_persistent import is_available, linear_persistent
-
 from tests.conftest import HAS_CUDA
 from tests.kernels.linear_cases import make_inputs
 from tests.kernels.references import attention_ref, embeddings_ref, layer_norm_ref, linear_ref

@@ -1,0 +1,2 @@
+"""What a checkpoint folder holds, read and checked: the model-family table, config.json, the weights
+(safetensors / .bin, sharded or not), Hugging Face Hub ids, and the tokenizer."""

@@ -1,0 +1,302 @@
+"""Checkpoint reading and the mapping from each family's parameter names to ours (the names per family
+are rows of fastbert.checkpoint.families.FAMILIES; this module applies them).
+
+Our names (every other module depends on exactly these), with H = hidden, E = embedding width (ELECTRA's
+embedding_size, else H), I = intermediate, V = vocab, P = max positions, TV = token-type vocab:
+
+    embeddings.word          [V, E]
+    embeddings.position      [P, E]
+    embeddings.token_type    [TV, E]   absent when type_vocab_size == 0 (DistilBERT)
+    embeddings.norm.weight   [E]       .bias [E]
+    embeddings.project.weight [H, E]   .bias [H]   ELECTRA with E != H only: applied after the norm
+    layers.{i}.qkv.weight    [3H, H]   rows: all of Q, then all of K, then all of V (unscaled)
+    layers.{i}.qkv.bias      [3H]
+    layers.{i}.attn_out.weight [H, H]  .bias [H]
+    layers.{i}.attn_norm.weight [H]    .bias [H]
+    layers.{i}.ffn_in.weight [I, H]    .bias [I]
+    layers.{i}.ffn_out.weight [H, I]   .bias [H]
+    layers.{i}.ffn_norm.weight [H]     .bias [H]
+    pooler.weight [H, H], pooler.bias [H]   absent when the checkpoint (or family) has no pooler
+
+Linear weights keep torch's [out_features, in_features] layout.
+"""
+
+import json
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import torch
+
+from .config import BertConfig
+from .families import family_of
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+TORCH_FILE = "pytorch_model.bin"
+TORCH_INDEX_FILE = "pytorch_model.bin.index.json"
+# Read in this order: the first present wins (safetensors need no unpickling).
+CHECKPOINT_FILES = (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, TORCH_FILE, TORCH_INDEX_FILE)
+_FINITE_CHECK_SLICE = 1 << 24
+
+# Buffers transformers may have saved alongside the parameters; they carry no learned values.
+_IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids")
+def weight_table(config: BertConfig) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(our name, the family's checkpoint name without its prefix, shape) for every tensor we take.
+
+    The Q, K and V projections appear under the provisional names layers.{i}.q/.k/.v; they are fused
+    into layers.{i}.qkv by convert_state_dict.
+    """
+    family = family_of(config.model_type)
+    H, E, I = config.hidden_size, config.embedding_dim, config.intermediate_size
+    embedding_shapes = {
+        "embeddings.word": (config.vocab_size, E),
+        "embeddings.position": (config.max_position_embeddings, E),
+        "embeddings.token_type": (config.type_vocab_size, E),
+        "embeddings.norm.weight": (E,),
+        "embeddings.norm.bias": (E,),
+    }
+    table = [(ours, theirs, embedding_shapes[ours]) for ours, theirs in family.embeddings.items()
+             if ours != "embeddings.token_type" or config.type_vocab_size > 0]
+    if E != H:
+        table += [("embeddings.project.weight", family.projection + ".weight", (H, E)),
+                  ("embeddings.project.bias", family.projection + ".bias", (H,))]
+    layer_shapes = {"q": (H, H), "k": (H, H), "v": (H, H), "attn_out": (H, H), "attn_norm": (H,),
+                    "ffn_in": (I, H), "ffn_out": (H, I), "ffn_norm": (H,)}
+    for i in range(config.num_hidden_layers):
+        for ours, theirs in family.layer.items():
+            weight_shape = layer_shapes[ours]
+            for kind, shape in (("weight", weight_shape), ("bias", weight_shape[:1])):
+                table.append((f"layers.{i}.{ours}.{kind}", f"{family.layer_root}.{i}.{theirs}.{kind}", shape))
+    return table
+
+
+# The pooler is optional (BertModel(add_pooling_layer=False)) but all-or-nothing.
+def _pooler_table(config: BertConfig) -> list[tuple[str, str, tuple[int, ...]]]:
+    pooler, H = family_of(config.model_type).pooler, config.hidden_size
+    if pooler is None:
+        return []
+    return [("pooler.weight", pooler + ".weight", (H, H)), ("pooler.bias", pooler + ".bias", (H,))]
+
+
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder, on the CPU, under the checkpoint's own names.
+
+    Reads model.safetensors when present (or a sharded model.safetensors.index.json), else
+    pytorch_model.bin (or a sharded pytorch_model.bin.index.json) with torch.load(weights_only=True), so
+    a pickle can never run code. `path` may also be one of those files. Shards named by an index must lie
+    inside the index's folder.
+    """
+    path = Path(path)
+    if path.is_file():
+        return _read_file(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+    for name in CHECKPOINT_FILES:
+        if (path / name).is_file():
+            return _read_file(path / name)
+    raise FileNotFoundError(f"no {SAFETENSORS_FILE} or {TORCH_FILE} in {path} (nor a sharded index of either)")
+
+
+def _read_file(file: Path) -> dict[str, torch.Tensor]:
+    if file.name.endswith(".index.json"):
+        return _read_sharded(file)
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(file), device="cpu")
+        except Exception as err:  # SafetensorError, OSError, ...: whatever the bytes are, name the file
+            raise ValueError(f"{file} is not a readable safetensors file (corrupt or truncated?)") from err
+    try:
+        state_dict = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        # Junk bytes reach the legacy unpickler, which fails with whatever it trips on first (struct.error,
+        # KeyError, IndexError, UnpicklingError, ...): all of them mean this file cannot be read.
+        raise ValueError(
+            f"{file} is not a readable PyTorch checkpoint "
+            f"(corrupt, truncated, or pickling objects other than tensors?): {type(err).__name__}"
+        ) from err
+    if not isinstance(state_dict, dict) or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
+        raise ValueError(f"{file} does not hold a state dict (a mapping of names to tensors)")
+    return dict(state_dict)
+
+
+def _read_sharded(index_file: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{index_file} is not a valid checkpoint index (needs a 'weight_map' object)") from err
+    state_dict, origin = {}, {}
+    for shard in shards:
+        shard_file = _shard_path(index_file, shard)
+        if not shard_file.is_file():
+            raise FileNotFoundError(f"shard {shard_file} listed in {index_file} does not exist")
+        for name, tensor in _read_file(shard_file).items():
+            if name in state_dict:
+                raise ValueError(f"{index_file}: tensor {name!r} is in both {origin[name]} and {shard}")
+            state_dict[name], origin[name] = tensor, shard
+    return state_dict
+
+
+def _shard_path(index_file: Path, shard) -> Path:
+    """The shard file an index names, which must be a weights file inside the index's folder.
+
+    Checked on the name, not the resolved path: the Hugging Face cache links each file of a snapshot
+    folder to a blob outside it, and those links are the checkpoint's own."""
+    if not isinstance(shard, str) or not shard:
+        raise ValueError(f"{index_file} names a shard {shard!r} that is not a file name")
+    parts = PurePosixPath(shard.replace("\\", "/")).parts
+    if PurePosixPath(shard).is_absolute() or PureWindowsPath(shard).is_absolute() or ".." in parts:
+        raise ValueError(
+            f"{index_file} names the shard {shard!r} outside the checkpoint folder: shards must be relative "
+            "paths inside the folder that holds the index"
+        )
+    if not shard.endswith((".safetensors", ".bin")):
+        raise ValueError(f"{index_file} names the shard {shard!r}, which is not a .safetensors or .bin file")
+    return index_file.parent.joinpath(*parts)
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], source) -> None:
+    """Raise one ValueError naming every floating-point tensor that holds NaN or infinity: such a
+    checkpoint would encode every text to NaN without a word."""
+    bad = []
+    for name, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            continue
+        flat = tensor.reshape(-1)
+        nans = infs = 0
+        # In slices: a boolean copy of a 250k-token embedding table would cost a quarter of a gigabyte.
+        for start in range(0, flat.numel(), _FINITE_CHECK_SLICE):
+            part = flat[start : start + _FINITE_CHECK_SLICE]
+            if not torch.isfinite(part).all():
+                nans += int(torch.isnan(part).sum())
+                infs += int(torch.isinf(part).sum())
+        if nans or infs:
+            counts = ", ".join(f"{n} {kind}" for n, kind in ((nans, "NaN"), (infs, "inf")) if n)
+            bad.append(f"{name} ({counts})")
+    if bad:
+        shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
+        raise ValueError(f"checkpoint {source} holds non-finite values in {len(bad)} tensor(s): {shown}")
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor], config: BertConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Map the family's checkpoint names (config.model_type) to ours and fuse Q, K, V.
+
+    Accepts the base model's names (BertModel, RobertaModel, ...), the prefix of task-model checkpoints
+    ("bert.", "roberta.", "distilbert.", "electra.") and the legacy LayerNorm.gamma/.beta names.
+    Returns (weights, head): `head` holds the tensors outside the encoder (cls.*, classifier.*,
+    lm_head.*, ...) under their original names, untouched.
+    Raises one ValueError listing every missing, unexpected and mis-shaped tensor.
+    """
+    family = family_of(config.model_type)
+    prefix = family.prefix + "."
+    prefixed = any(k.startswith(prefix) for k in state_dict)
+    encoder, head, source_name = {}, {}, {}
+    for key, tensor in state_dict.items():
+        if prefixed:
+            if not key.startswith(prefix):
+                head[key] = tensor
+                continue
+            name = key[len(prefix) :]
+        elif key.startswith(family.roots):
+            name = key
+        else:
+            head[key] = tensor
+            continue
+        name = _modern_layer_norm_name(name)
+        if name in _IGNORED:
+            continue
+        if name in encoder:
+            raise ValueError(
+                f"checkpoint holds {source_name[name]!r} and {key!r}, which name the same tensor"
+            )
+        encoder[name], source_name[name] = tensor, key
+
+    def shown(name):
+        return source_name.get(name, prefix + name if prefixed else name)
+
+    table = weight_table(config)
+    pooler = _pooler_table(config)
+    if any(theirs in encoder for _, theirs, _ in pooler):
+        table += pooler  # present at all: then both tensors are required
+
+    missing, misshaped, taken = [], [], {}
+    for ours, theirs, shape in table:
+        tensor = encoder.pop(theirs, None)
+        if tensor is None:
+            missing.append(f"{shown(theirs)} {list(shape)}")
+        elif tuple(tensor.shape) != shape:
+            misshaped.append(f"{shown(theirs)}: expected {list(shape)}, got {list(tensor.shape)}")
+        else:
+            taken[ours] = tensor
+    # A model built with type_vocab_size=0 still saves an empty [0, H] table: nothing to take from it.
+    token_type_name = family.embeddings.get("embeddings.token_type")
+    empty_tt = encoder.get(token_type_name)
+    if config.type_vocab_size == 0 and empty_tt is not None and empty_tt.numel() == 0:
+        encoder.pop(token_type_name)
+    unexpected = [shown(name) for name in encoder]
+
+    if missing or misshaped or unexpected:
+        lines = [f"checkpoint does not match the config ({_describe(config)}):"]
+        for title, names in (("missing", missing), ("mis-shaped", misshaped), ("unexpected", unexpected)):
+            if names:
+                lines.append(f"  {title} ({len(names)}): " + ", ".join(names))
+        if head:
+            shown_head = ", ".join(list(head)[:5]) + (", ..." if len(head) > 5 else "")
+            lines.append(f"  ({len(head)} tensor(s) outside the encoder were set aside: {shown_head})")
+        raise ValueError("\n".join(lines))
+
+    weights = {}
+    for name, tensor in taken.items():
+        if name.startswith("layers.") and name.rsplit(".", 2)[1] in ("q", "k", "v"):
+            continue
+        weights[name] = tensor
+    for i in range(config.num_hidden_layers):
+        for kind in ("weight", "bias"):
+            parts = [taken[f"layers.{i}.{p}.{kind}"] for p in ("q", "k", "v")]
+            weights[f"layers.{i}.qkv.{kind}"] = torch.cat(parts, dim=0).contiguous()
+    return dict(sorted(weights.items(), key=lambda kv: _order(kv[0]))), head
+
+
+def load_weights(
+    path, config: BertConfig, dtype: torch.dtype | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """read_state_dict + check_finite + convert_state_dict, casting floating-point tensors to `dtype` when
+    given."""
+    state_dict = read_state_dict(path)
+    check_finite(state_dict, path)
+    weights, head = convert_state_dict(state_dict, config)
+    if dtype is not None:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        weights = {k: v.to(dtype) for k, v in weights.items()}
+        head = {k: v.to(dtype) if v.is_floating_point() else v for k, v in head.items()}
+    return weights, head
+
+
+def _modern_layer_norm_name(name: str) -> str:
+    # Checkpoints converted from the original TensorFlow BERT name LayerNorm parameters gamma/beta.
+    if name.endswith("LayerNorm.gamma"):
+        return name[: -len("gamma")] + "weight"
+    if name.endswith("LayerNorm.beta"):
+        return name[: -len("beta")] + "bias"
+    return name
+
+
+def _describe(config: BertConfig) -> str:
+    return (
+        f"model_type={config.model_type}, vocab_size={config.vocab_size}, hidden_size={config.hidden_size}, "
+        f"num_hidden_layers={config.num_hidden_layers}, intermediate_size={config.intermediate_size}, "
+        f"max_position_embeddings={config.max_position_embeddings}, type_vocab_size={config.type_vocab_size}"
+    )
+
+
+def _order(name: str) -> tuple:
+    # Embeddings, then layers in numeric order, then the pooler: the order a reader expects.
+    if name.startswith("embeddings."):
+        return (0, 0, name)
+    if name.startswith("layers."):
+        return (1, int(name.split(".")[1]), name)
+    return (2, 0, name)

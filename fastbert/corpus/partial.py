@@ -1,0 +1,263 @@
+"""`fastbert encode` over a corpus: stream records in, embed them chunk by chunk (fastbert.sentence.stream tokenizes
+the next chunk while the model encodes this one), append each chunk's rows to a partial output on disk, and
+make the output final with one atomic rename. This module holds the output checks, the partial output and
+the signals; the run itself (encode_records, write_corpus) is in fastbert.corpus.run.
+
+Nothing is lost:
+- The output may not be the input (or its partial files), and its folder must take a new file: both are
+  checked before the model loads, by creating the partial file itself.
+- The output is written as `<output>.partial` beside it, with `<output>.progress.json` recording after every
+  chunk (once the chunk's bytes are on disk) how many rows and bytes are complete, a SHA-256 of the input
+  records they came from, and the settings that shaped them. `--resume` truncates the partial file to the
+  recorded bytes, re-reads (without encoding) the recorded number of input records, and continues only if
+  their digest and the settings match: no duplicated or missing rows, and never rows of another input.
+- SIGINT and SIGTERM end the run between chunks' commits: the partial files are removed (with --resume
+  they are kept, resumable); the rename to the final name is never interrupted.
+- A full disk reads `no space left on device` naming the output, in every format."""
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+from fastbert.cli.textio import CliError
+
+from .writers import OUTPUT_FORMATS
+
+PROGRESS_VERSION = 1
+FIRST_CHUNK = 32  # records in the first chunk: its rows reach the disk within seconds, even on a CPU
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM, raised in the main thread between two commits."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class SignalGuard:
+    """Turns SIGINT and SIGTERM into Interrupted, held back while `deferred()` writes a commit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.deferring, self.pending, self.previous = False, None, {}
+
+    def _handle(self, signum, frame):
+        if self.deferring:
+            self.pending = signum
+        else:
+            raise Interrupted(signum)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending is not None:
+            raise Interrupted(self.pending)
+
+
+def chunk_sizes(chunk_size, resuming):
+    """Chunk lengths: doubling from FIRST_CHUNK up to chunk_size, so the first rows land fast while later
+    chunks are large enough to batch well; constant when resuming (the first rows exist already)."""
+    size = chunk_size if resuming else min(FIRST_CHUNK, chunk_size)
+    while True:
+        yield size
+        size = min(2 * size, chunk_size)
+
+
+def record_digest_update(hasher, records):
+    """Feed records to the input digest in a canonical form (sorted keys, UTF-8)."""
+    for record in records:
+        line = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
+        hasher.update(line.encode("utf-8", "surrogatepass") + b"\n")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output checks and the partial files
+
+
+def partial_paths(output):
+    return output.with_name(output.name + ".partial"), output.with_name(output.name + ".progress.json")
+
+
+def _write_error(err, output):
+    disk_full = getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
+    if disk_full:
+        return CliError(f"no space left on device: cannot write --output {output}")
+    return CliError(f"cannot write --output {output}: {getattr(err, 'strerror', None) or err}")
+
+
+def check_output(option, input_option, resume):
+    """The output path and its format, refused before anything is written: an unknown suffix, a folder,
+    a missing parent, the input file itself, a read-only file, or an interrupted run without --resume."""
+    output = Path(option).expanduser()
+    suffix = output.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise CliError(f"--output {output}: unknown extension {suffix or '(none)'!r}; "
+                       f"use one of {', '.join(OUTPUT_FORMATS)}")
+    if output.is_dir():
+        raise CliError(f"--output {output} is a directory")
+    if not output.parent.is_dir():
+        what = "is not a folder" if output.parent.exists() else "does not exist"
+        raise CliError(f"--output {output}: folder {output.parent} {what}")
+    partial, progress = partial_paths(output)
+    if input_option not in (None, "-"):
+        source = Path(input_option).expanduser()
+        for path in (output, partial, progress):
+            if source.exists() and path.exists() and os.path.samefile(source, path):
+                raise CliError(f"--output {output} would overwrite the input file {source}: choose another path")
+    if output.exists() and not os.access(output, os.W_OK):
+        raise CliError(f"--output {output} exists and is read-only")
+    if partial.exists() and not resume:
+        raise CliError(f"{partial} holds an interrupted run's rows: pass --resume to continue it, "
+                       "or delete it (and its .progress.json) to start over")
+    return output, suffix
+
+
+class PartialOutput:
+    """`<output>.partial` and its progress record; rows are committed chunk by chunk."""
+
+    def __init__(self, output, format_class, settings, text_field, embedding_field):
+        self.output, self.settings = output, settings
+        self.partial, self.progress = partial_paths(output)
+        self.temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        self.format = format_class(text_field, embedding_field)
+        self.rows, self.bytes, self.digest, self.file = 0, 0, None, None
+        # True once this run holds the partial file and has checked it is its own: only then may it delete it.
+        self.owned = False
+
+    def open(self, resume):
+        """Continue the partial file (resume) or create it, which proves the folder takes new files."""
+        resuming = resume and self.partial.exists()
+        if not resuming and self.progress.exists():
+            self.progress.unlink()  # left by a run that ended between its rename and this cleanup
+        try:
+            self.file = open(self.partial, "r+b" if resuming else "xb")  # noqa: SIM115 - closed by finish/abandon
+        except FileExistsError as err:
+            raise CliError(f"{self.partial} appeared meanwhile: is another fastbert encode writing "
+                           f"{self.output}?") from err
+        except OSError as err:
+            raise _write_error(err, self.output) from err
+        self._lock()  # before reading the progress record: a live run may be rewriting it
+        if resuming:
+            self._load_progress()
+            size = os.fstat(self.file.fileno()).st_size
+            if size < self.bytes:
+                raise CliError(f"cannot resume: {self.partial} holds {size} bytes, fewer than the {self.bytes} "
+                               "its progress record says are complete; delete both files to start over")
+            if self.rows == 0:
+                self.truncate()  # nothing complete to check against the input: start the file afresh
+        else:
+            try:
+                self._write_progress()
+            except OSError as err:
+                self.owned = True  # our new, empty file: remove it
+                raise _write_error(err, self.output) from err
+        self.owned = True
+        return self
+
+    def _lock(self):
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, the exclusive create still guards a fresh run
+            return
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            self.file.close()
+            self.file = None
+            raise CliError(f"another fastbert encode is writing {self.output}") from err
+
+    def _load_progress(self):
+        try:
+            progress = json.loads(self.progress.read_text(encoding="utf-8"))
+            version, rows, size, digest = (progress["version"], progress["rows"], progress["bytes"],
+                                           progress["input_sha256"])
+            settings, state = progress["settings"], progress["format_state"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CliError(f"cannot resume: the progress record {self.progress} is missing or unreadable; delete "
+                           f"{self.partial} to start over") from err
+        if version != PROGRESS_VERSION:
+            raise CliError(f"cannot resume: {self.progress} was written by another fastbert version")
+        changed = sorted(key for key in set(settings) | set(self.settings)
+                         if settings.get(key) != self.settings.get(key))
+        if changed:
+            differences = "; ".join(f"{key} {settings.get(key)!r} then, {self.settings.get(key)!r} now"
+                                    for key in changed)
+            raise CliError(f"cannot resume {self.output} with other settings ({differences}): rerun with the "
+                           "interrupted run's options, or delete its .partial to start over")
+        self.rows, self.bytes, self.digest, self.format.state = rows, size, digest, state
+
+    def _write_progress(self):
+        record = {"version": PROGRESS_VERSION, "output": self.output.name, "rows": self.rows, "bytes": self.bytes,
+                  "input_sha256": self.digest, "settings": self.settings, "format_state": self.format.state}
+        staging = self.progress.with_name(self.progress.name + ".tmp")
+        with open(staging, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staging, self.progress)
+
+    def truncate(self):
+        """Drop what follows the last commit (a chunk whose commit a kill cut short)."""
+        self.file.truncate(self.bytes)
+        self.file.seek(self.bytes)
+
+    def append(self, data):
+        self.file.write(data)
+
+    def commit(self, data, rows, digest):
+        """Write a chunk's bytes, make them durable, then record them: the record never runs ahead."""
+        try:
+            self.append(data)
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.bytes += len(data)
+            self.rows += rows
+            self.digest = digest
+            self._write_progress()
+        except OSError as err:
+            raise _write_error(err, self.output) from err
+
+    def finish(self):
+        try:
+            self.file.close()
+            final = self.format.finish(self.partial, self.rows, self.temporary)
+            os.replace(final, self.output)
+            for path in (self.partial, self.progress):
+                path.unlink(missing_ok=True)
+        except OSError as err:
+            raise _write_error(err, self.output) from err
+
+    def abandon(self, keep):
+        """After a failure or a signal: keep the partial files (resumable) or remove every trace."""
+        if self.file is not None and not self.file.closed:
+            self.file.close()
+        if not self.owned:
+            return
+        paths = [self.temporary, self.progress.with_name(self.progress.name + ".tmp")]
+        if not keep:
+            paths += [self.partial, self.progress]
+        for path in paths:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass

@@ -1,0 +1,170 @@
+"""The run of `fastbert encode`: records streamed through the model chunk by chunk (embedding_chunks), each
+chunk's rows committed to the partial output of fastbert.corpus.partial in input order (encode_records), and the
+whole --output run from opening the partial output to the final rename (write_corpus)."""
+
+import collections
+import contextlib
+import hashlib
+import itertools
+
+import numpy as np
+
+from fastbert.checkpoint.tokenizer import UntokenizableTextError, check_encodable
+from fastbert.cli.textio import CliError
+
+from .partial import PartialOutput, SignalGuard, chunk_sizes, record_digest_update
+from .writers import OUTPUT_FORMATS
+
+
+def _fields(reader, records):
+    """The input's field names: known up front (CSV, Parquet) or those of the first chunk, in order."""
+    if reader.fields is not None:
+        return list(reader.fields)
+    return list(dict.fromkeys(key for record in records for key in record))
+
+
+def _skip_committed(records, reader, sink, hasher, progress_bar):
+    """Read (without encoding) the records an interrupted run committed, check that they are the ones it
+    encoded, and drop what follows its last commit. Returns their count."""
+    skipped = 0
+
+    def counted():
+        nonlocal skipped
+        for record in itertools.islice(records, sink.rows):
+            skipped += 1
+            yield record
+
+    record_digest_update(hasher, counted())
+    if progress_bar is not None:
+        progress_bar.update(skipped)
+    if skipped < sink.rows:
+        raise CliError(f"cannot resume: {reader.name} holds {skipped} records, fewer than the {sink.rows} "
+                       "the interrupted run encoded (another input?)")
+    if hasher.hexdigest() != sink.digest:
+        raise CliError(f"cannot resume: the first {sink.rows} records of {reader.name} differ from those the "
+                       "interrupted run encoded (another input?)")
+    sink.truncate()
+    return skipped
+
+
+def _refused_texts_error(err, unwritten, number, text_field):
+    """A CliError for an encode failure that input text explains, else None. The records read and not yet
+    written (from record `number` on) hold the chunk that failed: a text that is not valid Unicode among
+    them is named by its record number, checked here, after the failure, so good chunks pay nothing (and a
+    worker pool's error, which counts in its own chunk, is told in the input's numbers too)."""
+    try:
+        check_encodable("texts", [record[text_field] for record in unwritten])
+    except UntokenizableTextError as bad:
+        where = ", ".join(str(number + i) for i in bad.indices[:5])
+        return CliError(f"cannot encode input record {where}: {bad.shifted(number - 1)}")
+    if not isinstance(err, ValueError):
+        return None
+    last = number + len(unwritten) - 1
+    where = f"records {number}-{last}" if unwritten else f"the records from {number} on"
+    return CliError(f"cannot encode input {where}: {err}")
+
+
+def embedding_chunks(model, texts, options, sizes):
+    """Embeddings [n, D] of the iterable `texts`, chunk after chunk in input order, of the lengths the
+    endless iterator `sizes` gives. A FastBertModel streams through fastbert.sentence.stream (a background thread
+    tokenizes the next chunk while the model encodes this one); a worker pool (--devices) through its own
+    encode_chunks (each worker tokenizes its chunks, a few chunks in flight)."""
+    from fastbert.parallel.pool import EncodePool
+    from fastbert.sentence.stream import encode_chunks, encode_options
+
+    if isinstance(model, EncodePool):
+        chunks = iter(lambda: list(itertools.islice(texts, next(sizes))), [])
+        return model.encode_chunks(chunks, **options)
+    try:
+        opts = encode_options(model, **options)
+    except (TypeError, ValueError) as err:
+        raise CliError(str(err)) from err
+    return encode_chunks(model, texts, opts, chunk_sizes=sizes)
+
+
+def encode_records(reader, model, options, text_field, chunk_size, sink=None, on_rows=None, progress_bar=None):
+    """Embed every record of `reader` through embedding_chunks, which reads the records and tokenizes the
+    next chunk while the model encodes this one. `options`: encode()'s keyword arguments. With a
+    PartialOutput `sink`, each chunk's rows are committed to it in input order (after skipping and checking
+    what an interrupted run committed); `on_rows(first_index, records, embeddings)` sees every new chunk.
+    Returns the number of rows."""
+    resuming = sink is not None and sink.rows > 0
+    records = (record for chunk in reader.chunks(chunk_sizes(chunk_size, resuming)) for record in chunk)
+    hasher, number = hashlib.sha256(), 1  # number: the input record number of the next row to write
+    if resuming:
+        number += _skip_committed(records, reader, sink, hasher, progress_bar)
+    # The records the background thread has read and whose rows are not written yet, oldest first: the
+    # stream's embeddings come in the same order, so a chunk of n rows belongs to the first n records here.
+    unwritten = collections.deque()
+
+    def texts():
+        for record in records:
+            unwritten.append(record)
+            yield record[text_field]
+
+    stream = embedding_chunks(model, texts(), options, chunk_sizes(chunk_size, resuming))
+    with contextlib.closing(stream):  # stops the background work when a signal or an error ends the run
+        while True:
+            try:
+                embeddings = next(stream, None)
+            except (ValueError, RuntimeError) as err:  # RuntimeError: how a worker pool reports a failure
+                refused = _refused_texts_error(err, unwritten, number, text_field)
+                if refused is None:
+                    raise
+                raise refused from err
+            if embeddings is None:
+                break
+            chunk = [unwritten.popleft() for _ in range(len(embeddings))]
+            embeddings = np.asarray(embeddings, dtype=np.float32)
+            if sink is not None:
+                _commit_chunk(sink, reader, chunk, embeddings, number, hasher)
+            if on_rows is not None:
+                on_rows(number - 1, chunk, embeddings)
+            number += len(chunk)
+            if progress_bar is not None:
+                progress_bar.update(len(chunk))
+    if number == 1:
+        raise CliError(f"{reader.name} holds no records")
+    return number - 1
+
+
+def _commit_chunk(sink, reader, chunk, embeddings, number, hasher):
+    """Append one chunk's rows to the partial output and record them, signals held back meanwhile."""
+    sink.format.check(chunk, number)
+    header = b""
+    if sink.format.state is None:
+        header = sink.format.start(_fields(reader, chunk), chunk, embeddings.shape[1],
+                                   getattr(reader, "arrow_schema", None))
+    elif embeddings.shape[1] != sink.format.state["dim"]:
+        raise CliError(f"the model gives {embeddings.shape[1]} dimensions, the partial output holds "
+                       f"{sink.format.state['dim']}")
+    data = header + sink.format.rows(chunk, embeddings)
+    record_digest_update(hasher, chunk)
+    with sink.guard.deferred():
+        sink.commit(data, len(chunk), hasher.hexdigest())
+
+
+def write_corpus(output, suffix, settings, resume, reader, load_model, options, text_field,
+                 embedding_field, chunk_size, progress_bar=None):
+    """The whole --output run: open (or continue) the partial output, load the model, encode, rename.
+    Returns (rows, dim, model). Any failure or signal abandons the partial files (kept with --resume)."""
+    sink = PartialOutput(output, OUTPUT_FORMATS[suffix], settings, text_field, embedding_field)
+    if sink.format.carries_fields and embedding_field in (reader.fields or ()):
+        raise CliError(f"{reader.name} already has a column {embedding_field!r}; name the embedding column with "
+                       "--embedding-field")
+    with SignalGuard() as guard:
+        sink.guard = guard
+        try:
+            sink.open(resume)
+            model = load_model()
+            rows = encode_records(reader, model, options, text_field, chunk_size, sink=sink,
+                                  progress_bar=progress_bar)
+            with guard.deferred():
+                sink.finish()
+        except BaseException as err:
+            keep = resume and sink.owned and sink.rows > 0
+            sink.abandon(keep)
+            if keep:
+                err.resume_hint = f"{sink.rows} rows are complete in {sink.partial}: rerun with --resume to continue"
+            raise
+    return rows, sink.format.state["dim"], model

@@ -1,0 +1,192 @@
+"""The output formats of `fastbert encode`, as appendable byte streams.
+
+Each format turns a chunk of (record, embedding) rows into bytes appended to the partial output file, so
+that a byte offset marks every chunk boundary: what --resume truncates to. `finish` turns the complete
+partial file into the final one. .npy reserves a fixed-size header and writes the row count into it at
+the end; Parquet, which cannot be appended to, is built as an Arrow IPC stream (appendable, one record
+batch per chunk) and converted in one streaming pass at the end. Input fields other than the text are
+carried into JSONL, CSV and Parquet rows; .npy holds the embeddings only (row i is input record i).
+
+A format's state (fields, dimension, schema) is plain JSON, kept in the progress record for --resume."""
+
+import base64
+import csv
+import io
+import json
+import os
+
+from fastbert.cli.textio import CliError, escape_line_breaks, json_text
+
+NPY_HEADER_BYTES = 128  # magic, version, length and a dict padded with spaces: room for any row count
+
+
+def _cell(value):
+    """A CSV cell: strings as they are, nothing as an empty cell, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _number_format(dim):
+    """One %-format for a whole embedding: a single C-level call per row, twice as fast as formatting each
+    value. %.9g round-trips float32 exactly and keeps the text half the size of repr(float64)."""
+    return ",".join(["%.9g"] * dim)
+
+
+class RowFormat:
+    """Base of the formats. `start` is the header (bytes) once the first chunk fixes fields and dimension."""
+
+    carries_fields = True
+
+    def __init__(self, text_field, embedding_field, state=None):
+        self.text_field, self.embedding_field = text_field, embedding_field
+        self.state = state  # None until the first chunk
+
+    def start(self, fields, records, dim, arrow_schema=None):
+        self.state = {"fields": list(fields), "dim": int(dim)}
+        return b""
+
+    def check(self, records, first_number):
+        """CliError naming the first record whose fields this format cannot carry."""
+        if not self.carries_fields:
+            return
+        fields = self.state.get("fields") if self.state else None
+        for number, record in enumerate(records, first_number):
+            if self.embedding_field in record:
+                raise CliError(f"input record {number} already has a field {self.embedding_field!r}; "
+                               "name the embedding column with --embedding-field")
+            if fields is not None and not record.keys() <= set(fields):
+                extra = sorted(record.keys() - set(fields))
+                raise CliError(f"input record {number} has field(s) {extra} that the first record lacks; "
+                               f"{self.name} output fixes its columns on the first record(s)")
+
+    def finish(self, partial, rows, temporary):
+        """Make the complete partial file final; returns the path that holds the result."""
+        return partial
+
+
+class NpyFormat(RowFormat):
+    name = ".npy"
+    carries_fields = False
+
+    @staticmethod
+    def header(rows, dim):
+        text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
+        prefix = b"\x93NUMPY\x01\x00" + (NPY_HEADER_BYTES - 10).to_bytes(2, "little")
+        return prefix + text.ljust(NPY_HEADER_BYTES - 11).encode("latin-1") + b"\n"
+
+    def start(self, fields, records, dim, arrow_schema=None):
+        super().start(fields, records, dim)
+        return self.header(0, dim)
+
+    def rows(self, records, embeddings):
+        return embeddings.astype("<f4", copy=False).tobytes()
+
+    def finish(self, partial, rows, temporary):
+        with open(partial, "r+b") as f:
+            f.write(self.header(rows, self.state["dim"]))
+            f.flush()
+            os.fsync(f.fileno())
+        return partial
+
+
+class JsonlFormat(RowFormat):
+    name = ".jsonl"
+
+    def start(self, fields, records, dim, arrow_schema=None):
+        super().start(fields, records, dim)
+        self.state["fields"] = None  # every object is carried as it is
+        return b""
+
+    def rows(self, records, embeddings):
+        key, numbers = json_text(self.embedding_field), _number_format(embeddings.shape[1])
+        lines = []
+        for record, row in zip(records, embeddings.tolist(), strict=True):
+            body = escape_line_breaks(json.dumps(record, ensure_ascii=False, default=str))
+            separator = ", " if len(body) > 2 else ""
+            lines.append(f"{body[:-1]}{separator}{key}: [{numbers % tuple(row)}]}}\n")
+        return "".join(lines).encode("utf-8")
+
+
+class CsvFormat(RowFormat):
+    name = ".csv"
+
+    def start(self, fields, records, dim, arrow_schema=None):
+        super().start(fields, records, dim)
+        columns = [f"dim_{i}" for i in range(dim)]
+        clash = sorted(set(columns) & set(fields))
+        if clash:
+            raise CliError(f"input field(s) {clash[:3]} clash with the CSV embedding columns dim_0..dim_{dim - 1}")
+        return self._lines([list(fields) + columns], [""])
+
+    @staticmethod
+    def _lines(rows, tails):
+        """CSV lines: each row's cells quoted by the csv module, then its preformatted tail (numbers)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="")
+        for row, tail in zip(rows, tails, strict=True):
+            writer.writerow(row)
+            buffer.write(tail + "\r\n")
+        return buffer.getvalue().encode("utf-8")
+
+    def rows(self, records, embeddings):
+        fields, numbers = self.state["fields"], "," + _number_format(embeddings.shape[1])
+        cells = [[_cell(record.get(field)) for field in fields] for record in records]
+        return self._lines(cells, [numbers % tuple(row) for row in embeddings.tolist()])
+
+
+class ParquetFormat(RowFormat):
+    name = ".parquet"
+
+    def start(self, fields, records, dim, arrow_schema=None):
+        import pyarrow as pa
+
+        super().start(fields, records, dim)
+        if arrow_schema is None:  # no schema in the input: infer the columns' types from the first chunk
+            try:
+                arrow_schema = pa.Table.from_pylist(records).schema
+            except (pa.ArrowException, TypeError) as err:
+                raise CliError(f"cannot store the input fields in Parquet: {err}") from err
+        schema = arrow_schema.append(pa.field(self.embedding_field, pa.list_(pa.float32(), dim)))
+        self._schema = schema
+        message = schema.serialize().to_pybytes()
+        self.state["schema"] = base64.b64encode(message).decode("ascii")
+        return message
+
+    @property
+    def schema(self):
+        if getattr(self, "_schema", None) is None:
+            import pyarrow as pa
+
+            self._schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(self.state["schema"])))
+        return self._schema
+
+    def rows(self, records, embeddings):
+        import pyarrow as pa
+
+        schema = self.schema
+        field_schema = pa.schema(list(schema)[:-1], metadata=schema.metadata)
+        try:
+            fields = pa.RecordBatch.from_pylist(records, schema=field_schema)
+        except (pa.ArrowException, TypeError) as err:
+            raise CliError(f"input fields do not match the Parquet columns fixed by the first chunk "
+                           f"({field_schema.to_string(show_schema_metadata=False)}): {err}") from err
+        dim = embeddings.shape[1]
+        flat = pa.array(embeddings.astype("float32", copy=False).reshape(-1), type=pa.float32())
+        vectors = pa.FixedSizeListArray.from_arrays(flat, dim)
+        batch = pa.RecordBatch.from_arrays([*fields.columns, vectors], schema=schema)
+        return batch.serialize().to_pybytes()
+
+    def finish(self, partial, rows, temporary):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with pa.OSFile(str(partial), "rb") as source, pq.ParquetWriter(str(temporary), self.schema) as writer:
+            for batch in pa.ipc.open_stream(source):
+                writer.write_batch(batch)
+        return temporary
+
+
+OUTPUT_FORMATS = {format_.name: format_ for format_ in (NpyFormat, JsonlFormat, CsvFormat, ParquetFormat)}

@@ -1,0 +1,240 @@
+"""FastBertModel: a padding-free BERT-family encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA:
+fastbert/families.py).
+
+The data path of one forward pass, top to bottom in `forward`:
+tokens -> validate and pack the real tokens once (positions by the family's rule) -> embeddings of real
+tokens only (ELECTRA: then widened by its projection GEMM) -> layers on packed [T, H] tokens (7 kernel
+launches each, residual adds fused into the GEMMs; more where a GEMM splits K at small token counts or
+cuBLAS serves it, see backends.TritonOps; nothing else) -> scatter back to [B, S, H] once (padded
+positions are zero) -> pooler on each sequence's first real token."""
+
+import math
+from pathlib import Path
+
+import torch
+
+from fastbert.checkpoint.config import BertConfig
+from fastbert.checkpoint.hub import resolve_model_path
+from fastbert.checkpoint.weights import load_weights
+
+from .backends import make_ops
+from .graphs import GraphCache
+from .outputs import EncoderOutput
+from .packing import pack_inputs
+
+BACKENDS = ("auto", "triton", "torch")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_device_dtype_backend(device=None, dtype=None, backend="auto"):
+    """Defaults: CUDA in fp16 when a GPU is present, else CPU in fp32; 'auto' = triton on CUDA, torch on CPU."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device is cuda but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    if backend == "auto":
+        backend = "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type == "cuda" and dtype == torch.bfloat16:
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 0):
+            raise ValueError(f"bfloat16 needs a GPU of compute capability 8.0 or newer (Ampere); "
+                             f"{torch.cuda.get_device_name(device)} is sm_{major}{minor}: use dtype='float16' "
+                             "(or float32)")
+    if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
+        # Triton's interpreter computes bf16 arithmetic wrongly (silently); refuse rather than mislead.
+        raise ValueError("the triton backend on CPU (Triton's interpreter) cannot run bfloat16: use "
+                         "backend='torch', or float32/float16")
+    return device, dtype, backend
+
+
+def prepare_weights(weights, config, dtype, device):
+    """Cast to the run dtype, make contiguous on the device, and fold the softmax scale 1/sqrt(head_dim)
+    into the Q rows of the fused QKV projection, so attention needs no scaling of its own."""
+    scale = 1.0 / math.sqrt(config.head_dim)
+    hidden = config.hidden_size
+    prepared = {}
+    for name, tensor in weights.items():
+        if name.endswith(".qkv.weight") or name.endswith(".qkv.bias"):
+            tensor = tensor.detach().to(device=device, dtype=torch.float32, copy=True)
+            tensor[:hidden] *= scale
+        # .to() returns the tensor itself when nothing changes, so weights already in the right dtype
+        # and place (a live transformers model's) are shared, not copied.
+        tensor = tensor.detach().to(device=device, dtype=dtype).contiguous()
+        # ...unless misaligned: a safetensors file mapped on the CPU aligns tensors to 8 bytes only, and
+        # TMA (kernels/linear_persistent.py) and vectorised loads want 16.
+        prepared[name] = tensor.clone() if tensor.data_ptr() % 16 else tensor
+    return prepared
+
+
+class FastBertModel:
+    """BERT-family encoder on packed variable-length tokens. See `from_pretrained`."""
+
+    def __init__(self, config, weights, *, device=None, dtype=None, backend="auto", cuda_graphs=None,
+                 gemm="auto", tokenizer=None, path=None):
+        self.config = config
+        self.device, self.dtype, self.backend = resolve_device_dtype_backend(device, dtype, backend)
+        self.weights = prepare_weights(weights, config, self.dtype, self.device)
+        self.ops = make_ops(self.backend, self.device, config, gemm)
+        self.activation = config.activation
+        self.has_pooler = "pooler.weight" in self.weights
+        self.tokenizer = tokenizer
+        self.path = Path(path) if path is not None else None
+        # CUDA graphs remove the host's per-launch cost (tens of microseconds per Triton launch, which
+        # otherwise dominates small batches); on by default for the triton backend on CUDA.
+        if cuda_graphs is None:
+            cuda_graphs = self.backend == "triton" and self.device.type == "cuda"
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs a CUDA device")
+        self._graphs = GraphCache(self._encode_packed, self._encode_tokens, self.device) if cuda_graphs else None
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, device=None, backend="auto", cuda_graphs=None, gemm="auto"):
+        """Load a checkpoint folder of any supported model_type (config.json + model.safetensors or
+        pytorch_model.bin; task-model checkpoints too, their heads set aside), or a Hugging Face Hub id
+        ("org/name", fetched through the Hugging Face cache: fastbert/hub.py).
+        Defaults: CUDA with fp16 when a GPU is present, else CPU with fp32; backend 'auto' picks
+        triton on CUDA and torch on CPU ('triton' on CPU runs through Triton's interpreter); cuda_graphs
+        (default: on for triton on CUDA) replays captured CUDA graphs, one per bucket of similar batch
+        shapes (fastbert/graphs.py), once a bucket has been seen twice;
+        gemm (triton backend on CUDA) picks each projection's GEMM: 'auto' times fastbert's Triton kernels
+        (on sm_90+ also the TMA persistent one) against cuBLAS once per shape and keeps the fastest
+        (fastbert/gemm.py); 'triton', 'triton_persistent' or 'cublas' fix it."""
+        path = resolve_model_path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model folder not found: {path} is a file, not a checkpoint folder")
+        config = BertConfig.from_pretrained(path)
+        weights, _heads = load_weights(path, config)
+        return cls(config, weights, device=device, dtype=dtype, backend=backend, cuda_graphs=cuda_graphs,
+                   gemm=gemm, path=path)
+
+    def get_tokenizer(self):
+        """The tokenizer of the checkpoint folder this model was loaded from (loaded on first use)."""
+        if self.tokenizer is None:
+            if self.path is None:
+                raise ValueError("this model has no tokenizer: load it with from_pretrained(folder), or set .tokenizer")
+            from fastbert.checkpoint.tokenizer import Tokenizer
+
+            self.tokenizer = Tokenizer.from_pretrained(self.path)
+        return self.tokenizer
+
+    def __repr__(self):
+        c = self.config
+        return (f"FastBertModel(model_type={c.model_type!r}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
+                f"heads={c.num_attention_heads}, backend={self.backend!r}, device={str(self.device)!r}, "
+                f"dtype={self.dtype})")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # no_grad rather than inference_mode: outputs stay ordinary tensors that a transformers head
+    # (after fastbert.optimize) may still use in an autograd-enabled context.
+    @torch.no_grad()
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                output_hidden_states=False):
+        """input_ids [B, S] (+ optional attention_mask, token_type_ids, position_ids [B, S]) ->
+        EncoderOutput(last_hidden_state [B, S, H], pooler_output [B, H], hidden_states).
+        Padded positions of every returned hidden state are zero."""
+        packing, ids, positions, types = pack_inputs(
+            self.config, self.device, input_ids, attention_mask, token_type_ids, position_ids)
+        return self.forward_packed(packing, ids, positions, types, output_hidden_states)
+
+    @torch.no_grad()
+    def forward_packed(self, packing, ids, positions, types, output_hidden_states=False):
+        """forward() on inputs already validated and packed by fastbert.engine.packing.pack_inputs (on this
+        model's device)."""
+        if packing.num_tokens == 0:
+            return self._empty_output(packing, output_hidden_states)
+        run = self._graphs if self._graphs is not None else self._encode_packed
+        last_hidden_state, pooled, hidden_states = run(packing, ids, positions, types, output_hidden_states)
+        return EncoderOutput(last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states)
+
+    @torch.no_grad()
+    def forward_tokens(self, packing, ids, positions, types):
+        """The last hidden state of inputs packed by fastbert.engine.packing.pack_inputs, left packed: [T, H],
+        sequence b at rows packing.offsets[b]:packing.offsets[b + 1]. Pooling reads the real tokens
+        directly, with no scatter to [B, S, H] and gather back (CUDA graphs replay here too)."""
+        if packing.num_tokens == 0:
+            return torch.zeros(0, self.config.hidden_size, dtype=self.dtype, device=self.device)
+        if self._graphs is not None:
+            return self._graphs(packing, ids, positions, types, False, unpack=False)[0]
+        return self._encode_tokens(packing, ids, positions, types, False)[0]
+
+    def _encode_packed(self, packing, ids, positions, types, output_hidden_states):
+        """Packed token ids [T] -> (last_hidden_state [B, S, H], pooler_output [B, H], hidden_states)."""
+        _ = packing.cu_seqlens  # uploaded before the first launch (a graph replay uploads its bucket's own)
+        hidden, pooled, states = self._encode_tokens(packing, ids, positions, types, output_hidden_states)
+        states = tuple(packing.unpack(s) for s in states) if output_hidden_states else None
+        return packing.unpack(hidden), pooled, states
+
+    def _encode_tokens(self, packing, ids, positions, types, output_hidden_states):
+        """Packed token ids [T] -> (last hidden [T, H], pooler_output [B, H], every layer's [T, H] or None).
+        Only kernel launches and views between the embeddings and the pooler."""
+        config, w, ops = self.config, self.weights, self.ops
+        hidden = ops.embeddings(ids, positions, types, w, config.layer_norm_eps)
+        if "embeddings.project.weight" in w:  # ELECTRA: embeddings narrower than the encoder, widened after the norm
+            hidden = ops.linear(hidden, w["embeddings.project.weight"], w["embeddings.project.bias"])
+        packed_states = [hidden] if output_hidden_states else None
+        tokens, heads, head_dim = packing.num_tokens, config.num_attention_heads, config.head_dim
+        for i in range(config.num_hidden_layers):
+            p = f"layers.{i}."
+            qkv = ops.linear(hidden, w[p + "qkv.weight"], w[p + "qkv.bias"])
+            # Q, K and V are strided views of the one QKV output: no split, transpose or copy.
+            q, k, v = qkv.view(tokens, 3, heads, head_dim).unbind(1)
+            context = ops.attention(q, k, v, packing).view(tokens, config.hidden_size)
+            # The residual adds run in the GEMM epilogues, so each LayerNorm reads one tensor.
+            attended = ops.linear(context, w[p + "attn_out.weight"], w[p + "attn_out.bias"], residual=hidden)
+            hidden = ops.layer_norm(attended, w[p + "attn_norm.weight"], w[p + "attn_norm.bias"],
+                                    config.layer_norm_eps)
+            intermediate = ops.linear(hidden, w[p + "ffn_in.weight"], w[p + "ffn_in.bias"], self.activation)
+            projected = ops.linear(intermediate, w[p + "ffn_out.weight"], w[p + "ffn_out.bias"], residual=hidden)
+            hidden = ops.layer_norm(projected, w[p + "ffn_norm.weight"], w[p + "ffn_norm.bias"],
+                                    config.layer_norm_eps)
+            if output_hidden_states:
+                packed_states.append(hidden)
+
+        pooled = None
+        if self.has_pooler:
+            # BERT's pooler reads [CLS]: the first *real* token, so left-padded rows pool correctly too.
+            first = packing.first_tokens(hidden)
+            pooled = torch.tanh(torch.nn.functional.linear(first, w["pooler.weight"], w["pooler.bias"]))
+        return hidden, pooled, tuple(packed_states) if output_hidden_states else None
+
+    def _empty_output(self, packing, output_hidden_states):
+        hidden_size = self.config.hidden_size
+        empty = torch.zeros(packing.batch_size, packing.seq_len, hidden_size, dtype=self.dtype, device=self.device)
+        pooled = torch.zeros(packing.batch_size, hidden_size, dtype=self.dtype, device=self.device)
+        states = (empty,) * (self.config.num_hidden_layers + 1) if output_hidden_states else None
+        return EncoderOutput(last_hidden_state=empty, pooler_output=pooled if self.has_pooler else None,
+                             hidden_states=states)
+
+    def encode(self, texts, **kwargs):
+        """Sentence embeddings [N, D] float32 in input order; see fastbert.sentence.stream.encode.
+        devices=["cuda:0", "cuda:1"] runs one worker process per device for this call; pool= uses a
+        running pool (start_pool)."""
+        from fastbert.sentence.stream import encode
+
+        return encode(self, texts, **kwargs)
+
+    def start_pool(self, devices, **options):
+        """Worker processes, one per device (e.g. ["cuda:0", "cuda:1"]), each loading this model's folder
+        with its dtype and backend; `pool.encode(texts)` or `model.encode(texts, pool=pool)` spreads
+        encode over them. options: see fastbert.parallel.pool.EncodePool. Close it, or use `with`."""
+        from fastbert.parallel.pool import EncodePool
+
+        return EncodePool.for_model(self, devices, **options)

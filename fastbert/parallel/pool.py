@@ -1,0 +1,398 @@
+"""Many devices, one machine: a pool of worker processes, one per device, that encode in input order.
+
+    with model.start_pool(["cuda:0", "cuda:1"]) as pool:  # each worker loads the model once
+        embeddings = pool.encode(texts)                     # what model.encode(texts) returns
+    embeddings = model.encode(texts, devices=["cuda:0", "cuda:1"])  # a pool for this one call
+
+Workers are spawned, not forked (CUDA cannot be used in a forked child), and load the model from its
+folder on their device. They take chunks of texts from one shared task queue, so a faster device takes
+more chunks, and tokenize their own chunks, so tokenization runs in parallel too; the parent puts the
+results back in input order. A worker's exception is raised again in the parent, with the worker's
+traceback as its cause; a worker that dies (killed, out of memory) fails the call within POLL_S seconds
+and closes the pool. Spawned workers import the main module: a script needs the usual
+`if __name__ == "__main__":` guard."""
+
+import functools
+import inspect
+import itertools
+import math
+import queue
+import signal
+import time
+import weakref
+from collections.abc import Iterable, Mapping, Sized
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .worker import POLL_S, from_transport, worker_main
+
+# encode() cuts a call into about this many chunks per worker: enough for a fast device to take more
+# than a slow one, few enough that each chunk fills the token budget of several batches.
+CHUNKS_PER_WORKER = 4
+MAX_CHUNK_TEXTS = 4096
+STREAM_CHUNK_TEXTS = 1024  # chunks of an iterable of unknown length
+# Chunks handed out but not yet returned in order, per worker: bounds the parent's memory while every
+# worker always has its next chunk waiting.
+IN_FLIGHT_PER_WORKER = 2
+# How long close() lets workers finish their current chunk before terminating them.
+CLOSE_GRACE_S = 5.0
+
+
+class WorkerError(RuntimeError):
+    """A worker failed with no exception of its own to raise again: it died, or its exception could not
+    be pickled."""
+
+
+class RemoteTraceback(Exception):
+    """The `__cause__` of an exception raised again from a worker: the worker's own traceback."""
+
+    def __init__(self, text):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+def parse_devices(devices):
+    """A non-empty list of 'cpu', 'cuda' or 'cuda:N' (strings or torch.device) -> [torch.device].
+    The same device may repeat: two workers on one GPU overlap one's tokenization with the other's model."""
+    if isinstance(devices, (str, torch.device)):
+        raise TypeError(f"devices must be a list of devices such as ['cuda:0', 'cuda:1'], got the single "
+                        f"device {str(devices)!r}: use device= for one device, or devices=[{str(devices)!r}]")
+    if not isinstance(devices, (list, tuple)):
+        raise TypeError(f"devices must be a list of devices such as ['cuda:0', 'cuda:1'], got {type(devices).__name__}")
+    if not devices:
+        raise ValueError("devices is empty: name at least one device, such as ['cuda:0']")
+    parsed = []
+    for position, device in enumerate(devices):
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"devices[{position}] must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"devices[{position}] must be 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
+        if device.type == "cuda":
+            count = torch.cuda.device_count()
+            if count == 0:
+                raise ValueError(f"devices[{position}] is {str(device)!r} but no CUDA GPU is available")
+            if device.index is None:  # the current device, without creating a CUDA context just to ask
+                device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_initialized() else 0)
+            if device.index >= count:
+                raise ValueError(f"devices[{position}] is {str(device)!r} but this machine has {count} CUDA device(s)")
+        parsed.append(device)
+    return parsed
+
+
+def _cpu_threads(devices):
+    """Torch threads for each CPU worker: the parent's threads shared out, so workers do not oversubscribe."""
+    cpu_workers = sum(device.type == "cpu" for device in devices)
+    return max(1, torch.get_num_threads() // max(1, cpu_workers))
+
+
+def _concatenate(parts):
+    """One result from the chunks' results, in order: what encode would return for all the texts."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    if isinstance(parts[0], list):
+        return [item for part in parts for item in part]
+    raise TypeError(f"cannot join encode results of type {type(parts[0]).__name__} across chunks")
+
+
+def _shutdown(processes, tasks, results, grace=CLOSE_GRACE_S):
+    """Stop the workers: politely (finish the current chunk, within `grace` seconds), then terminate,
+    then kill."""
+    for process in processes:
+        if process.is_alive():
+            tasks.put(None)
+    deadline = time.monotonic() + grace
+    while any(process.is_alive() for process in processes) and time.monotonic() < deadline:
+        try:  # a worker cannot exit while its last result is stuck in a full pipe: keep reading
+            results.get(timeout=0.05)
+        except queue.Empty:
+            pass
+    for process in processes:
+        if process.pid is None:
+            continue  # never started
+        if process.is_alive():
+            process.terminate()
+        process.join(timeout=1.0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    for channel in (tasks, results):
+        channel.cancel_join_thread()  # never block the parent's exit on data nobody will read
+        channel.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pool
+
+
+class EncodePool:
+    """Worker processes, one per entry of `devices`, each holding the model of folder `path` (or Hub id).
+
+    dtype, backend, gemm, cuda_graphs: as FastBertModel.from_pretrained, resolved on each worker's device.
+    chunk_size: texts per task in encode() (default: about CHUNKS_PER_WORKER tasks per worker, at most
+    MAX_CHUNK_TEXTS). timeout: seconds without any reply from the workers after which a call fails and
+    the pool closes (default None: wait as long as they live; a first call on a GPU may compile and tune
+    kernels); loading the model waits as long as the workers live. encode_defaults: keyword arguments
+    every encode call gets unless it names them.
+    Use as a context manager, or call close(); the pool serves any number of calls until then."""
+
+    def __init__(self, path, devices, *, dtype=None, backend="auto", gemm="auto", cuda_graphs=None,
+                 chunk_size=None, timeout=None, encode_defaults=None):
+        from fastbert.checkpoint.hub import resolve_model_path
+
+        self.path = resolve_model_path(path)  # a hub id is fetched once, here: the workers read the folder
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"model folder not found: {self.path} is a file, not a checkpoint folder")
+        self.devices = parse_devices(devices)
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        self.chunk_size, self.timeout = chunk_size, timeout
+        self.encode_defaults = dict(encode_defaults or {})
+        options = dict(dtype=dtype, backend=backend, gemm=gemm, cuda_graphs=cuda_graphs)
+        context = torch.multiprocessing.get_context("spawn")
+        self._tasks, self._results = context.Queue(), context.Queue()
+        self._cancelled = context.Value("q", 0)  # the last abandoned call: workers skip its chunks
+        self._call = 0
+        self._busy = False
+        self._closed = False
+        self.workers = []  # each worker's "device, backend, dtype", once all have loaded the model
+        threads = _cpu_threads(self.devices)
+        self._processes = [
+            context.Process(target=worker_main, name=f"fastbert-worker-{index}-{device}", daemon=True,
+                            args=(index, device, self.path, options, threads, self._tasks, self._results,
+                                  self._cancelled))
+            for index, device in enumerate(self.devices)]
+        # Also at garbage collection and interpreter exit: a forgotten pool leaves no processes behind.
+        self._finalizer = weakref.finalize(self, _shutdown, self._processes, self._tasks, self._results)
+        try:
+            for process in self._processes:
+                process.start()
+            self.workers = self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def for_model(cls, model, devices, **options):
+        """A pool whose workers load `model`'s folder with its dtype, backend and GEMM choice (options
+        override them)."""
+        if model.path is None:
+            raise ValueError("a worker pool loads the model from its folder: load it with "
+                             "fastbert.from_pretrained(folder)")
+        defaults = dict(dtype=model.dtype, backend=model.backend,
+                        gemm=getattr(getattr(model.ops, "gemm", None), "mode", "auto"))
+        # A truncate_dim given to fastbert.from_pretrained lives in the model's sentence pipeline, which
+        # the workers' own loading does not see: it travels as an encode default instead.
+        truncate_dim = getattr(getattr(model, "sentence_pipeline", None), "truncate_dim", None)
+        if truncate_dim is not None:
+            defaults["encode_defaults"] = {"truncate_dim": truncate_dim}
+        return cls(model.path, devices, **{**defaults, **options})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        # Leaving on an exception (Ctrl-C included): the chunks in flight are abandoned, stop at once.
+        self.close(grace=CLOSE_GRACE_S if exc_type is None else 0)
+
+    def __repr__(self):
+        state = "closed" if self._closed else ", ".join(self.workers)
+        return f"EncodePool({str(self.path)!r}, workers: {state})"
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def close(self, grace=CLOSE_GRACE_S):
+        """Stop every worker, letting each finish its chunk for up to `grace` seconds (idempotent)."""
+        self._closed = True
+        state = self._finalizer.detach()  # None once closed, or after garbage collection closed it
+        if state is not None:
+            _, shutdown, args, _ = state
+            shutdown(*args, grace=grace)
+
+    def encode(self, texts, *args, **kwargs):
+        """model.encode(texts, *args, **kwargs) spread over the workers: the same result, in input order.
+        texts: a string, a list, or any iterable of strings (read lazily, a bounded number of chunks ahead)."""
+        if "stats" in kwargs:
+            raise ValueError("stats= is not collected across worker processes: encode on one device to measure")
+        kwargs = {**self.encode_defaults, **kwargs}
+        if isinstance(texts, str):
+            return list(self._run(iter([texts]), args, kwargs, lambda chunk: "the text"))[0]
+        if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
+            raise TypeError(f"texts must be a string or an iterable of strings, got {type(texts).__name__}")
+        total = len(texts) if isinstance(texts, Sized) else None
+        size = self.chunk_size or (STREAM_CHUNK_TEXTS if total is None else min(
+            MAX_CHUNK_TEXTS, max(1, math.ceil(total / (CHUNKS_PER_WORKER * len(self.devices))))))
+        spans = []  # (first, end) index of each chunk sent, for error messages
+
+        def chunks():
+            iterator, first = iter(texts), 0
+            while True:
+                chunk = list(itertools.islice(iterator, size))
+                if chunk or not spans:  # no texts at all: one empty chunk, for encode's own empty result
+                    spans.append((first, first + len(chunk)))
+                    yield chunk
+                if len(chunk) < size:
+                    return
+                first += len(chunk)
+
+        progress = None
+        if kwargs.get("show_progress_bar"):
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=total, desc="encode", unit="text")
+        if "show_progress_bar" in kwargs:  # one bar, the parent's, not one per chunk in every worker
+            kwargs = {**kwargs, "show_progress_bar": False}
+        parts = []
+        try:
+            for part in self._run(chunks(), args, kwargs, lambda chunk: "texts[{}:{}]".format(*spans[chunk])):
+                parts.append(part)
+                if progress is not None:
+                    progress.update(len(part))
+        finally:
+            if progress is not None:
+                progress.close()
+        return _concatenate(parts)
+
+    def encode_chunks(self, chunks, *args, **kwargs):
+        """Yield model.encode(chunk, *args, **kwargs) for each chunk of an iterable, in order, with
+        IN_FLIGHT_PER_WORKER chunks per worker in flight: for streams too large to hold at once.
+        Stopping the iteration early abandons the chunks in flight; the pool stays usable."""
+        copies = (chunk if isinstance(chunk, str) else list(chunk) for chunk in chunks)
+        return self._run(copies, args, {**self.encode_defaults, **kwargs}, lambda chunk: f"chunk {chunk}")
+
+    def _run(self, chunks, args, kwargs, describe):
+        """Generator: send chunks (a bounded number ahead), yield their results in order."""
+        if self._closed:
+            raise RuntimeError("this EncodePool is closed")
+        if self._busy:
+            raise RuntimeError("this EncodePool is already running a call: one call at a time")
+        self._busy, finished = True, False
+        self._call += 1
+        call, sent, returned, ready, exhausted = self._call, 0, 0, {}, False
+        limit = IN_FLIGHT_PER_WORKER * len(self._processes)
+        try:
+            while True:
+                while not exhausted and sent - returned < limit:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        exhausted = True
+                    else:
+                        self._tasks.put((call, sent, chunk, args, kwargs))
+                        sent += 1
+                if returned in ready:
+                    result = from_transport(ready.pop(returned))
+                    returned += 1
+                    yield result
+                    continue
+                if exhausted and returned == sent:
+                    finished = True
+                    return
+                kind, worker, reply_call, chunk, payload = self._next_reply(self.timeout)
+                if reply_call != call:
+                    continue  # a late result of an abandoned call
+                if kind == "error":
+                    raise self._remote_error(worker, payload, f"while encoding {describe(chunk)}")
+                ready[chunk] = payload
+        finally:
+            if not finished:
+                self._cancelled.value = call
+            self._busy = False
+
+    def _wait_ready(self):
+        summaries = [None] * len(self._processes)
+        while None in summaries:
+            kind, worker, _, _, payload = self._next_reply(timeout=None)  # loading: as long as they live
+            if kind == "failed":
+                raise self._remote_error(worker, payload, "while loading the model")
+            if kind == "ready":
+                summaries[worker] = payload
+        return summaries
+
+    def _next_reply(self, timeout):
+        """The next message from any worker; WorkerError when a worker has died, TimeoutError after
+        `timeout` seconds of silence (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self._results.get(timeout=POLL_S)
+            except queue.Empty:
+                pass
+            except (OSError, ValueError) as err:  # the queue was closed under us
+                raise RuntimeError("this EncodePool was closed during the call") from err
+            dead = [(index, process) for index, process in enumerate(self._processes) if not process.is_alive()]
+            if dead:
+                try:  # what a worker sent just before it exited (its load failure) explains it best
+                    return self._results.get(timeout=POLL_S)
+                except queue.Empty:
+                    pass
+                self.close(grace=0)  # a broken pool: its survivors' chunks belong to a failed call
+                index, process = dead[0]
+                raise WorkerError(f"fastbert worker {index} on {self.devices[index]} died "
+                                  f"({_exit_reason(process.exitcode)}); the pool is closed")
+            if deadline is not None and time.monotonic() > deadline:
+                self.close(grace=0)
+                raise TimeoutError(f"no reply from the fastbert workers in {timeout} s; the pool is closed")
+
+    def _remote_error(self, worker, payload, what):
+        exception, summary, text = payload
+        where = f"fastbert worker {worker} on {self.devices[worker]}, {what}"
+        if exception is None:
+            exception = WorkerError(f"{where}: {summary}")
+        exception.__cause__ = RemoteTraceback(f'\n"""\n{where}:\n{text}"""')
+        return exception
+
+
+def _exit_reason(exitcode):
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory?)" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {exitcode}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The `devices` and `pool` keywords of encode
+
+
+def with_devices(encode):
+    """Give `encode(model, texts, ...)` the keywords devices=[...] (a pool for this call) and pool=
+    (a running EncodePool); every other argument goes unchanged to each worker's model.encode."""
+
+    @functools.wraps(encode)
+    def dispatch(model, texts, *args, devices=None, pool=None, **kwargs):
+        if devices is None and pool is None:
+            return encode(model, texts, *args, **kwargs)
+        if devices is not None and pool is not None:
+            raise ValueError("give devices= (a pool for this call) or pool= (a running pool), not both")
+        if pool is not None:
+            if not isinstance(pool, EncodePool):
+                raise TypeError(f"pool must be an EncodePool (model.start_pool(devices)), got {type(pool).__name__}")
+            if model.path is None or pool.path.resolve() != Path(model.path).resolve():
+                raise ValueError(f"pool holds the model of {pool.path}, not this model's folder {model.path}")
+            return pool.encode(texts, *args, **kwargs)
+        with EncodePool.for_model(model, devices) as temporary:
+            return temporary.encode(texts, *args, **kwargs)
+
+    signature = inspect.signature(encode)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in ("devices", "pool")]
+    parameters = [p for p in signature.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    variadic = [p for p in signature.parameters.values() if p.kind == inspect.Parameter.VAR_KEYWORD]
+    dispatch.__signature__ = signature.replace(parameters=parameters + extra + variadic)
+    return dispatch

@@ -1,0 +1,2 @@
+"""`fastbert verify`: the plain-PyTorch reference encoder (the oracle) and the checks against it and
+transformers."""

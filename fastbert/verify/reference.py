@@ -1,0 +1,195 @@
+"""The oracle: a BERT-family forward pass (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA) in plain
+PyTorch over our weight dict.
+
+Readable first, fast never. It follows transformers.BertModel with attn_implementation="eager"
+operation for operation (same order of additions, same mask value, scale applied after Q @ K^T), so
+in fp32 the two agree to rounding (tests hold it within 1e-5 on the real all-MiniLM-L6-v2). Every
+Triton path is tested against this module, and this module against transformers.
+
+Default position ids follow transformers per family: arange(S) for every row for BERT, DistilBERT and
+ELECTRA, even when a batch is left-padded (left-padded rows then see shifted positions); for the
+RoBERTa family pad_token_id + 1 onwards over the non-pad ids of each row (fastbert.checkpoint.families). Pass
+position_ids to do otherwise.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from fastbert.checkpoint.config import BertConfig
+from fastbert.checkpoint.families import default_position_ids
+from fastbert.checkpoint.weights import load_weights
+from fastbert.engine.outputs import EncoderOutput
+
+
+def gelu_tanh_hf(x: torch.Tensor) -> torch.Tensor:
+    """transformers' "gelu_new", written out exactly as it computes it."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def gelu_fast_hf(x: torch.Tensor) -> torch.Tensor:
+    """transformers' "gelu_fast": the tanh approximation with sqrt(2/pi) written to 10 digits."""
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+# Keyed on hidden_act, not on config.activation: "gelu_new" and "gelu_pytorch_tanh" are the same
+# function but round differently, and the oracle reproduces transformers to the last bit it can.
+_ACT_FNS = {
+    "gelu": F.gelu,
+    "gelu_python": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),
+    "gelu_new": gelu_tanh_hf,
+    "gelu_python_tanh": lambda x: x * 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": gelu_fast_hf,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+class ReferenceBertModel:
+    """BERT-family encoder (+ pooler) in plain PyTorch. `weights` uses the names of fastbert.checkpoint.weights."""
+
+    def __init__(self, config: BertConfig, weights: dict[str, torch.Tensor]):
+        self.config = config
+        self.weights = weights
+        first = weights["embeddings.word"]
+        self.dtype, self.device = first.dtype, first.device
+        self.has_pooler = "pooler.weight" in weights
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, device="cpu") -> "ReferenceBertModel":
+        config = BertConfig.from_pretrained(path)
+        weights, _ = load_weights(path, config, dtype=dtype)
+        return cls(config, {k: v.to(device) for k, v in weights.items()})
+
+    def __call__(self, *args, **kwargs) -> EncoderOutput:
+        return self.forward(*args, **kwargs)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: [B, S] integers;
+        position_ids: [B, S] or [S]. Returns hidden states in the weights' dtype."""
+        input_ids, attention_mask, token_type_ids, position_ids = self._check_inputs(
+            input_ids, attention_mask, token_type_ids, position_ids
+        )
+        cfg, w = self.config, self.weights
+
+        x = w["embeddings.word"][input_ids]
+        if "embeddings.token_type" in w:
+            x = x + w["embeddings.token_type"][token_type_ids]
+        x = x + w["embeddings.position"][position_ids]
+        x = F.layer_norm(
+            x, (cfg.embedding_dim,), w["embeddings.norm.weight"], w["embeddings.norm.bias"], cfg.layer_norm_eps
+        )
+        if "embeddings.project.weight" in w:  # ELECTRA with embedding_size != hidden_size
+            x = F.linear(x, w["embeddings.project.weight"], w["embeddings.project.bias"])
+
+        # Additive key mask [B, 1, 1, S]: padding keys get the dtype's lowest value, as in transformers.
+        mask = (1.0 - attention_mask[:, None, None, :].to(self.dtype)) * torch.finfo(self.dtype).min
+
+        hidden_states = [x]
+        for i in range(cfg.num_hidden_layers):
+            x = self._layer(x, mask, i)
+            hidden_states.append(x)
+
+        pooled = None
+        if self.has_pooler:
+            pooled = torch.tanh(F.linear(x[:, 0], w["pooler.weight"], w["pooler.bias"]))
+        return EncoderOutput(
+            last_hidden_state=x,
+            pooler_output=pooled,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+        )
+
+    def _layer(self, x: torch.Tensor, mask: torch.Tensor, i: int) -> torch.Tensor:
+        cfg, w, p = self.config, self.weights, f"layers.{i}."
+        B, S, H = x.shape
+        nh, hd = cfg.num_attention_heads, cfg.head_dim
+
+        qkv = F.linear(x, w[p + "qkv.weight"], w[p + "qkv.bias"])  # [B, S, 3H]: Q | K | V
+        q, k, v = (t.view(B, S, nh, hd).transpose(1, 2) for t in qkv.split(H, dim=-1))  # [B, nh, S, hd]
+        scores = torch.matmul(q, k.transpose(-1, -2)) * hd**-0.5 + mask
+        context = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, nh, S, hd]
+        context = context.transpose(1, 2).reshape(B, S, H)
+
+        attn = F.linear(context, w[p + "attn_out.weight"], w[p + "attn_out.bias"])
+        x = F.layer_norm(
+            attn + x, (H,), w[p + "attn_norm.weight"], w[p + "attn_norm.bias"], cfg.layer_norm_eps
+        )
+
+        h = _ACT_FNS[cfg.hidden_act](F.linear(x, w[p + "ffn_in.weight"], w[p + "ffn_in.bias"]))
+        h = F.linear(h, w[p + "ffn_out.weight"], w[p + "ffn_out.bias"])
+        return F.layer_norm(h + x, (H,), w[p + "ffn_norm.weight"], w[p + "ffn_norm.bias"], cfg.layer_norm_eps)
+
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids):
+        cfg = self.config
+        input_ids = _index_tensor("input_ids", input_ids, self.device)
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+        B, S = input_ids.shape
+        if S == 0:
+            raise ValueError("input_ids has sequence length 0; every sequence needs at least one token")
+        _check_range("input_ids", input_ids, cfg.vocab_size, "vocab_size")
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = _index_tensor("attention_mask", attention_mask, self.device, allow_bool=True)
+        _check_shape("attention_mask", attention_mask, (B, S))
+
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        token_type_ids = _index_tensor("token_type_ids", token_type_ids, self.device)
+        _check_shape("token_type_ids", token_type_ids, (B, S))
+        if cfg.type_vocab_size == 0:
+            if token_type_ids.any():
+                raise ValueError("token_type_ids must be all zero: the model has no token-type embedding")
+        else:
+            _check_range("token_type_ids", token_type_ids, cfg.type_vocab_size, "type_vocab_size")
+
+        if position_ids is None:
+            if S > cfg.max_sequence_length:
+                raise ValueError(
+                    f"sequence length {S} exceeds max_position_embeddings={cfg.max_position_embeddings}"
+                    + (f" less the position offset (at most {cfg.max_sequence_length} tokens)"
+                       if cfg.max_sequence_length != cfg.max_position_embeddings else "")
+                )
+            position_ids = default_position_ids(cfg, input_ids)
+            if position_ids is None:
+                position_ids = torch.arange(S, device=self.device)
+        position_ids = _index_tensor("position_ids", position_ids, self.device)
+        shape = tuple(position_ids.shape)
+        if position_ids.dim() == 1:
+            position_ids = position_ids[None]
+        if position_ids.dim() != 2 or position_ids.shape[1] != S or position_ids.shape[0] not in (1, B):
+            raise ValueError(f"position_ids must be [{S}], [1, {S}] or [{B}, {S}], got shape {shape}")
+        _check_range("position_ids", position_ids, cfg.max_position_embeddings, "max_position_embeddings")
+        return input_ids, attention_mask, token_type_ids, position_ids.expand(B, S)
+
+
+def _index_tensor(name, t, device, allow_bool=False):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_floating_point() or t.is_complex() or (t.dtype == torch.bool and not allow_bool):
+        raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+    return t.to(device)
+
+
+def _check_shape(name, t, shape):
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have the shape of input_ids {list(shape)}, got {list(t.shape)}")
+
+
+def _check_range(name, t, size, size_name):
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= size):
+        raise ValueError(
+            f"{name} must lie in [0, {size_name}={size}), got values in [{int(t.min())}, {int(t.max())}]"
+        )

@@ -1,0 +1,70 @@
+"""Every hidden_act a BERT-family config.json may name, through the GEMM epilogue of both backends, against
+transformers' own activation function applied to a float64 GEMM."""
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastbert.checkpoint.config import ACTIVATIONS
+from fastbert.engine.gemm import torch_linear
+from tests.kernels.linear_cases import make_inputs
+from tests.tolerances import assert_close
+
+transformers_activations = pytest.importorskip("transformers.activations")
+
+
+def float64_reference(x, weight, bias, hidden_act):
+    return transformers_activations.ACT2FN[hidden_act](F.linear(x.double(), weight.double(), bias.double()))
+
+
+def kernel_linear():
+    return importlib.import_module("fastbert.kernels.linear").linear
+
+
+def test_every_kernel_activation_is_reachable():
+    """The config table maps onto exactly the activations the GEMM kernels implement."""
+    kernel_activations = importlib.import_module("fastbert.kernels.linear").ACTIVATIONS
+    assert set(ACTIVATIONS.values()) == set(kernel_activations) - {None}
+
+
+def test_the_oracle_knows_every_accepted_activation():
+    """A hidden_act the config accepts must have its function in the reference encoder, not a KeyError there."""
+    from fastbert.verify.reference import _ACT_FNS
+
+    assert _ACT_FNS.keys() == ACTIVATIONS.keys()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the interpreter's numpy exp in the tanh form
+@pytest.mark.parametrize("hidden_act", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("implementation", ["triton", "torch"])
+def test_epilogue_matches_transformers_in_float64(hidden_act, implementation, device, backend):
+    # Odd sizes; outputs O(1) to O(3), where every activation is far from linear.
+    x, weight, bias = make_inputs(37, 67, 45, torch.float32, device)
+    x = 3 * x
+    run = kernel_linear() if implementation == "triton" else torch_linear
+    if implementation == "torch":
+        x, weight, bias = x.cpu(), weight.cpu(), bias.cpu()
+    out = run(x, weight, bias, ACTIVATIONS[hidden_act]).cpu()
+    x, weight, bias = x.cpu(), weight.cpu(), bias.cpu()
+    expected = float64_reference(x, weight, bias, hidden_act)
+    # At most twice the error of transformers' own fp32 computation on the same inputs (flash-attention's
+    # rule, tests/tolerances.py)...
+    own = transformers_activations.ACT2FN[hidden_act](F.linear(x, weight, bias))
+    assert_close(out, expected, torch.float32, backend if implementation == "triton" else "interpreter",
+                 torch_same_dtype=own)
+    # ... and, where the products are IEEE fp32 like PyTorch's CPU GEMM, with a floor of one fp32 ulp at
+    # O(10) only: rounding, not a wrong formula.
+    own, out = own.double(), out.double()
+    own_error, error = (own - expected).abs().max().item(), (out - expected).abs().max().item()
+    if implementation == "torch" or backend == "interpreter":  # IEEE fp32 products, as PyTorch's CPU GEMM
+        assert error <= 2 * own_error + 1e-6, f"error {error:.2e} vs transformers' own fp32 error {own_error:.2e}"
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the interpreter's numpy exp; 1/(1+inf) = 0
+def test_silu_saturates(device):
+    """Large |x|: silu(x) is x or 0, never NaN from an overflowing exp."""
+    x = torch.tensor([[-200.0, -30.0, -1.0, 0.0, 1.0, 30.0, 200.0]], device=device)
+    out = kernel_linear()(x, torch.eye(7, device=device), activation="silu")
+    torch.testing.assert_close(out.cpu(), F.silu(x.cpu()), atol=1e-6, rtol=1e-6)
