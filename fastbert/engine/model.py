@@ -222,19 +222,3 @@ class FastBertModel:
         states = (empty,) * (self.config.num_hidden_layers + 1) if output_hidden_states else None
         return EncoderOutput(last_hidden_state=empty, pooler_output=pooled if self.has_pooler else None,
                              hidden_states=states)
-
-    def encode(self, texts, **kwargs):
-        """Sentence embeddings [N, D] float32 in input order; see fastbert.sentence.stream.encode.
-        devices=["cuda:0", "cuda:1"] runs one worker process per device for this call; pool= uses a
-        running pool (start_pool)."""
-        from fastbert.sentence.stream import encode
-
-        return encode(self, texts, **kwargs)
-
-    def start_pool(self, devices, **options):
-        """Worker processes, one per device (e.g. ["cuda:0", "cuda:1"]), each loading this model's folder
-        with its dtype and backend; `pool.encode(texts)` or `model.encode(texts, pool=pool)` spreads
-        encode over them. options: see fastbert.parallel.pool.EncodePool. Close it, or use `with`."""
-        from fastbert.parallel.pool import EncodePool
-
-        return EncodePool.for_model(self, devices, **options)

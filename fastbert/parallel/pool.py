@@ -12,8 +12,6 @@ traceback as its cause; a worker that dies (killed, out of memory) fails the cal
 and closes the pool. Spawned workers import the main module: a script needs the usual
 `if __name__ == "__main__":` guard."""
 
-import functools
-import inspect
 import itertools
 import math
 import queue
@@ -21,7 +19,6 @@ import signal
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sized
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -365,34 +362,3 @@ def _exit_reason(exitcode):
         hint = " (out of memory?)" if -exitcode == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exit code {exitcode}"
-
-
-# ---------------------------------------------------------------------------------------------------
-# The `devices` and `pool` keywords of encode
-
-
-def with_devices(encode):
-    """Give `encode(model, texts, ...)` the keywords devices=[...] (a pool for this call) and pool=
-    (a running EncodePool); every other argument goes unchanged to each worker's model.encode."""
-
-    @functools.wraps(encode)
-    def dispatch(model, texts, *args, devices=None, pool=None, **kwargs):
-        if devices is None and pool is None:
-            return encode(model, texts, *args, **kwargs)
-        if devices is not None and pool is not None:
-            raise ValueError("give devices= (a pool for this call) or pool= (a running pool), not both")
-        if pool is not None:
-            if not isinstance(pool, EncodePool):
-                raise TypeError(f"pool must be an EncodePool (model.start_pool(devices)), got {type(pool).__name__}")
-            if model.path is None or pool.path.resolve() != Path(model.path).resolve():
-                raise ValueError(f"pool holds the model of {pool.path}, not this model's folder {model.path}")
-            return pool.encode(texts, *args, **kwargs)
-        with EncodePool.for_model(model, devices) as temporary:
-            return temporary.encode(texts, *args, **kwargs)
-
-    signature = inspect.signature(encode)
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in ("devices", "pool")]
-    parameters = [p for p in signature.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
-    variadic = [p for p in signature.parameters.values() if p.kind == inspect.Parameter.VAR_KEYWORD]
-    dispatch.__signature__ = signature.replace(parameters=parameters + extra + variadic)
-    return dispatch

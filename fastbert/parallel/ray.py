@@ -34,6 +34,7 @@ class Embedder:
     def __init__(self, model, *, text_column="text", embedding_column="embedding", device=None, dtype=None,
                  backend="auto", gemm="auto", **encode_options):
         from fastbert.engine.model import FastBertModel
+        from fastbert.sentence.stream import encode
 
         if not isinstance(model, (str, os.PathLike)):
             raise TypeError(f"model must be a checkpoint folder or a Hub id, got {type(model).__name__} "
@@ -50,7 +51,7 @@ class Embedder:
         self.text_column, self.embedding_column = text_column, embedding_column
         self.model = FastBertModel.from_pretrained(model, dtype=dtype, device=device, backend=backend, gemm=gemm)
         self.encode_options = encode_options
-        self.model.encode([], **encode_options)  # a bad option fails when the actor starts, not on a batch
+        encode(self.model, [], **encode_options)  # a bad option fails when the actor starts, not on a batch
         self.model.get_tokenizer()
 
     def __repr__(self):
@@ -94,7 +95,9 @@ class Embedder:
     def _embed(self, texts):
         import numpy as np
 
-        return np.asarray(self.model.encode(texts, **self.encode_options))  # a CPU tensor or an array
+        from fastbert.sentence.stream import encode
+
+        return np.asarray(encode(self.model, texts, **self.encode_options))  # a CPU tensor or an array
 
 
 # ---------------------------------------------------------------------------------------------------

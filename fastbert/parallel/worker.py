@@ -1,4 +1,7 @@
-"""What a fastbert worker process runs (fastbert/workers.py starts them), and what crosses its queues."""
+"""What a fastbert worker process runs (fastbert.parallel.pool starts them), and what crosses its queues.
+
+A worker builds what it runs from the layers below: the engine's encoder, loaded from the folder on the
+worker's device, and the single-device stream of fastbert.sentence.stream."""
 
 import multiprocessing
 import pickle
@@ -56,6 +59,7 @@ def worker_main(index, device, path, options, threads, tasks, results, cancelled
     parent = multiprocessing.parent_process()
     try:
         from fastbert.engine.model import FastBertModel
+        from fastbert.sentence.stream import encode
 
         if device.type == "cpu":
             torch.set_num_threads(threads)
@@ -65,7 +69,7 @@ def worker_main(index, device, path, options, threads, tasks, results, cancelled
         # A folder without a usable tokenizer, or with a sentence-transformers module fastbert cannot
         # run, fails now rather than on the first chunk.
         model.get_tokenizer()
-        model.encode([])
+        encode(model, [])
         summary = f"{model.device}, {model.backend}, {str(model.dtype).removeprefix('torch.')}"
     except BaseException as err:
         results.put(("failed", index, None, None, pack_exception(err)))
@@ -84,7 +88,7 @@ def worker_main(index, device, path, options, threads, tasks, results, cancelled
         if call <= cancelled.value:
             continue  # the call was abandoned (an error elsewhere, or the caller stopped reading)
         try:
-            result = to_transport(model.encode(texts, *args, **kwargs))
+            result = to_transport(encode(model, texts, *args, **kwargs))
         except Exception as err:
             results.put(("error", index, call, chunk, pack_exception(err)))
             continue

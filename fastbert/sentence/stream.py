@@ -18,7 +18,6 @@ import torch
 
 from fastbert.checkpoint.tokenizer import UntokenizableTextError
 from fastbert.engine.packing import pack_inputs
-from fastbert.parallel.pool import with_devices
 
 from .modules import int_option
 from .pipeline import load_pipeline
@@ -111,7 +110,6 @@ def encode_options(model, *, prompt_name=None, prompt=None, batch_size=None, max
         show_progress_bar=bool(show_progress_bar))
 
 
-@with_devices  # devices=[...] / pool=: the same call spread over worker processes (fastbert/workers.py)
 def encode(model, texts, *, stats=None, **options):
     """Embed `texts` with `model` (a FastBertModel with a tokenizer) -> float32 [N, D] on the CPU, in input
     order; a single string gives [D].
