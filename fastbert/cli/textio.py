@@ -1,24 +1,9 @@
-"""What the `fastbert` commands share for text: the one-line error type, JSON strings, the stdout preview."""
+"""The stdout preview of `fastbert encode` without --output: one line per text."""
 
-import json
+from fastbert.jsonio import json_text
 
 PREVIEW_NUMBERS = 5
 PREVIEW_CHARS = 48
-
-
-class CliError(Exception):
-    """A problem with what the user asked for: reported as one line, exit code 2."""
-
-
-def escape_line_breaks(serialized):
-    """JSON text with the characters str.splitlines breaks at escaped too, so that every reader sees one row
-    per line (json.dumps leaves them raw, and only inside strings)."""
-    return serialized.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
-def json_text(text):
-    """JSON string, readable (non-ASCII kept), one line for every reader."""
-    return escape_line_breaks(json.dumps(text, ensure_ascii=False))
 
 
 def print_embeddings(texts, embeddings, start=0):

@@ -23,7 +23,7 @@ import signal
 import threading
 from pathlib import Path
 
-from fastbert.cli.textio import CliError
+from fastbert.errors import InputError
 
 from .writers import OUTPUT_FORMATS
 
@@ -101,8 +101,8 @@ def partial_paths(output):
 def _write_error(err, output):
     disk_full = getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
     if disk_full:
-        return CliError(f"no space left on device: cannot write --output {output}")
-    return CliError(f"cannot write --output {output}: {getattr(err, 'strerror', None) or err}")
+        return InputError(f"no space left on device: cannot write --output {output}")
+    return InputError(f"cannot write --output {output}: {getattr(err, 'strerror', None) or err}")
 
 
 def check_output(option, input_option, resume):
@@ -111,23 +111,23 @@ def check_output(option, input_option, resume):
     output = Path(option).expanduser()
     suffix = output.suffix.lower()
     if suffix not in OUTPUT_FORMATS:
-        raise CliError(f"--output {output}: unknown extension {suffix or '(none)'!r}; "
+        raise InputError(f"--output {output}: unknown extension {suffix or '(none)'!r}; "
                        f"use one of {', '.join(OUTPUT_FORMATS)}")
     if output.is_dir():
-        raise CliError(f"--output {output} is a directory")
+        raise InputError(f"--output {output} is a directory")
     if not output.parent.is_dir():
         what = "is not a folder" if output.parent.exists() else "does not exist"
-        raise CliError(f"--output {output}: folder {output.parent} {what}")
+        raise InputError(f"--output {output}: folder {output.parent} {what}")
     partial, progress = partial_paths(output)
     if input_option not in (None, "-"):
         source = Path(input_option).expanduser()
         for path in (output, partial, progress):
             if source.exists() and path.exists() and os.path.samefile(source, path):
-                raise CliError(f"--output {output} would overwrite the input file {source}: choose another path")
+                raise InputError(f"--output {output} would overwrite the input file {source}: choose another path")
     if output.exists() and not os.access(output, os.W_OK):
-        raise CliError(f"--output {output} exists and is read-only")
+        raise InputError(f"--output {output} exists and is read-only")
     if partial.exists() and not resume:
-        raise CliError(f"{partial} holds an interrupted run's rows: pass --resume to continue it, "
+        raise InputError(f"{partial} holds an interrupted run's rows: pass --resume to continue it, "
                        "or delete it (and its .progress.json) to start over")
     return output, suffix
 
@@ -152,7 +152,7 @@ class PartialOutput:
         try:
             self.file = open(self.partial, "r+b" if resuming else "xb")  # noqa: SIM115 - closed by finish/abandon
         except FileExistsError as err:
-            raise CliError(f"{self.partial} appeared meanwhile: is another fastbert encode writing "
+            raise InputError(f"{self.partial} appeared meanwhile: is another fastbert encode writing "
                            f"{self.output}?") from err
         except OSError as err:
             raise _write_error(err, self.output) from err
@@ -161,7 +161,7 @@ class PartialOutput:
             self._load_progress()
             size = os.fstat(self.file.fileno()).st_size
             if size < self.bytes:
-                raise CliError(f"cannot resume: {self.partial} holds {size} bytes, fewer than the {self.bytes} "
+                raise InputError(f"cannot resume: {self.partial} holds {size} bytes, fewer than the {self.bytes} "
                                "its progress record says are complete; delete both files to start over")
             if self.rows == 0:
                 self.truncate()  # nothing complete to check against the input: start the file afresh
@@ -184,7 +184,7 @@ class PartialOutput:
         except BlockingIOError as err:
             self.file.close()
             self.file = None
-            raise CliError(f"another fastbert encode is writing {self.output}") from err
+            raise InputError(f"another fastbert encode is writing {self.output}") from err
 
     def _load_progress(self):
         try:
@@ -193,16 +193,16 @@ class PartialOutput:
                                            progress["input_sha256"])
             settings, state = progress["settings"], progress["format_state"]
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise CliError(f"cannot resume: the progress record {self.progress} is missing or unreadable; delete "
+            raise InputError(f"cannot resume: the progress record {self.progress} is missing or unreadable; delete "
                            f"{self.partial} to start over") from err
         if version != PROGRESS_VERSION:
-            raise CliError(f"cannot resume: {self.progress} was written by another fastbert version")
+            raise InputError(f"cannot resume: {self.progress} was written by another fastbert version")
         changed = sorted(key for key in set(settings) | set(self.settings)
                          if settings.get(key) != self.settings.get(key))
         if changed:
             differences = "; ".join(f"{key} {settings.get(key)!r} then, {self.settings.get(key)!r} now"
                                     for key in changed)
-            raise CliError(f"cannot resume {self.output} with other settings ({differences}): rerun with the "
+            raise InputError(f"cannot resume {self.output} with other settings ({differences}): rerun with the "
                            "interrupted run's options, or delete its .partial to start over")
         self.rows, self.bytes, self.digest, self.format.state = rows, size, digest, state
 

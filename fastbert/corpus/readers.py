@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from fastbert.cli.textio import CliError
+from fastbert.errors import InputError
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -34,7 +34,7 @@ def require_pyarrow(what):
     try:
         import pyarrow  # noqa: F401
     except ImportError as err:
-        raise CliError(f"{what} needs pyarrow: pip install 'fastbert[parquet]'") from err
+        raise InputError(f"{what} needs pyarrow: pip install 'fastbert[parquet]'") from err
 
 
 class RecordReader:
@@ -53,11 +53,11 @@ class RecordReader:
             self._csv_line = 0
             header = self._next_csv_row()
             if header is None:
-                raise CliError(f"{name} holds no CSV header")
+                raise InputError(f"{name} holds no CSV header")
             if text_field not in header:
-                raise CliError(f"{name}: no column {text_field!r} in the CSV header {header} (see --text-field)")
+                raise InputError(f"{name}: no column {text_field!r} in the CSV header {header} (see --text-field)")
             if len(set(header)) != len(header):
-                raise CliError(f"{name}: the CSV header repeats a column name: {header}")
+                raise InputError(f"{name}: the CSV header repeats a column name: {header}")
             self.fields = header
         else:
             self._lines = self._numbered_lines()
@@ -72,9 +72,9 @@ class RecordReader:
         try:
             return open(self.source, "rb")  # noqa: SIM115 - read to the end by the iterator, closed at exit
         except IsADirectoryError as err:
-            raise CliError(f"--input {self.source} is a directory, not a file") from err
+            raise InputError(f"--input {self.source} is a directory, not a file") from err
         except OSError as err:
-            raise CliError(f"cannot read --input {self.source}: {err.strerror or err}") from err
+            raise InputError(f"cannot read --input {self.source}: {err.strerror or err}") from err
 
     def _numbered_lines(self):
         """(line number, text) for every line, split on "\\n" only: str.splitlines would also cut at
@@ -85,7 +85,7 @@ class RecordReader:
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise CliError(f"{self.name} is not UTF-8 text (invalid byte on line {number}, "
+                raise InputError(f"{self.name} is not UTF-8 text (invalid byte on line {number}, "
                                f"column {err.start + 1})") from err
             yield number, text.removeprefix("\ufeff") if number == 1 else text
 
@@ -107,17 +107,17 @@ class RecordReader:
         import pyarrow.parquet as pq
 
         if self.source is None:
-            raise CliError("Parquet input must be a file (--input FILE.parquet), not stdin")
+            raise InputError("Parquet input must be a file (--input FILE.parquet), not stdin")
         try:
             parquet = pq.ParquetFile(self.source)
         except (OSError, pa.ArrowException) as err:
-            raise CliError(f"cannot read --input {self.source} as Parquet: {err}") from err
+            raise InputError(f"cannot read --input {self.source} as Parquet: {err}") from err
         schema = parquet.schema_arrow
         if self.text_field not in schema.names:
-            raise CliError(f"{self.name}: no column {self.text_field!r} in {schema.names} (see --text-field)")
+            raise InputError(f"{self.name}: no column {self.text_field!r} in {schema.names} (see --text-field)")
         field_type = schema.field(self.text_field).type
         if not (pa.types.is_string(field_type) or pa.types.is_large_string(field_type)):
-            raise CliError(f"{self.name}: column {self.text_field!r} holds {field_type}, not strings")
+            raise InputError(f"{self.name}: column {self.text_field!r} holds {field_type}, not strings")
         self.fields, self.total = schema.names, parquet.metadata.num_rows
         self.arrow_schema = schema
         return parquet
@@ -126,9 +126,9 @@ class RecordReader:
         try:
             row = next(self._csv, None)
         except UnicodeDecodeError as err:
-            raise CliError(f"{self.name} is not UTF-8 text (invalid byte after CSV row {self._csv_line})") from err
+            raise InputError(f"{self.name} is not UTF-8 text (invalid byte after CSV row {self._csv_line})") from err
         except csv.Error as err:
-            raise CliError(f"{self.name} CSV row {self._csv_line + 1}: {err}") from err
+            raise InputError(f"{self.name} CSV row {self._csv_line + 1}: {err}") from err
         self._csv_line += 1
         return row
 
@@ -149,9 +149,9 @@ class RecordReader:
             try:
                 record = json.loads(line)
             except ValueError as err:
-                raise CliError(f"{self.name} line {number}: not valid JSON ({err})") from err
+                raise InputError(f"{self.name} line {number}: not valid JSON ({err})") from err
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise CliError(f"{self.name} line {number}: expected a JSON object with a string {field!r} field"
+                raise InputError(f"{self.name} line {number}: expected a JSON object with a string {field!r} field"
                                + (" (see --text-field)" if isinstance(record, dict) else ""))
             yield record
 
@@ -161,7 +161,7 @@ class RecordReader:
             if not row:
                 continue  # a blank line: no record
             if len(row) != len(header):
-                raise CliError(f"{self.name} CSV row {self._csv_line}: {len(row)} values for "
+                raise InputError(f"{self.name} CSV row {self._csv_line}: {len(row)} values for "
                                f"{len(header)} columns")
             yield dict(zip(header, row))
 
@@ -193,7 +193,7 @@ class RecordReader:
             rows = batch.to_pylist()
             for offset, record in enumerate(rows):
                 if not isinstance(record[field], str):
-                    raise CliError(f"{self.name} row {first_row + offset}: {field!r} is null, not a string")
+                    raise InputError(f"{self.name} row {first_row + offset}: {field!r} is null, not a string")
             first_row += len(rows)
             pending.extend(rows)
             while len(pending) >= size:
@@ -211,10 +211,10 @@ def open_reader(path_option, texts, fmt, text_field):
     if path_option is not None and path_option != "-":
         path = Path(path_option).expanduser()
         if path.is_dir():
-            raise CliError(f"--input {path} is a directory, not a file")
+            raise InputError(f"--input {path} is a directory, not a file")
         return RecordReader(path, str(path), input_format(path, fmt), text_field)
     if sys.stdin is None or (path_option is None and sys.stdin.isatty()):
-        raise CliError("no input: pass TEXT arguments, --input FILE, or pipe text on stdin")
+        raise InputError("no input: pass TEXT arguments, --input FILE, or pipe text on stdin")
     return RecordReader(None, "stdin", fmt, text_field)
 
 

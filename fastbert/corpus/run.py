@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 
 from fastbert.checkpoint.tokenizer import UntokenizableTextError, check_encodable
-from fastbert.cli.textio import CliError
+from fastbert.errors import InputError
 
 from .partial import PartialOutput, SignalGuard, chunk_sizes, record_digest_update
 from .writers import OUTPUT_FORMATS
@@ -38,17 +38,17 @@ def _skip_committed(records, reader, sink, hasher, progress_bar):
     if progress_bar is not None:
         progress_bar.update(skipped)
     if skipped < sink.rows:
-        raise CliError(f"cannot resume: {reader.name} holds {skipped} records, fewer than the {sink.rows} "
+        raise InputError(f"cannot resume: {reader.name} holds {skipped} records, fewer than the {sink.rows} "
                        "the interrupted run encoded (another input?)")
     if hasher.hexdigest() != sink.digest:
-        raise CliError(f"cannot resume: the first {sink.rows} records of {reader.name} differ from those the "
+        raise InputError(f"cannot resume: the first {sink.rows} records of {reader.name} differ from those the "
                        "interrupted run encoded (another input?)")
     sink.truncate()
     return skipped
 
 
 def _refused_texts_error(err, unwritten, number, text_field):
-    """A CliError for an encode failure that input text explains, else None. The records read and not yet
+    """A InputError for an encode failure that input text explains, else None. The records read and not yet
     written (from record `number` on) hold the chunk that failed: a text that is not valid Unicode among
     them is named by its record number, checked here, after the failure, so good chunks pay nothing (and a
     worker pool's error, which counts in its own chunk, is told in the input's numbers too)."""
@@ -56,12 +56,12 @@ def _refused_texts_error(err, unwritten, number, text_field):
         check_encodable("texts", [record[text_field] for record in unwritten])
     except UntokenizableTextError as bad:
         where = ", ".join(str(number + i) for i in bad.indices[:5])
-        return CliError(f"cannot encode input record {where}: {bad.shifted(number - 1)}")
+        return InputError(f"cannot encode input record {where}: {bad.shifted(number - 1)}")
     if not isinstance(err, ValueError):
         return None
     last = number + len(unwritten) - 1
     where = f"records {number}-{last}" if unwritten else f"the records from {number} on"
-    return CliError(f"cannot encode input {where}: {err}")
+    return InputError(f"cannot encode input {where}: {err}")
 
 
 def embedding_chunks(model, texts, options, sizes):
@@ -78,7 +78,7 @@ def embedding_chunks(model, texts, options, sizes):
     try:
         opts = encode_options(model, **options)
     except (TypeError, ValueError) as err:
-        raise CliError(str(err)) from err
+        raise InputError(str(err)) from err
     return encode_chunks(model, texts, opts, chunk_sizes=sizes)
 
 
@@ -107,6 +107,8 @@ def encode_records(reader, model, options, text_field, chunk_size, sink=None, on
         while True:
             try:
                 embeddings = next(stream, None)
+            except InputError:  # the reader's own error (a bad record), raised where the stream reads it
+                raise
             except (ValueError, RuntimeError) as err:  # RuntimeError: how a worker pool reports a failure
                 refused = _refused_texts_error(err, unwritten, number, text_field)
                 if refused is None:
@@ -124,7 +126,7 @@ def encode_records(reader, model, options, text_field, chunk_size, sink=None, on
             if progress_bar is not None:
                 progress_bar.update(len(chunk))
     if number == 1:
-        raise CliError(f"{reader.name} holds no records")
+        raise InputError(f"{reader.name} holds no records")
     return number - 1
 
 
@@ -136,7 +138,7 @@ def _commit_chunk(sink, reader, chunk, embeddings, number, hasher):
         header = sink.format.start(_fields(reader, chunk), chunk, embeddings.shape[1],
                                    getattr(reader, "arrow_schema", None))
     elif embeddings.shape[1] != sink.format.state["dim"]:
-        raise CliError(f"the model gives {embeddings.shape[1]} dimensions, the partial output holds "
+        raise InputError(f"the model gives {embeddings.shape[1]} dimensions, the partial output holds "
                        f"{sink.format.state['dim']}")
     data = header + sink.format.rows(chunk, embeddings)
     record_digest_update(hasher, chunk)
@@ -150,7 +152,7 @@ def write_corpus(output, suffix, settings, resume, reader, load_model, options, 
     Returns (rows, dim, model). Any failure or signal abandons the partial files (kept with --resume)."""
     sink = PartialOutput(output, OUTPUT_FORMATS[suffix], settings, text_field, embedding_field)
     if sink.format.carries_fields and embedding_field in (reader.fields or ()):
-        raise CliError(f"{reader.name} already has a column {embedding_field!r}; name the embedding column with "
+        raise InputError(f"{reader.name} already has a column {embedding_field!r}; name the embedding column with "
                        "--embedding-field")
     with SignalGuard() as guard:
         sink.guard = guard

@@ -15,7 +15,8 @@ import io
 import json
 import os
 
-from fastbert.cli.textio import CliError, escape_line_breaks, json_text
+from fastbert.errors import InputError
+from fastbert.jsonio import escape_line_breaks, json_text
 
 NPY_HEADER_BYTES = 128  # magic, version, length and a dict padded with spaces: room for any row count
 
@@ -49,17 +50,17 @@ class RowFormat:
         return b""
 
     def check(self, records, first_number):
-        """CliError naming the first record whose fields this format cannot carry."""
+        """InputError naming the first record whose fields this format cannot carry."""
         if not self.carries_fields:
             return
         fields = self.state.get("fields") if self.state else None
         for number, record in enumerate(records, first_number):
             if self.embedding_field in record:
-                raise CliError(f"input record {number} already has a field {self.embedding_field!r}; "
+                raise InputError(f"input record {number} already has a field {self.embedding_field!r}; "
                                "name the embedding column with --embedding-field")
             if fields is not None and not record.keys() <= set(fields):
                 extra = sorted(record.keys() - set(fields))
-                raise CliError(f"input record {number} has field(s) {extra} that the first record lacks; "
+                raise InputError(f"input record {number} has field(s) {extra} that the first record lacks; "
                                f"{self.name} output fixes its columns on the first record(s)")
 
     def finish(self, partial, rows, temporary):
@@ -118,7 +119,7 @@ class CsvFormat(RowFormat):
         columns = [f"dim_{i}" for i in range(dim)]
         clash = sorted(set(columns) & set(fields))
         if clash:
-            raise CliError(f"input field(s) {clash[:3]} clash with the CSV embedding columns dim_0..dim_{dim - 1}")
+            raise InputError(f"input field(s) {clash[:3]} clash with the CSV embedding columns dim_0..dim_{dim - 1}")
         return self._lines([list(fields) + columns], [""])
 
     @staticmethod
@@ -148,7 +149,7 @@ class ParquetFormat(RowFormat):
             try:
                 arrow_schema = pa.Table.from_pylist(records).schema
             except (pa.ArrowException, TypeError) as err:
-                raise CliError(f"cannot store the input fields in Parquet: {err}") from err
+                raise InputError(f"cannot store the input fields in Parquet: {err}") from err
         schema = arrow_schema.append(pa.field(self.embedding_field, pa.list_(pa.float32(), dim)))
         self._schema = schema
         message = schema.serialize().to_pybytes()
@@ -171,7 +172,7 @@ class ParquetFormat(RowFormat):
         try:
             fields = pa.RecordBatch.from_pylist(records, schema=field_schema)
         except (pa.ArrowException, TypeError) as err:
-            raise CliError(f"input fields do not match the Parquet columns fixed by the first chunk "
+            raise InputError(f"input fields do not match the Parquet columns fixed by the first chunk "
                            f"({field_schema.to_string(show_schema_metadata=False)}): {err}") from err
         dim = embeddings.shape[1]
         flat = pa.array(embeddings.astype("float32", copy=False).reshape(-1), type=pa.float32())

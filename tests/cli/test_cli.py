@@ -321,7 +321,7 @@ def test_unsupported_sentence_module_is_a_user_error_before_any_output(tmp_path,
 def test_debug_flag_shows_traceback(cheap_runs):
     code, _, stderr = cheap_runs["debug_shows_traceback"]
     assert code == 2
-    assert stderr.startswith("Traceback") and "CliError" in stderr
+    assert stderr.startswith("Traceback") and "InputError" in stderr
     assert stderr.strip().splitlines()[-1].startswith("fastbert encode: error: --output out.txt")
 
 
