@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 from fastbert.errors import InputError
+from fastbert.jsonio import read_json
 
 from .writers import OUTPUT_FORMATS
 
@@ -188,7 +189,7 @@ class PartialOutput:
 
     def _load_progress(self):
         try:
-            progress = json.loads(self.progress.read_text(encoding="utf-8"))
+            progress = read_json(self.progress)
             version, rows, size, digest = (progress["version"], progress["rows"], progress["bytes"],
                                            progress["input_sha256"])
             settings, state = progress["settings"], progress["format_state"]

@@ -8,11 +8,11 @@ and CSV a blank line is no record at all (nothing could be carried from it)."""
 import csv
 import io
 import itertools
-import json
 import sys
 from pathlib import Path
 
 from fastbert.errors import InputError
+from fastbert.jsonio import parse_json
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -95,7 +95,7 @@ class RecordReader:
             peeked.append((number, line))
             if line.strip():
                 try:
-                    is_object = line.lstrip().startswith("{") and isinstance(json.loads(line), dict)
+                    is_object = line.lstrip().startswith("{") and isinstance(parse_json(line, self.name), dict)
                 except ValueError:
                     is_object = False
                 return peeked, "jsonl" if is_object else "text"
@@ -146,10 +146,7 @@ class RecordReader:
         for number, line in lines:
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except ValueError as err:
-                raise InputError(f"{self.name} line {number}: not valid JSON ({err})") from err
+            record = parse_json(line, f"{self.name} line {number}")
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
                 raise InputError(f"{self.name} line {number}: expected a JSON object with a string {field!r} field"
                                + (" (see --text-field)" if isinstance(record, dict) else ""))

@@ -5,34 +5,17 @@ pytorch_model.bin) and returns (module, the embedding size after it); a module i
 float32 on the model's device. Anything a module's files ask for that fastbert does not reproduce is a
 ValueError naming the file, never ignored."""
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from fastbert.checkpoint.weights import read_state_dict
+from fastbert.jsonio import read_json
 
 # Dense activations: the torch.nn classes sentence-transformers instantiates with no arguments.
 ACTIVATIONS = ("Identity", "Tanh", "ReLU", "GELU", "SiLU", "Sigmoid", "LeakyReLU", "ELU", "SELU", "CELU", "Mish",
                "Softplus", "Softsign", "Hardtanh", "Hardswish", "Hardsigmoid", "ReLU6", "Tanhshrink", "LogSigmoid")
 SENTENCE_EMBEDDING = "sentence_embedding"
-
-
-def read_json(file, required=False):
-    """A JSON object from `file`; {} when absent and not required. Anything else is a ValueError naming it."""
-    file = Path(file)
-    if not file.is_file():
-        if required:
-            raise FileNotFoundError(f"{file} is missing")
-        return {}
-    try:
-        value = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{file} is not readable JSON: {err}") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"{file} must hold a JSON object, found a {type(value).__name__}")
-    return value
 
 
 def int_option(value, what, minimum=1):
@@ -96,7 +79,7 @@ def _activation(path, source):
 
 
 def load_dense(folder, dim, source):
-    config = read_json(folder / "config.json", required=True)
+    config = read_json(folder / "config.json")
     _check_io_names(config, source)
     in_features = int_option(config.get("in_features"), f"{source}: in_features")
     out_features = int_option(config.get("out_features"), f"{source}: out_features")
@@ -141,7 +124,7 @@ class LayerNorm:
 
 
 def load_layer_norm(folder, dim, source):
-    config = read_json(folder / "config.json", required=True)
+    config = read_json(folder / "config.json")
     if config.get("dimension") != dim:
         raise ValueError(f"{source}: dimension={config.get('dimension')!r} but the modules before it give {dim}")
     state = read_state_dict(folder)
@@ -165,7 +148,7 @@ class Normalize:
 
 
 def load_normalize(folder, dim, source):
-    _check_io_names(read_json(folder / "config.json"), source)
+    _check_io_names(read_json(folder / "config.json", default={}), source)
     return Normalize(source), dim
 
 

@@ -9,11 +9,12 @@ pooling, nothing after it.
 Also read here: the Transformer's sentence_bert_config.json (max_seq_length, do_lower_case), and
 config_sentence_transformers.json (prompts, default_prompt_name)."""
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from fastbert.jsonio import read_json
 
 from .modules import (
     Normalize,
@@ -22,7 +23,6 @@ from .modules import (
     load_dropout,
     load_layer_norm,
     load_normalize,
-    read_json,
 )
 from .pooling import check_modes, pool
 
@@ -49,7 +49,7 @@ class Pooling:
 
 
 def load_pooling(folder, hidden_size, source):
-    config = read_json(folder / "config.json", required=True)
+    config = read_json(folder / "config.json")
     if "pooling_mode" in config:
         modes = check_modes(config["pooling_mode"], source)
     else:
@@ -129,7 +129,7 @@ def load_transformer(folder, dim, source):
     """Options of the Transformer module: (max_seq_length or None, do_lower_case)."""
     settings = {}
     for name in TRANSFORMER_CONFIG_FILES:
-        settings = read_json(folder / name)
+        settings = read_json(folder / name, default={})
         if settings:
             break
     task = settings.get("transformer_task", "feature-extraction")
@@ -198,11 +198,8 @@ def load_pipeline(path, hidden_size, truncate_dim=None):
 
 def _read_modules(root, pipeline):
     modules_file = root / "modules.json"
-    try:
-        entries = json.loads(modules_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{modules_file} is not readable JSON: {err}") from err
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+    entries = read_json(modules_file, expect=list)
+    if not all(isinstance(e, dict) for e in entries):
         raise ValueError(f"{modules_file} must hold a list of module objects")
     kind, dim = None, pipeline.hidden_size
     for number, entry in enumerate(entries):  # in list order, as sentence-transformers runs them
@@ -240,7 +237,7 @@ def _read_modules(root, pipeline):
 
 def _read_prompts(root, pipeline):
     config_file = root / "config_sentence_transformers.json"
-    config = read_json(config_file)
+    config = read_json(config_file, default={})
     model_type = config.get("model_type", "SentenceTransformer")
     if model_type != "SentenceTransformer":
         raise ValueError(f"{config_file}: model_type {model_type!r} is not a SentenceTransformer; fastbert "

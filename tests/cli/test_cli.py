@@ -224,7 +224,7 @@ IN_PROCESS = {
     "input_is_directory": (["encode", "--input", "not_a_model"], 2, "is a directory", {}),
     "not_utf8": (["encode", "--input", "latin1.txt"], 2, "is not UTF-8 text", {}),
     "jsonl_without_text": (["encode", "--input", "bad.jsonl"], 2, "bad.jsonl line 2", {}),
-    "jsonl_invalid": (["encode", "--input", "broken.jsonl"], 2, "broken.jsonl line 2: not valid JSON", {}),
+    "jsonl_invalid": (["encode", "--input", "broken.jsonl"], 2, "broken.jsonl line 2 is not valid JSON", {}),
     "texts_and_input": (["encode", "x", "--input", "blank.txt"], 2, "not both", {}),
     "output_folder_missing": (["encode", "x", "-o", "no/such/out.npy"], 2, "does not exist", {}),
     "output_no_extension": (["encode", "x", "-o", "out"], 2, "unknown extension '(none)'", {}),

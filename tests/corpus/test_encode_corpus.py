@@ -414,7 +414,7 @@ def test_bad_record_mid_stream_leaves_nothing(in_process, tmp_path):
     good = "".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(4))
     (tmp_path / "in.jsonl").write_text(good + '{"text": "unterminated\n', encoding="utf-8")
     code, _, stderr = in_process("-i", "in.jsonl", "-o", "out.parquet", "--chunk-size", "2")
-    assert code == 2 and "in.jsonl line 5: not valid JSON" in stderr, stderr
+    assert code == 2 and "in.jsonl line 5 is not valid JSON" in stderr, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
