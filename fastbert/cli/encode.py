@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from fastbert.defaults import CORPUS_CHUNK_TEXTS, MAX_BATCH_TOKENS
 from fastbert.errors import InputError
 
 from .common import load_model as load_pretrained
@@ -201,16 +202,16 @@ def encode_options():
         (("--resume",), dict(action="store_true",
                              help="continue an interrupted run from the rows complete in FILE.partial (same "
                                   "input and options); keep them if this run is interrupted too")),
-        (("--chunk-size",), dict(type=positive_int, default=4096, metavar="N",
-                                 help="records read, embedded and written at a time (default 4096; the first "
-                                      "chunks are smaller so that rows appear early)")),
+        (("--chunk-size",), dict(type=positive_int, default=CORPUS_CHUNK_TEXTS, metavar="N",
+                                 help=f"records read, embedded and written at a time (default {CORPUS_CHUNK_TEXTS}; "
+                                      "the first chunks are smaller so that rows appear early)")),
         (("--pooling",), dict(choices=tuple(POOLING_MODES),
                               help="default: what the model folder declares (1_Pooling/config.json), else mean")),
         (("--normalize",), dict(action=argparse.BooleanOptionalAction, default=None,
                                 help="unit-length vectors, or (--no-normalize) without the folder's final "
                                      "Normalize (default: as the folder's sentence-transformers modules say)")),
-        (("--max-tokens",), dict(type=positive_int, default=16384, metavar="N",
-                                 help="padded tokens per batch (default 16384)")),
+        (("--max-tokens",), dict(type=positive_int, default=MAX_BATCH_TOKENS, metavar="N",
+                                 help=f"padded tokens per batch (default {MAX_BATCH_TOKENS})")),
         (("--batch-size",), dict(type=positive_int, default=None, metavar="N",
                                  help="at most N texts per batch (default: --max-tokens alone decides)")),
         (("--max-length",), dict(type=max_length, metavar="N",

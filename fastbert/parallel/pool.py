@@ -23,13 +23,16 @@ from collections.abc import Iterable, Mapping, Sized
 import numpy as np
 import torch
 
+from fastbert.defaults import CHUNK_TEXTS
+
 from .worker import POLL_S, from_transport, worker_main
 
 # encode() cuts a call into about this many chunks per worker: enough for a fast device to take more
 # than a slow one, few enough that each chunk fills the token budget of several batches.
 CHUNKS_PER_WORKER = 4
+# ...but no task larger than this (a task, not a memory bound: the worker streams it in chunks of
+# fastbert.defaults.CHUNK_TEXTS); an iterable of unknown length goes out in chunks of CHUNK_TEXTS.
 MAX_CHUNK_TEXTS = 4096
-STREAM_CHUNK_TEXTS = 1024  # chunks of an iterable of unknown length
 # Chunks handed out but not yet returned in order, per worker: bounds the parent's memory while every
 # worker always has its next chunk waiting.
 IN_FLIGHT_PER_WORKER = 2
@@ -231,7 +234,7 @@ class EncodePool:
         if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
             raise TypeError(f"texts must be a string or an iterable of strings, got {type(texts).__name__}")
         total = len(texts) if isinstance(texts, Sized) else None
-        size = self.chunk_size or (STREAM_CHUNK_TEXTS if total is None else min(
+        size = self.chunk_size or (CHUNK_TEXTS if total is None else min(
             MAX_CHUNK_TEXTS, max(1, math.ceil(total / (CHUNKS_PER_WORKER * len(self.devices))))))
         spans = []  # (first, end) index of each chunk sent, for error messages
 

@@ -16,10 +16,10 @@ used: this module is `fastbert.parallel.ray`, and every `import ray` in it means
 import os
 from pathlib import Path
 
+from fastbert.defaults import CHUNK_TEXTS
+
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
 JSON_COMPRESSIONS = (".gz", ".br", ".zst", ".lz4")
-# Rows per map_batches call: enough for encode's token budget to fill several full batches.
-BATCH_ROWS = 1024
 
 
 class Embedder:
@@ -214,7 +214,7 @@ def encode_files(source, destination, model, *, source_format=None, actors=None,
     constructor = dict(model=str(model), text_column=text_column, embedding_column=embedding_column,
                        device=device, dtype=dtype, backend=backend, gemm=gemm, **encode_options)
     dataset = dataset.map_batches(Embedder, fn_constructor_kwargs=constructor, concurrency=actors,
-                                  batch_size=BATCH_ROWS, **placement)
+                                  batch_size=CHUNK_TEXTS, **placement)
     out = _absolute(destination)
     options = ray.data.DataContext.get_current().execution_options
     preserve_order = options.preserve_order

@@ -17,14 +17,12 @@ from dataclasses import dataclass
 import torch
 
 from fastbert.checkpoint.tokenizer import UntokenizableTextError
+from fastbert.defaults import CHUNK_TEXTS, MAX_BATCH_TOKENS
 from fastbert.engine.packing import pack_inputs
 
 from .modules import int_option
 from .pipeline import load_pipeline
 from .pooling import check_modes
-
-DEFAULT_MAX_TOKENS = 16384
-DEFAULT_CHUNK_SIZE = 1024
 
 
 @dataclass
@@ -61,8 +59,8 @@ class EncodeOptions:
 
     prompt: str | None = None
     batch_size: int | None = None
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_tokens: int = MAX_BATCH_TOKENS
+    chunk_size: int = CHUNK_TEXTS
     pooling: tuple | None = None
     normalize: bool | None = None
     truncate_dim: int | None = None
@@ -87,8 +85,8 @@ def sentence_pipeline(model):
     return pipeline
 
 
-def encode_options(model, *, prompt_name=None, prompt=None, batch_size=None, max_tokens=DEFAULT_MAX_TOKENS,
-                   chunk_size=DEFAULT_CHUNK_SIZE, pooling=None, normalize=None, truncate_dim=None, max_length=None,
+def encode_options(model, *, prompt_name=None, prompt=None, batch_size=None, max_tokens=MAX_BATCH_TOKENS,
+                   chunk_size=CHUNK_TEXTS, pooling=None, normalize=None, truncate_dim=None, max_length=None,
                    show_progress_bar=False):
     """Check encode()'s keyword arguments and resolve them against the model's pipeline -> EncodeOptions."""
     pipeline = sentence_pipeline(model)
@@ -119,8 +117,10 @@ def encode(model, texts, *, stats=None, **options):
       prompts[prompt_name] from config_sentence_transformers.json; else its default_prompt_name's prompt.
     batch_size: an upper bound on sequences per batch (sentence-transformers compatibility); None, the
       default, lets the token budget alone decide.
-    max_tokens: the token budget of a batch (sequences x longest sequence), default 16384.
-    chunk_size: texts read and tokenized at a time (memory is bounded by a chunk), default 1024.
+    max_tokens: the token budget of a batch (sequences x longest sequence), default
+      fastbert.defaults.MAX_BATCH_TOKENS.
+    chunk_size: texts read and tokenized at a time (memory is bounded by a chunk), default
+      fastbert.defaults.CHUNK_TEXTS.
     pooling: a mode or list of modes replacing the folder's Pooling (fastbert.sentence.pooling.POOLING_MODES).
     normalize: None follows the folder (its Normalize module); True L2-normalizes the final vectors; False
       leaves out the folder's final Normalize.
