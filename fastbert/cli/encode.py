@@ -182,7 +182,7 @@ def cmd_encode(args):
     return 0
 
 
-def encode_options():
+def encode_arguments():
     """`fastbert encode`'s own options as a table of (flags, add_argument keywords): one row per option."""
     from fastbert.corpus.partial import OUTPUT_FORMATS
     from fastbert.corpus.readers import INPUT_FORMATS

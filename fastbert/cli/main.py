@@ -18,7 +18,7 @@ from fastbert.corpus.partial import Interrupted
 from fastbert.errors import InputError
 
 from .common import default_model_path, load_model, model_path, one_line, resolve_runtime
-from .encode import cmd_encode, encode_options
+from .encode import cmd_encode, encode_arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -281,7 +281,7 @@ def build_parser():
                     "stdin. Output: --output FILE (.npy, .jsonl, .csv, .parquet; input fields other than the "
                     "text are carried to JSONL, CSV and Parquet) or one line per text on stdout. Row i of the "
                     "output is input record i.")
-    for flags, options in encode_options():
+    for flags, options in encode_arguments():
         encode.add_argument(*flags, **options)
     _add_runtime_options(encode, "auto")
     encode.set_defaults(handler=cmd_encode)

@@ -70,16 +70,16 @@ def embedding_chunks(model, texts, options, sizes):
     tokenizes the next chunk while the model encodes this one); a worker pool (--devices) through its own
     encode_chunks (each worker tokenizes its chunks, a few chunks in flight)."""
     from fastbert.parallel.pool import EncodePool
-    from fastbert.sentence.stream import encode_chunks, encode_options
+    from fastbert.sentence.stream import EncodeOptions, encode_stream
 
     if isinstance(model, EncodePool):
         chunks = iter(lambda: list(itertools.islice(texts, next(sizes))), [])
         return model.encode_chunks(chunks, **options)
     try:
-        opts = encode_options(model, **options)
+        opts = EncodeOptions.resolve(model, **options)
     except (TypeError, ValueError) as err:
         raise InputError(str(err)) from err
-    return encode_chunks(model, texts, opts, chunk_sizes=sizes)
+    return encode_stream(model, texts, opts, chunk_sizes=sizes)
 
 
 def encode_records(reader, model, options, text_field, chunk_size, sink=None, on_rows=None, progress_bar=None):

@@ -2,7 +2,9 @@
 
 modules.json lists the modules sentence-transformers runs in order: a Transformer (fastbert's encoder),
 then Pooling, then modules on the sentence embedding (Dense, LayerNorm, Dropout, Normalize). Each class
-path maps to a loader in MODULES; a module that is not in the table is an error naming it, never skipped.
+path maps to a loader in MODULES (Pooling's in fastbert.sentence.pooling, the sentence-embedding modules' in
+fastbert.sentence.modules: each module's file owns its config, load and forward); a module that is not in
+the table is an error naming it, never skipped.
 A folder without modules.json gets what sentence-transformers builds for a plain checkpoint: mean
 pooling, nothing after it.
 
@@ -24,43 +26,13 @@ from .modules import (
     load_layer_norm,
     load_normalize,
 )
-from .pooling import check_modes, pool
+from .pooling import Pooling, load_pooling
 
 # sentence-transformers gives every model these prompt names, empty unless the folder sets them.
 DEFAULT_PROMPTS = {"query": "", "document": ""}
-# Legacy Pooling flags, in the order sentence-transformers concatenates their modes.
-LEGACY_POOLING_FLAGS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-    "pooling_mode_lasttoken": "lasttoken",
-}
 TRANSFORMER_CONFIG_FILES = ("sentence_bert_config.json", "sentence_roberta_config.json",
                             "sentence_distilbert_config.json", "sentence_camembert_config.json",
                             "sentence_xlm-roberta_config.json")
-
-
-@dataclass
-class Pooling:
-    modes: tuple = ("mean",)
-    include_prompt: bool = True
-
-
-def load_pooling(folder, hidden_size, source):
-    config = read_json(folder / "config.json")
-    if "pooling_mode" in config:
-        modes = check_modes(config["pooling_mode"], source)
-    else:
-        modes = tuple(mode for flag, mode in LEGACY_POOLING_FLAGS.items() if config.get(flag)) or ("mean",)
-    dim = config.get("embedding_dimension", config.get("word_embedding_dimension"))
-    if dim is not None and dim != hidden_size:
-        raise ValueError(f"{source}: embedding_dimension={dim!r} but the encoder's hidden size is {hidden_size}")
-    include_prompt = config.get("include_prompt", True)
-    if not isinstance(include_prompt, bool):
-        raise ValueError(f"{source}: include_prompt must be true or false, got {include_prompt!r}")
-    return Pooling(modes, include_prompt)
 
 
 @dataclass
@@ -106,8 +78,7 @@ class SentencePipeline:
         normalize: None runs the folder's modules as they are; False leaves out a trailing Normalize;
         True L2-normalizes the final (truncated) vectors, like sentence-transformers' normalize_embeddings.
         prompt_tokens: leading tokens to leave out of pooling when the Pooling excludes the prompt."""
-        skip = 0 if self.pooling.include_prompt else prompt_tokens
-        x = pool(hidden, cu_seqlens, modes or self.pooling.modes, skip)
+        x = self.pooling(hidden, cu_seqlens, modes, prompt_tokens)
         modules = self.modules
         if normalize is False and modules and isinstance(modules[-1], Normalize):
             modules = modules[:-1]

@@ -1,4 +1,5 @@
-"""sentence-transformers' Pooling modes, computed on packed tokens.
+"""sentence-transformers' Pooling module: its config (1_Pooling/config.json), its load and its modes,
+computed on packed tokens.
 
 The encoder's last hidden state stays packed, [T, H] with sequence b at rows offsets[b]:offsets[b + 1]
 (FastBertModel.forward_tokens): each mode reduces a sequence's rows directly, with segment sums
@@ -10,8 +11,11 @@ part, while weightedmean keeps each remaining token's original position weight. 
 fp32, whatever the model's dtype (sentence-transformers accumulates half-precision sums in fp32 too)."""
 
 import functools
+from dataclasses import dataclass
 
 import torch
+
+from fastbert.jsonio import read_json
 
 
 class PackedTokens:
@@ -120,3 +124,46 @@ def pool(hidden, cu_seqlens, modes, skip=0):
     """Packed hidden [T, H] -> [B, H * len(modes)] float32: each mode's vector, concatenated in `modes` order."""
     tokens = PackedTokens(hidden, cu_seqlens, skip)
     return torch.cat([POOLING_MODES[mode](tokens) for mode in modes], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The module: what a folder's Pooling config says, loaded and run
+
+# Legacy Pooling flags, in the order sentence-transformers concatenates their modes.
+LEGACY_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+@dataclass
+class Pooling:
+    """A folder's Pooling: its modes, and whether the prompt's tokens take part (include_prompt)."""
+
+    modes: tuple = ("mean",)
+    include_prompt: bool = True
+
+    def __call__(self, hidden, cu_seqlens, modes=None, prompt_tokens=0):
+        """Packed hidden [T, H] -> [B, H * len(modes)] float32. modes: replaces the folder's; prompt_tokens:
+        the leading tokens of every sequence a prompt took, left out when the Pooling excludes the prompt."""
+        skip = 0 if self.include_prompt else prompt_tokens
+        return pool(hidden, cu_seqlens, modes or self.modes, skip)
+
+
+def load_pooling(folder, hidden_size, source):
+    config = read_json(folder / "config.json")
+    if "pooling_mode" in config:
+        modes = check_modes(config["pooling_mode"], source)
+    else:
+        modes = tuple(mode for flag, mode in LEGACY_POOLING_FLAGS.items() if config.get(flag)) or ("mean",)
+    dim = config.get("embedding_dimension", config.get("word_embedding_dimension"))
+    if dim is not None and dim != hidden_size:
+        raise ValueError(f"{source}: embedding_dimension={dim!r} but the encoder's hidden size is {hidden_size}")
+    include_prompt = config.get("include_prompt", True)
+    if not isinstance(include_prompt, bool):
+        raise ValueError(f"{source}: include_prompt must be true or false, got {include_prompt!r}")
+    return Pooling(modes, include_prompt)

@@ -67,6 +67,30 @@ class EncodeOptions:
     max_length: int | None = None
     show_progress_bar: bool = False
 
+    @classmethod
+    def resolve(cls, model, *, prompt_name=None, prompt=None, batch_size=None, max_tokens=MAX_BATCH_TOKENS,
+                chunk_size=CHUNK_TEXTS, pooling=None, normalize=None, truncate_dim=None, max_length=None,
+                show_progress_bar=False):
+        """Check encode()'s keyword arguments and resolve them against `model`'s pipeline."""
+        pipeline = sentence_pipeline(model)
+        if pooling is not None:
+            pooling = check_modes(pooling, "pooling")
+        if normalize not in (None, True, False):
+            raise TypeError(f"normalize must be None, True or False, got {normalize!r}")
+        truncate_dim = int_option(truncate_dim, "truncate_dim")
+        truncate_dim = pipeline.truncate_dim if truncate_dim is None else truncate_dim
+        dim = pipeline.output_dim(pooling)
+        if truncate_dim is not None and truncate_dim > dim:
+            raise ValueError(f"truncate_dim={truncate_dim} exceeds the embedding size {dim}")
+        max_length = int_option(max_length, "max_length", minimum=2)
+        return cls(
+            # "" is no prompt, as in sentence-transformers
+            prompt=pipeline.resolve_prompt(prompt, prompt_name) or None,
+            batch_size=int_option(batch_size, "batch_size"), max_tokens=_required("max_tokens", max_tokens),
+            chunk_size=_required("chunk_size", chunk_size), pooling=pooling, normalize=normalize,
+            truncate_dim=truncate_dim, max_length=pipeline.max_seq_length if max_length is None else max_length,
+            show_progress_bar=bool(show_progress_bar))
+
 
 def _required(name, value):
     """A count that has no 'unset' value: int_option's check, None included."""
@@ -83,29 +107,6 @@ def sentence_pipeline(model):
         pipeline = load_pipeline(model.path, model.config.hidden_size).to(model.device)
         model.sentence_pipeline = pipeline
     return pipeline
-
-
-def encode_options(model, *, prompt_name=None, prompt=None, batch_size=None, max_tokens=MAX_BATCH_TOKENS,
-                   chunk_size=CHUNK_TEXTS, pooling=None, normalize=None, truncate_dim=None, max_length=None,
-                   show_progress_bar=False):
-    """Check encode()'s keyword arguments and resolve them against the model's pipeline -> EncodeOptions."""
-    pipeline = sentence_pipeline(model)
-    if pooling is not None:
-        pooling = check_modes(pooling, "pooling")
-    if normalize not in (None, True, False):
-        raise TypeError(f"normalize must be None, True or False, got {normalize!r}")
-    truncate_dim = int_option(truncate_dim, "truncate_dim")
-    truncate_dim = pipeline.truncate_dim if truncate_dim is None else truncate_dim
-    dim = pipeline.output_dim(pooling)
-    if truncate_dim is not None and truncate_dim > dim:
-        raise ValueError(f"truncate_dim={truncate_dim} exceeds the embedding size {dim}")
-    max_length = int_option(max_length, "max_length", minimum=2)
-    return EncodeOptions(
-        prompt=pipeline.resolve_prompt(prompt, prompt_name) or None,  # "" is no prompt, as in sentence-transformers
-        batch_size=int_option(batch_size, "batch_size"), max_tokens=_required("max_tokens", max_tokens),
-        chunk_size=_required("chunk_size", chunk_size), pooling=pooling, normalize=normalize,
-        truncate_dim=truncate_dim, max_length=pipeline.max_seq_length if max_length is None else max_length,
-        show_progress_bar=bool(show_progress_bar))
 
 
 def encode(model, texts, *, stats=None, **options):
@@ -129,9 +130,9 @@ def encode(model, texts, *, stats=None, **options):
     stats: an EncodeStats to fill with the time spent tokenizing and waiting for tokens.
     A model encodes from one thread at a time (its tokenizer is shared with the background thread)."""
     single = isinstance(texts, str)
-    opts = encode_options(model, **options)
+    opts = EncodeOptions.resolve(model, **options)
     texts = [texts] if single else texts
-    chunks = encode_chunks(model, texts, opts, stats)
+    chunks = encode_stream(model, texts, opts, stats)
     dim = opts.truncate_dim or sentence_pipeline(model).output_dim(opts.pooling)
     if isinstance(texts, (list, tuple)):
         # The size is known: fill one tensor rather than hold every chunk and a concatenated copy.
@@ -151,22 +152,22 @@ def iter_encode(model, texts, *, stats=None, **options):
     chunks ahead of what has been yielded (at most four): a stream closed early may have read that much more."""
     if isinstance(texts, str):
         raise TypeError("iter_encode needs an iterable of strings, got a single string: use encode(text)")
-    opts = encode_options(model, **options)
-    return encode_chunks(model, texts, opts, stats)
+    opts = EncodeOptions.resolve(model, **options)
+    return encode_stream(model, texts, opts, stats)
 
 
-def encode_chunks(model, texts, opts, stats=None, chunk_sizes=None):
-    """iter_encode() with options already checked by encode_options() (what a worker process runs): checks
-    `texts` now and returns the generator that reads and encodes it. `chunk_sizes`, an endless iterator of
-    positive ints, gives each chunk's length in turn instead of opts.chunk_size (`fastbert encode` starts small so
-    that its first rows reach the disk early)."""
+def encode_stream(model, texts, opts, stats=None, chunk_sizes=None):
+    """iter_encode() with options already resolved (EncodeOptions.resolve): checks `texts` now and returns
+    the generator that reads and encodes it. `chunk_sizes`, an endless iterator of positive ints, gives each
+    chunk's length in turn instead of opts.chunk_size (`fastbert encode` starts small so that its first rows
+    reach the disk early)."""
     if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
         raise TypeError(f"texts must be a string or an iterable of strings, got {type(texts).__name__}")
     sizes = itertools.repeat(opts.chunk_size) if chunk_sizes is None else chunk_sizes
-    return _encode_stream(model, texts, opts, stats if stats is not None else EncodeStats(), sizes)
+    return _stream(model, texts, opts, stats if stats is not None else EncodeStats(), sizes)
 
 
-def _encode_stream(model, texts, opts, stats, sizes):
+def _stream(model, texts, opts, stats, sizes):
     pipeline = sentence_pipeline(model)
     tokenizer = model.get_tokenizer()
     prompt_tokens = 0
