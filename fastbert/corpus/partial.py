@@ -1,7 +1,5 @@
-"""`fastbert encode` over a corpus: stream records in, embed them chunk by chunk (fastbert.sentence.stream tokenizes
-the next chunk while the model encodes this one), append each chunk's rows to a partial output on disk, and
-make the output final with one atomic rename. This module holds the output checks, the partial output and
-the signals; the run itself (encode_records, write_corpus) is in fastbert.corpus.run.
+"""The partial output of `fastbert encode --output`: `<output>.partial`, its progress record, and the one
+commit path every chunk's rows take; the chunked run that feeds it is fastbert.corpus.run.
 
 Nothing is lost:
 - The output may not be the input (or its partial files), and its folder must take a new file: both are
@@ -17,6 +15,8 @@ Nothing is lost:
 
 import contextlib
 import errno
+import hashlib
+import itertools
 import json
 import os
 import signal
@@ -29,7 +29,6 @@ from fastbert.jsonio import read_json
 from .writers import OUTPUT_FORMATS
 
 PROGRESS_VERSION = 1
-FIRST_CHUNK = 32  # records in the first chunk: its rows reach the disk within seconds, even on a CPU
 
 
 class Interrupted(Exception):
@@ -75,16 +74,7 @@ class SignalGuard:
             raise Interrupted(self.pending)
 
 
-def chunk_sizes(chunk_size, resuming):
-    """Chunk lengths: doubling from FIRST_CHUNK up to chunk_size, so the first rows land fast while later
-    chunks are large enough to batch well; constant when resuming (the first rows exist already)."""
-    size = chunk_size if resuming else min(FIRST_CHUNK, chunk_size)
-    while True:
-        yield size
-        size = min(2 * size, chunk_size)
-
-
-def record_digest_update(hasher, records):
+def _digest_update(hasher, records):
     """Feed records to the input digest in a canonical form (sorted keys, UTF-8)."""
     for record in records:
         line = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
@@ -113,7 +103,7 @@ def check_output(option, input_option, resume):
     suffix = output.suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise InputError(f"--output {output}: unknown extension {suffix or '(none)'!r}; "
-                       f"use one of {', '.join(OUTPUT_FORMATS)}")
+                         f"use one of {', '.join(OUTPUT_FORMATS)}")
     if output.is_dir():
         raise InputError(f"--output {output} is a directory")
     if not output.parent.is_dir():
@@ -129,32 +119,53 @@ def check_output(option, input_option, resume):
         raise InputError(f"--output {output} exists and is read-only")
     if partial.exists() and not resume:
         raise InputError(f"{partial} holds an interrupted run's rows: pass --resume to continue it, "
-                       "or delete it (and its .progress.json) to start over")
+                         "or delete it (and its .progress.json) to start over")
     return output, suffix
 
 
 class PartialOutput:
-    """`<output>.partial` and its progress record; rows are committed chunk by chunk."""
+    """`<output>.partial` and its progress record; rows are committed chunk by chunk (commit_chunk).
 
-    def __init__(self, output, format_class, settings, text_field, embedding_field):
-        self.output, self.settings = output, settings
+    Use as a context manager around the whole run: inside it SIGINT and SIGTERM raise Interrupted between
+    commits, never during one; leaving it on an exception (or a signal) abandons the partial files, keeping
+    them when `resume` is set and rows are complete, with a hint on the exception (err.resume_hint)."""
+
+    def __init__(self, output, format_class, settings, text_field, embedding_field, resume):
+        self.output, self.settings, self.resume = output, settings, resume
         self.partial, self.progress = partial_paths(output)
         self.temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         self.format = format_class(text_field, embedding_field)
         self.rows, self.bytes, self.digest, self.file = 0, 0, None, None
         # True once this run holds the partial file and has checked it is its own: only then may it delete it.
         self.owned = False
+        self._hasher = hashlib.sha256()  # the digest of the input records whose rows are committed
+        self._guard = SignalGuard()
 
-    def open(self, resume):
+    def __enter__(self):
+        self._guard.__enter__()
+        return self
+
+    def __exit__(self, exc_type, err, traceback):
+        try:
+            if err is not None:
+                keep = self.resume and self.owned and self.rows > 0
+                self.abandon(keep)
+                if keep:
+                    err.resume_hint = (f"{self.rows} rows are complete in {self.partial}: rerun with --resume "
+                                       "to continue")
+        finally:
+            self._guard.__exit__(exc_type, err, traceback)
+
+    def open(self):
         """Continue the partial file (resume) or create it, which proves the folder takes new files."""
-        resuming = resume and self.partial.exists()
+        resuming = self.resume and self.partial.exists()
         if not resuming and self.progress.exists():
             self.progress.unlink()  # left by a run that ended between its rename and this cleanup
         try:
             self.file = open(self.partial, "r+b" if resuming else "xb")  # noqa: SIM115 - closed by finish/abandon
         except FileExistsError as err:
             raise InputError(f"{self.partial} appeared meanwhile: is another fastbert encode writing "
-                           f"{self.output}?") from err
+                             f"{self.output}?") from err
         except OSError as err:
             raise _write_error(err, self.output) from err
         self._lock()  # before reading the progress record: a live run may be rewriting it
@@ -163,7 +174,7 @@ class PartialOutput:
             size = os.fstat(self.file.fileno()).st_size
             if size < self.bytes:
                 raise InputError(f"cannot resume: {self.partial} holds {size} bytes, fewer than the {self.bytes} "
-                               "its progress record says are complete; delete both files to start over")
+                                 "its progress record says are complete; delete both files to start over")
             if self.rows == 0:
                 self.truncate()  # nothing complete to check against the input: start the file afresh
         else:
@@ -195,7 +206,7 @@ class PartialOutput:
             settings, state = progress["settings"], progress["format_state"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise InputError(f"cannot resume: the progress record {self.progress} is missing or unreadable; delete "
-                           f"{self.partial} to start over") from err
+                             f"{self.partial} to start over") from err
         if version != PROGRESS_VERSION:
             raise InputError(f"cannot resume: {self.progress} was written by another fastbert version")
         changed = sorted(key for key in set(settings) | set(self.settings)
@@ -204,7 +215,7 @@ class PartialOutput:
             differences = "; ".join(f"{key} {settings.get(key)!r} then, {self.settings.get(key)!r} now"
                                     for key in changed)
             raise InputError(f"cannot resume {self.output} with other settings ({differences}): rerun with the "
-                           "interrupted run's options, or delete its .partial to start over")
+                             "interrupted run's options, or delete its .partial to start over")
         self.rows, self.bytes, self.digest, self.format.state = rows, size, digest, state
 
     def _write_progress(self):
@@ -222,10 +233,49 @@ class PartialOutput:
         self.file.truncate(self.bytes)
         self.file.seek(self.bytes)
 
+    def skip_committed(self, records, source):
+        """Read (without encoding) from the iterator `records` the ones an interrupted run committed, check
+        that they are the ones it encoded, and drop what follows its last commit. `source` names the input
+        in errors. Returns their count."""
+        skipped = 0
+
+        def counted():
+            nonlocal skipped
+            for record in itertools.islice(records, self.rows):
+                skipped += 1
+                yield record
+
+        _digest_update(self._hasher, counted())
+        if skipped < self.rows:
+            raise InputError(f"cannot resume: {source} holds {skipped} records, fewer than the {self.rows} "
+                             "the interrupted run encoded (another input?)")
+        if self._hasher.hexdigest() != self.digest:
+            raise InputError(f"cannot resume: the first {self.rows} records of {source} differ from those the "
+                             "interrupted run encoded (another input?)")
+        self.truncate()
+        return skipped
+
+    def commit_chunk(self, records, embeddings, first_number, fields=None, arrow_schema=None):
+        """Append one chunk's rows (input records from number `first_number` on, float32 embeddings [n, D]) and
+        record them, signals held back meanwhile. The first chunk fixes the format's columns: `fields` (the
+        input's field names where known up front, else the first chunk's) and an Arrow schema, if any."""
+        self.format.check(records, first_number)
+        header = b""
+        if self.format.state is None:
+            fields = list(fields) if fields is not None else list(dict.fromkeys(k for r in records for k in r))
+            header = self.format.start(fields, records, embeddings.shape[1], arrow_schema)
+        elif embeddings.shape[1] != self.format.state["dim"]:
+            raise InputError(f"the model gives {embeddings.shape[1]} dimensions, the partial output holds "
+                             f"{self.format.state['dim']}")
+        data = header + self.format.rows(records, embeddings)
+        _digest_update(self._hasher, records)
+        with self._guard.deferred():
+            self._commit(data, len(records))
+
     def append(self, data):
         self.file.write(data)
 
-    def commit(self, data, rows, digest):
+    def _commit(self, data, rows):
         """Write a chunk's bytes, make them durable, then record them: the record never runs ahead."""
         try:
             self.append(data)
@@ -233,20 +283,22 @@ class PartialOutput:
             os.fsync(self.file.fileno())
             self.bytes += len(data)
             self.rows += rows
-            self.digest = digest
+            self.digest = self._hasher.hexdigest()
             self._write_progress()
         except OSError as err:
             raise _write_error(err, self.output) from err
 
     def finish(self):
-        try:
-            self.file.close()
-            final = self.format.finish(self.partial, self.rows, self.temporary)
-            os.replace(final, self.output)
-            for path in (self.partial, self.progress):
-                path.unlink(missing_ok=True)
-        except OSError as err:
-            raise _write_error(err, self.output) from err
+        """Make the output final: the format's last pass, then one atomic rename (never cut by a signal)."""
+        with self._guard.deferred():
+            try:
+                self.file.close()
+                final = self.format.finish(self.partial, self.rows, self.temporary)
+                os.replace(final, self.output)
+                for path in (self.partial, self.progress):
+                    path.unlink(missing_ok=True)
+            except OSError as err:
+                raise _write_error(err, self.output) from err
 
     def abandon(self, keep):
         """After a failure or a signal: keep the partial files (resumable) or remove every trace."""

@@ -86,7 +86,7 @@ class RecordReader:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise InputError(f"{self.name} is not UTF-8 text (invalid byte on line {number}, "
-                               f"column {err.start + 1})") from err
+                                 f"column {err.start + 1})") from err
             yield number, text.removeprefix("\ufeff") if number == 1 else text
 
     def _peek_format(self):
@@ -149,7 +149,7 @@ class RecordReader:
             record = parse_json(line, f"{self.name} line {number}")
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
                 raise InputError(f"{self.name} line {number}: expected a JSON object with a string {field!r} field"
-                               + (" (see --text-field)" if isinstance(record, dict) else ""))
+                                 + (" (see --text-field)" if isinstance(record, dict) else ""))
             yield record
 
     def _csv_records(self):
@@ -159,7 +159,7 @@ class RecordReader:
                 continue  # a blank line: no record
             if len(row) != len(header):
                 raise InputError(f"{self.name} CSV row {self._csv_line}: {len(row)} values for "
-                               f"{len(header)} columns")
+                                 f"{len(header)} columns")
             yield dict(zip(header, row))
 
     def chunks(self, sizes):

@@ -1,10 +1,10 @@
-"""The run of `fastbert encode`: records streamed through the model chunk by chunk (embedding_chunks), each
-chunk's rows committed to the partial output of fastbert.corpus.partial in input order (encode_records), and the
+"""The chunked run of `fastbert encode`: records streamed through the model chunk by chunk, in input order
+(embedding_chunks: a background thread tokenizes the next chunk while the model encodes this one), each
+chunk's rows shown or committed to the partial output of fastbert.corpus.partial (encode_records), and the
 whole --output run from opening the partial output to the final rename (write_corpus)."""
 
 import collections
 import contextlib
-import hashlib
 import itertools
 
 import numpy as np
@@ -12,43 +12,23 @@ import numpy as np
 from fastbert.checkpoint.tokenizer import UntokenizableTextError, check_encodable
 from fastbert.errors import InputError
 
-from .partial import PartialOutput, SignalGuard, chunk_sizes, record_digest_update
+from .partial import PartialOutput
 from .writers import OUTPUT_FORMATS
 
-
-def _fields(reader, records):
-    """The input's field names: known up front (CSV, Parquet) or those of the first chunk, in order."""
-    if reader.fields is not None:
-        return list(reader.fields)
-    return list(dict.fromkeys(key for record in records for key in record))
+FIRST_CHUNK = 32  # records in the first chunk: its rows reach the disk within seconds, even on a CPU
 
 
-def _skip_committed(records, reader, sink, hasher, progress_bar):
-    """Read (without encoding) the records an interrupted run committed, check that they are the ones it
-    encoded, and drop what follows its last commit. Returns their count."""
-    skipped = 0
-
-    def counted():
-        nonlocal skipped
-        for record in itertools.islice(records, sink.rows):
-            skipped += 1
-            yield record
-
-    record_digest_update(hasher, counted())
-    if progress_bar is not None:
-        progress_bar.update(skipped)
-    if skipped < sink.rows:
-        raise InputError(f"cannot resume: {reader.name} holds {skipped} records, fewer than the {sink.rows} "
-                       "the interrupted run encoded (another input?)")
-    if hasher.hexdigest() != sink.digest:
-        raise InputError(f"cannot resume: the first {sink.rows} records of {reader.name} differ from those the "
-                       "interrupted run encoded (another input?)")
-    sink.truncate()
-    return skipped
+def chunk_sizes(chunk_size, resuming):
+    """Chunk lengths: doubling from FIRST_CHUNK up to chunk_size, so the first rows land fast while later
+    chunks are large enough to batch well; constant when resuming (the first rows exist already)."""
+    size = chunk_size if resuming else min(FIRST_CHUNK, chunk_size)
+    while True:
+        yield size
+        size = min(2 * size, chunk_size)
 
 
 def _refused_texts_error(err, unwritten, number, text_field):
-    """A InputError for an encode failure that input text explains, else None. The records read and not yet
+    """An InputError for an encode failure that input text explains, else None. The records read and not yet
     written (from record `number` on) hold the chunk that failed: a text that is not valid Unicode among
     them is named by its record number, checked here, after the failure, so good chunks pay nothing (and a
     worker pool's error, which counts in its own chunk, is told in the input's numbers too)."""
@@ -90,9 +70,12 @@ def encode_records(reader, model, options, text_field, chunk_size, sink=None, on
     Returns the number of rows."""
     resuming = sink is not None and sink.rows > 0
     records = (record for chunk in reader.chunks(chunk_sizes(chunk_size, resuming)) for record in chunk)
-    hasher, number = hashlib.sha256(), 1  # number: the input record number of the next row to write
+    number = 1  # the input record number of the next row to write
     if resuming:
-        number += _skip_committed(records, reader, sink, hasher, progress_bar)
+        skipped = sink.skip_committed(records, reader.name)
+        number += skipped
+        if progress_bar is not None:
+            progress_bar.update(skipped)
     # The records the background thread has read and whose rows are not written yet, oldest first: the
     # stream's embeddings come in the same order, so a chunk of n rows belongs to the first n records here.
     unwritten = collections.deque()
@@ -119,7 +102,7 @@ def encode_records(reader, model, options, text_field, chunk_size, sink=None, on
             chunk = [unwritten.popleft() for _ in range(len(embeddings))]
             embeddings = np.asarray(embeddings, dtype=np.float32)
             if sink is not None:
-                _commit_chunk(sink, reader, chunk, embeddings, number, hasher)
+                sink.commit_chunk(chunk, embeddings, number, reader.fields, getattr(reader, "arrow_schema", None))
             if on_rows is not None:
                 on_rows(number - 1, chunk, embeddings)
             number += len(chunk)
@@ -130,43 +113,17 @@ def encode_records(reader, model, options, text_field, chunk_size, sink=None, on
     return number - 1
 
 
-def _commit_chunk(sink, reader, chunk, embeddings, number, hasher):
-    """Append one chunk's rows to the partial output and record them, signals held back meanwhile."""
-    sink.format.check(chunk, number)
-    header = b""
-    if sink.format.state is None:
-        header = sink.format.start(_fields(reader, chunk), chunk, embeddings.shape[1],
-                                   getattr(reader, "arrow_schema", None))
-    elif embeddings.shape[1] != sink.format.state["dim"]:
-        raise InputError(f"the model gives {embeddings.shape[1]} dimensions, the partial output holds "
-                       f"{sink.format.state['dim']}")
-    data = header + sink.format.rows(chunk, embeddings)
-    record_digest_update(hasher, chunk)
-    with sink.guard.deferred():
-        sink.commit(data, len(chunk), hasher.hexdigest())
-
-
 def write_corpus(output, suffix, settings, resume, reader, load_model, options, text_field,
                  embedding_field, chunk_size, progress_bar=None):
     """The whole --output run: open (or continue) the partial output, load the model, encode, rename.
     Returns (rows, dim, model). Any failure or signal abandons the partial files (kept with --resume)."""
-    sink = PartialOutput(output, OUTPUT_FORMATS[suffix], settings, text_field, embedding_field)
+    sink = PartialOutput(output, OUTPUT_FORMATS[suffix], settings, text_field, embedding_field, resume)
     if sink.format.carries_fields and embedding_field in (reader.fields or ()):
         raise InputError(f"{reader.name} already has a column {embedding_field!r}; name the embedding column with "
-                       "--embedding-field")
-    with SignalGuard() as guard:
-        sink.guard = guard
-        try:
-            sink.open(resume)
-            model = load_model()
-            rows = encode_records(reader, model, options, text_field, chunk_size, sink=sink,
-                                  progress_bar=progress_bar)
-            with guard.deferred():
-                sink.finish()
-        except BaseException as err:
-            keep = resume and sink.owned and sink.rows > 0
-            sink.abandon(keep)
-            if keep:
-                err.resume_hint = f"{sink.rows} rows are complete in {sink.partial}: rerun with --resume to continue"
-            raise
+                         "--embedding-field")
+    with sink:
+        sink.open()
+        model = load_model()
+        rows = encode_records(reader, model, options, text_field, chunk_size, sink=sink, progress_bar=progress_bar)
+        sink.finish()
     return rows, sink.format.state["dim"], model

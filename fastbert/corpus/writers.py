@@ -57,11 +57,11 @@ class RowFormat:
         for number, record in enumerate(records, first_number):
             if self.embedding_field in record:
                 raise InputError(f"input record {number} already has a field {self.embedding_field!r}; "
-                               "name the embedding column with --embedding-field")
+                                 "name the embedding column with --embedding-field")
             if fields is not None and not record.keys() <= set(fields):
                 extra = sorted(record.keys() - set(fields))
                 raise InputError(f"input record {number} has field(s) {extra} that the first record lacks; "
-                               f"{self.name} output fixes its columns on the first record(s)")
+                                 f"{self.name} output fixes its columns on the first record(s)")
 
     def finish(self, partial, rows, temporary):
         """Make the complete partial file final; returns the path that holds the result."""
@@ -173,7 +173,7 @@ class ParquetFormat(RowFormat):
             fields = pa.RecordBatch.from_pylist(records, schema=field_schema)
         except (pa.ArrowException, TypeError) as err:
             raise InputError(f"input fields do not match the Parquet columns fixed by the first chunk "
-                           f"({field_schema.to_string(show_schema_metadata=False)}): {err}") from err
+                             f"({field_schema.to_string(show_schema_metadata=False)}): {err}") from err
         dim = embeddings.shape[1]
         flat = pa.array(embeddings.astype("float32", copy=False).reshape(-1), type=pa.float32())
         vectors = pa.FixedSizeListArray.from_arrays(flat, dim)
