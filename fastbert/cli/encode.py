@@ -1,7 +1,7 @@
 """`fastbert encode`: its options (a table, one row per option) and the command, which streams records
-through fastbert.corpus: readers, run (chunked encode), partial (partial output,
-resume, signals) and fastbert.corpus.writers (output formats). The model helpers it shares with the other commands
-live in cli_common.py."""
+through fastbert.corpus: readers (input records), run (the chunked encode), partial (the partial output,
+resume, signals) and writers (output formats); with --ray, through fastbert.parallel.ray. The model helpers
+it shares with the other commands live in fastbert.cli.common."""
 
 import argparse
 import sys
@@ -49,7 +49,7 @@ def _check_devices(args):
 
 
 def _start_pool(path, args):
-    """--devices: one worker process per device (fastbert/workers.py), standing in for the model."""
+    """--devices: one worker process per device (fastbert.parallel.pool), standing in for the model."""
     from fastbert.parallel.pool import EncodePool
 
     try:

@@ -50,7 +50,7 @@ def _add_runtime_options(parser, default_backend):
                              "faster; or pin one")
 
 
-# encode: the command and its options live in cli_encode.py
+# encode: the command and its options live in fastbert/cli/encode.py
 
 
 # ---------------------------------------------------------------------------------------------------
