@@ -20,7 +20,7 @@ SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parque
 CSV_FIELD_LIMIT = 2**31 - 1
 
 
-def input_format(path, option):
+def _chosen_format(path, option):
     """The input's format: --input-format when given, else by suffix; None (text, or JSONL when its first
     line is a JSON object) for anything else."""
     if option is not None:
@@ -209,7 +209,7 @@ def open_reader(path_option, texts, fmt, text_field):
         path = Path(path_option).expanduser()
         if path.is_dir():
             raise InputError(f"--input {path} is a directory, not a file")
-        return RecordReader(path, str(path), input_format(path, fmt), text_field)
+        return RecordReader(path, str(path), _chosen_format(path, fmt), text_field)
     if sys.stdin is None or (path_option is None and sys.stdin.isatty()):
         raise InputError("no input: pass TEXT arguments, --input FILE, or pipe text on stdin")
     return RecordReader(None, "stdin", fmt, text_field)
