@@ -22,45 +22,8 @@ from .graphs import GraphCache
 from .outputs import EncoderOutput
 from .packing import pack_inputs
 
-BACKENDS = ("auto", "triton", "torch")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def resolve_device_dtype_backend(device=None, dtype=None, backend="auto"):
-    """Defaults: CUDA in fp16 when a GPU is present, else CPU in fp32; 'auto' = triton on CUDA, torch on CPU."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device is cuda but no CUDA GPU is available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype]
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    if backend == "auto":
-        backend = "triton" if device.type == "cuda" else "torch"
-    if backend == "triton" and device.type == "cuda" and dtype == torch.bfloat16:
-        major, minor = torch.cuda.get_device_capability(device)
-        if (major, minor) < (8, 0):
-            raise ValueError(f"bfloat16 needs a GPU of compute capability 8.0 or newer (Ampere); "
-                             f"{torch.cuda.get_device_name(device)} is sm_{major}{minor}: use dtype='float16' "
-                             "(or float32)")
-    if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
-        # Triton's interpreter computes bf16 arithmetic wrongly (silently); refuse rather than mislead.
-        raise ValueError("the triton backend on CPU (Triton's interpreter) cannot run bfloat16: use "
-                         "backend='torch', or float32/float16")
-    return device, dtype, backend
+# BACKENDS and DTYPES are read from here by the CLI's option parser (fastbert/cli/main.py).
+from .runtime import BACKENDS, DTYPES, resolve_device_dtype_backend  # noqa: F401
 
 
 def prepare_weights(weights, config, dtype, device):
