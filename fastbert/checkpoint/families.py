@@ -22,22 +22,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-# transformers' hidden_act name -> the name the GEMM epilogue understands (kernels/linear.py). "gelu" and
-# "gelu_python" are the exact erf form; "gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh" and
-# "gelu_fast" are all the tanh approximation (they differ only in rounding: gelu_fast writes
-# sqrt(2/pi) with 10 digits, 3e-12 relative); "silu" and "swish" are x * sigmoid(x).
-ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_python": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "gelu_python_tanh": "gelu_tanh",
-    "gelu_fast": "gelu_tanh",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
-}
-
 _BERT_CONFIG_KEYS = {name: name for name in (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
     "layer_norm_eps", "max_position_embeddings", "type_vocab_size", "pad_token_id", "position_embedding_type")}
