@@ -6,7 +6,7 @@ V = vocab, P = max positions, TV = token-type vocab. Linear weights keep torch's
 in_features] layout."""
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,11 +55,6 @@ class EncoderWeights:
         """The same structure with fn applied to every tensor (a cast, a move)."""
         return _map(self, fn)
 
-    def named_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(dotted field path, tensor) for every tensor, in reading order: "embeddings.word", ...,
-        "layers.0.qkv.weight", ..., "pooler.bias". For messages and tests; the encoder reads fields."""
-        yield from _named(self, "")
-
 
 def _map(value, fn):
     if isinstance(value, torch.Tensor):
@@ -70,14 +65,3 @@ def _map(value, fn):
         return dataclasses.replace(value, **{f.name: _map(getattr(value, f.name), fn)
                                              for f in dataclasses.fields(value)})
     return value  # None: an absent optional part
-
-
-def _named(value, path):
-    if isinstance(value, torch.Tensor):
-        yield path, value
-    elif isinstance(value, tuple):
-        for index, item in enumerate(value):
-            yield from _named(item, f"{path}.{index}")
-    elif dataclasses.is_dataclass(value):
-        for f in dataclasses.fields(value):
-            yield from _named(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)

@@ -75,6 +75,8 @@ class Family:
     layer_root: str = "encoder.layer"
     layer: dict = field(default_factory=lambda: dict(_BERT_LAYER))
     pooler: str | None = "pooler.dense"  # checkpoint name of the pooler's Linear, None: the family has none
+    # Buffers transformers may have saved alongside the parameters; they carry no learned values.
+    buffers: tuple[str, ...] = ("embeddings.position_ids", "embeddings.token_type_ids")
     positions: str = "column"
 
     @property

@@ -19,9 +19,6 @@ TORCH_INDEX_FILE = "pytorch_model.bin.index.json"
 CHECKPOINT_FILES = (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, TORCH_FILE, TORCH_INDEX_FILE)
 _FINITE_CHECK_SLICE = 1 << 24
 
-# Buffers transformers may have saved alongside the parameters; they carry no learned values.
-_IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids")
-
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint folder, on the CPU, under the checkpoint's own names.
@@ -152,7 +149,7 @@ def convert_state_dict(
             head[key] = tensor
             continue
         name = _modern_layer_norm_name(name)
-        if name in _IGNORED:
+        if name in family.buffers:
             continue
         if name in encoder:
             raise ValueError(
@@ -162,27 +159,27 @@ def convert_state_dict(
 
     take = _Taker(encoder, lambda name: source_name.get(name, prefix + name if prefixed else name))
     H, E, I = config.hidden_size, config.embedding_dim, config.intermediate_size
-    names = family.embeddings
+    their_names = family.embeddings  # our field -> the checkpoint name
     embeddings = EmbeddingWeights(
-        word=take.tensor(names["word"], (config.vocab_size, E)),
-        position=take.tensor(names["position"], (config.max_position_embeddings, E)),
-        token_type=(take.tensor(names["token_type"], (config.type_vocab_size, E))
-                    if config.type_vocab_size and "token_type" in names else None),
-        norm=take.norm(names["norm"], E),
+        word=take.tensor(their_names["word"], (config.vocab_size, E)),
+        position=take.tensor(their_names["position"], (config.max_position_embeddings, E)),
+        token_type=(take.tensor(their_names["token_type"], (config.type_vocab_size, E))
+                    if config.type_vocab_size and "token_type" in their_names else None),
+        norm=take.norm(their_names["norm"], E),
         project=take.linear(family.projection, H, E) if E != H else None,
     )
     layers = []
     for i in range(config.num_hidden_layers):
         root = f"{family.layer_root}.{i}."
-        names = {ours: root + theirs for ours, theirs in family.layer.items()}
-        q, k, v = (take.linear(names[part], H, H) for part in ("q", "k", "v"))
+        their_names = {ours: root + theirs for ours, theirs in family.layer.items()}
+        q, k, v = (take.linear(their_names[part], H, H) for part in ("q", "k", "v"))
         layers.append(LayerWeights(
             qkv=_fuse(q, k, v),
-            attn_out=take.linear(names["attn_out"], H, H),
-            attn_norm=take.norm(names["attn_norm"], H),
-            ffn_in=take.linear(names["ffn_in"], I, H),
-            ffn_out=take.linear(names["ffn_out"], H, I),
-            ffn_norm=take.norm(names["ffn_norm"], H),
+            attn_out=take.linear(their_names["attn_out"], H, H),
+            attn_norm=take.norm(their_names["attn_norm"], H),
+            ffn_in=take.linear(their_names["ffn_in"], I, H),
+            ffn_out=take.linear(their_names["ffn_out"], H, I),
+            ffn_norm=take.norm(their_names["ffn_norm"], H),
         ))
     # The pooler is optional (BertModel(add_pooling_layer=False)) but all-or-nothing.
     pooler = family.pooler

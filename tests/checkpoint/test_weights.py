@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -31,9 +32,18 @@ def our_names(num_layers, pooler=True, token_type=True):
     return set(names)
 
 
-def by_name(weights):
-    """{dotted field path: tensor} of an EncoderWeights: "embeddings.word", "layers.0.qkv.weight", ..."""
-    return dict(weights.named_tensors())
+def by_name(weights, path=""):
+    """{dotted field path: tensor} of an EncoderWeights, in field order: "embeddings.word", ...,
+    "layers.0.qkv.weight", ..., "pooler.bias" (absent optional parts leave no entry)."""
+    if isinstance(weights, torch.Tensor):
+        return {path: weights}
+    if isinstance(weights, tuple):
+        parts = {f"{path}.{index}": item for index, item in enumerate(weights)}
+    elif dataclasses.is_dataclass(weights):
+        parts = {f"{path}.{f.name}" if path else f.name: getattr(weights, f.name) for f in dataclasses.fields(weights)}
+    else:
+        return {}  # None: an absent optional part
+    return {name: tensor for part_path, part in parts.items() for name, tensor in by_name(part, part_path).items()}
 
 
 def hf_state_dict(model_cls=None, add_pooling_layer=True, **overrides):
