@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .families import ACTIVATIONS, FAMILIES, family_of, position_offset
+from .activations import ACTIVATIONS
+from .families import FAMILIES, family_of, position_offset
 
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
@@ -101,7 +102,7 @@ class BertConfig:
     @property
     def activation(self) -> str:
         """The kernel activation name for the FFN: "gelu" (exact erf), "gelu_tanh", "relu" or "silu"."""
-        return ACTIVATIONS[self.hidden_act]
+        return ACTIVATIONS[self.hidden_act].epilogue
 
     @property
     def embedding_dim(self) -> int:

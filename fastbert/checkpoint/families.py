@@ -7,9 +7,10 @@ What a row holds:
   "dim"); fields a family does not have take `fixed` (DistilBERT: no token types, eps 1e-12 hard-coded).
 - defaults: transformers' config-class defaults, for config.json files that omit a key (an older
   RoBERTa config without pad_token_id means 1, not BERT's 0).
-- embedding / layer names: where each tensor lives in the family's checkpoints, under our names
-  (see weights.py for ours). ELECTRA's embeddings are narrower than the encoder (embedding_size) and
-  a Linear, `embeddings_project`, widens them after the embedding LayerNorm.
+- embedding / layer names: where each tensor lives in the family's checkpoints, keyed by our fields
+  (fastbert/checkpoint/encoder_weights.py): the one place checkpoint names are written. ELECTRA's
+  embeddings are narrower than the encoder (embedding_size) and a Linear, `embeddings_project`, widens
+  them after the embedding LayerNorm.
 - positions: "column" (BERT: position = column index) or "after_padding" (RoBERTa: positions count
   the non-pad tokens of a row, starting at pad_token_id + 1; pad tokens sit at pad_token_id), exactly
   transformers' create_position_ids_from_input_ids.
@@ -22,37 +23,22 @@ from dataclasses import dataclass, field
 
 import torch
 
-# transformers' hidden_act name -> the name the GEMM epilogue understands (kernels/linear.py). "gelu" and
-# "gelu_python" are the exact erf form; "gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh" and
-# "gelu_fast" are all the tanh approximation (they differ only in rounding: gelu_fast writes
-# sqrt(2/pi) with 10 digits, 3e-12 relative); "silu" and "swish" are x * sigmoid(x).
-ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_python": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "gelu_python_tanh": "gelu_tanh",
-    "gelu_fast": "gelu_tanh",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
-}
-
 _BERT_CONFIG_KEYS = {name: name for name in (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
     "layer_norm_eps", "max_position_embeddings", "type_vocab_size", "pad_token_id", "position_embedding_type")}
 
-# Our embedding names -> theirs. "token_type" is left out by families without token types, "project"
-# is ELECTRA's (present only when embedding_size != hidden_size).
+# Our embedding fields (fastbert/checkpoint/encoder_weights.py EmbeddingWeights) -> the family's checkpoint
+# names; "norm" names a LayerNorm module (its .weight and .bias). Families without token types leave out
+# "token_type"; ELECTRA's "project" is Family.projection.
 _BERT_EMBEDDINGS = {
-    "embeddings.word": "embeddings.word_embeddings.weight",
-    "embeddings.position": "embeddings.position_embeddings.weight",
-    "embeddings.token_type": "embeddings.token_type_embeddings.weight",
-    "embeddings.norm.weight": "embeddings.LayerNorm.weight",
-    "embeddings.norm.bias": "embeddings.LayerNorm.bias",
+    "word": "embeddings.word_embeddings.weight",
+    "position": "embeddings.position_embeddings.weight",
+    "token_type": "embeddings.token_type_embeddings.weight",
+    "norm": "embeddings.LayerNorm",
 }
 
-# Our per-layer names -> theirs, relative to the layer. q/k/v are fused into qkv by weights.py.
+# Our per-layer fields (LayerWeights) -> the family's module names relative to the layer, each with a .weight
+# and a .bias. q/k/v are fused into LayerWeights.qkv by weights.py.
 _BERT_LAYER = {
     "q": "attention.self.query",
     "k": "attention.self.key",
@@ -89,6 +75,8 @@ class Family:
     layer_root: str = "encoder.layer"
     layer: dict = field(default_factory=lambda: dict(_BERT_LAYER))
     pooler: str | None = "pooler.dense"  # checkpoint name of the pooler's Linear, None: the family has none
+    # Buffers transformers may have saved alongside the parameters; they carry no learned values.
+    buffers: tuple[str, ...] = ("embeddings.position_ids", "embeddings.token_type_ids")
     positions: str = "column"
 
     @property
@@ -119,7 +107,7 @@ FAMILIES = {
             # DistilBERT's LayerNorms hard-code eps=1e-12 and it has no token-type embedding. Sinusoidal
             # position embeddings (sinusoidal_pos_embds) are a table in the checkpoint like learned ones.
             fixed={"layer_norm_eps": 1e-12, "type_vocab_size": 0},
-            embeddings={k: v for k, v in _BERT_EMBEDDINGS.items() if k != "embeddings.token_type"},
+            embeddings={k: v for k, v in _BERT_EMBEDDINGS.items() if k != "token_type"},
             layer_root="transformer.layer", layer=dict(_DISTILBERT_LAYER), pooler=None,
         ),
         Family(

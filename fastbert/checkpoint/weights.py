@@ -1,25 +1,6 @@
-"""Checkpoint reading and the mapping from each family's parameter names to ours (the names per family
-are rows of fastbert.checkpoint.families.FAMILIES; this module applies them).
-
-Our names (every other module depends on exactly these), with H = hidden, E = embedding width (ELECTRA's
-embedding_size, else H), I = intermediate, V = vocab, P = max positions, TV = token-type vocab:
-
-    embeddings.word          [V, E]
-    embeddings.position      [P, E]
-    embeddings.token_type    [TV, E]   absent when type_vocab_size == 0 (DistilBERT)
-    embeddings.norm.weight   [E]       .bias [E]
-    embeddings.project.weight [H, E]   .bias [H]   ELECTRA with E != H only: applied after the norm
-    layers.{i}.qkv.weight    [3H, H]   rows: all of Q, then all of K, then all of V (unscaled)
-    layers.{i}.qkv.bias      [3H]
-    layers.{i}.attn_out.weight [H, H]  .bias [H]
-    layers.{i}.attn_norm.weight [H]    .bias [H]
-    layers.{i}.ffn_in.weight [I, H]    .bias [I]
-    layers.{i}.ffn_out.weight [H, I]   .bias [H]
-    layers.{i}.ffn_norm.weight [H]     .bias [H]
-    pooler.weight [H, H], pooler.bias [H]   absent when the checkpoint (or family) has no pooler
-
-Linear weights keep torch's [out_features, in_features] layout.
-"""
+"""Checkpoint reading, and the mapping of each family's checkpoint names (the rows of
+fastbert.checkpoint.families.FAMILIES) onto EncoderWeights (fastbert/checkpoint/encoder_weights.py): every
+tensor taken is checked for presence and shape, and Q, K and V are fused into one projection, once."""
 
 import json
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -27,6 +8,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import torch
 
 from .config import BertConfig
+from .encoder_weights import EmbeddingWeights, EncoderWeights, LayerWeights, Linear, Norm
 from .families import family_of
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -36,45 +18,6 @@ TORCH_INDEX_FILE = "pytorch_model.bin.index.json"
 # Read in this order: the first present wins (safetensors need no unpickling).
 CHECKPOINT_FILES = (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, TORCH_FILE, TORCH_INDEX_FILE)
 _FINITE_CHECK_SLICE = 1 << 24
-
-# Buffers transformers may have saved alongside the parameters; they carry no learned values.
-_IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids")
-def weight_table(config: BertConfig) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(our name, the family's checkpoint name without its prefix, shape) for every tensor we take.
-
-    The Q, K and V projections appear under the provisional names layers.{i}.q/.k/.v; they are fused
-    into layers.{i}.qkv by convert_state_dict.
-    """
-    family = family_of(config.model_type)
-    H, E, I = config.hidden_size, config.embedding_dim, config.intermediate_size
-    embedding_shapes = {
-        "embeddings.word": (config.vocab_size, E),
-        "embeddings.position": (config.max_position_embeddings, E),
-        "embeddings.token_type": (config.type_vocab_size, E),
-        "embeddings.norm.weight": (E,),
-        "embeddings.norm.bias": (E,),
-    }
-    table = [(ours, theirs, embedding_shapes[ours]) for ours, theirs in family.embeddings.items()
-             if ours != "embeddings.token_type" or config.type_vocab_size > 0]
-    if E != H:
-        table += [("embeddings.project.weight", family.projection + ".weight", (H, E)),
-                  ("embeddings.project.bias", family.projection + ".bias", (H,))]
-    layer_shapes = {"q": (H, H), "k": (H, H), "v": (H, H), "attn_out": (H, H), "attn_norm": (H,),
-                    "ffn_in": (I, H), "ffn_out": (H, I), "ffn_norm": (H,)}
-    for i in range(config.num_hidden_layers):
-        for ours, theirs in family.layer.items():
-            weight_shape = layer_shapes[ours]
-            for kind, shape in (("weight", weight_shape), ("bias", weight_shape[:1])):
-                table.append((f"layers.{i}.{ours}.{kind}", f"{family.layer_root}.{i}.{theirs}.{kind}", shape))
-    return table
-
-
-# The pooler is optional (BertModel(add_pooling_layer=False)) but all-or-nothing.
-def _pooler_table(config: BertConfig) -> list[tuple[str, str, tuple[int, ...]]]:
-    pooler, H = family_of(config.model_type).pooler, config.hidden_size
-    if pooler is None:
-        return []
-    return [("pooler.weight", pooler + ".weight", (H, H)), ("pooler.bias", pooler + ".bias", (H,))]
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
@@ -181,8 +124,8 @@ def check_finite(state_dict: dict[str, torch.Tensor], source) -> None:
 
 def convert_state_dict(
     state_dict: dict[str, torch.Tensor], config: BertConfig
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Map the family's checkpoint names (config.model_type) to ours and fuse Q, K, V.
+) -> tuple[EncoderWeights, dict[str, torch.Tensor]]:
+    """Map the family's checkpoint names (config.model_type) onto EncoderWeights, fusing Q, K and V.
 
     Accepts the base model's names (BertModel, RobertaModel, ...), the prefix of task-model checkpoints
     ("bert.", "roberta.", "distilbert.", "electra.") and the legacy LayerNorm.gamma/.beta names.
@@ -206,7 +149,7 @@ def convert_state_dict(
             head[key] = tensor
             continue
         name = _modern_layer_norm_name(name)
-        if name in _IGNORED:
+        if name in family.buffers:
             continue
         if name in encoder:
             raise ValueError(
@@ -214,55 +157,91 @@ def convert_state_dict(
             )
         encoder[name], source_name[name] = tensor, key
 
-    def shown(name):
-        return source_name.get(name, prefix + name if prefixed else name)
+    take = _Taker(encoder, lambda name: source_name.get(name, prefix + name if prefixed else name))
+    H, E, I = config.hidden_size, config.embedding_dim, config.intermediate_size
+    their_names = family.embeddings  # our field -> the checkpoint name
+    embeddings = EmbeddingWeights(
+        word=take.tensor(their_names["word"], (config.vocab_size, E)),
+        position=take.tensor(their_names["position"], (config.max_position_embeddings, E)),
+        token_type=(take.tensor(their_names["token_type"], (config.type_vocab_size, E))
+                    if config.type_vocab_size and "token_type" in their_names else None),
+        norm=take.norm(their_names["norm"], E),
+        project=take.linear(family.projection, H, E) if E != H else None,
+    )
+    layers = []
+    for i in range(config.num_hidden_layers):
+        root = f"{family.layer_root}.{i}."
+        their_names = {ours: root + theirs for ours, theirs in family.layer.items()}
+        q, k, v = (take.linear(their_names[part], H, H) for part in ("q", "k", "v"))
+        layers.append(LayerWeights(
+            qkv=_fuse(q, k, v),
+            attn_out=take.linear(their_names["attn_out"], H, H),
+            attn_norm=take.norm(their_names["attn_norm"], H),
+            ffn_in=take.linear(their_names["ffn_in"], I, H),
+            ffn_out=take.linear(their_names["ffn_out"], H, I),
+            ffn_norm=take.norm(their_names["ffn_norm"], H),
+        ))
+    # The pooler is optional (BertModel(add_pooling_layer=False)) but all-or-nothing.
+    pooler = family.pooler
+    has_pooler = pooler is not None and any(f"{pooler}.{kind}" in encoder for kind in ("weight", "bias"))
+    weights = EncoderWeights(embeddings, tuple(layers), take.linear(pooler, H, H) if has_pooler else None)
 
-    table = weight_table(config)
-    pooler = _pooler_table(config)
-    if any(theirs in encoder for _, theirs, _ in pooler):
-        table += pooler  # present at all: then both tensors are required
-
-    missing, misshaped, taken = [], [], {}
-    for ours, theirs, shape in table:
-        tensor = encoder.pop(theirs, None)
-        if tensor is None:
-            missing.append(f"{shown(theirs)} {list(shape)}")
-        elif tuple(tensor.shape) != shape:
-            misshaped.append(f"{shown(theirs)}: expected {list(shape)}, got {list(tensor.shape)}")
-        else:
-            taken[ours] = tensor
     # A model built with type_vocab_size=0 still saves an empty [0, H] table: nothing to take from it.
-    token_type_name = family.embeddings.get("embeddings.token_type")
+    token_type_name = family.embeddings.get("token_type")
     empty_tt = encoder.get(token_type_name)
     if config.type_vocab_size == 0 and empty_tt is not None and empty_tt.numel() == 0:
         encoder.pop(token_type_name)
-    unexpected = [shown(name) for name in encoder]
+    unexpected = [take.shown(name) for name in encoder]
 
-    if missing or misshaped or unexpected:
+    if take.missing or take.misshaped or unexpected:
         lines = [f"checkpoint does not match the config ({_describe(config)}):"]
-        for title, names in (("missing", missing), ("mis-shaped", misshaped), ("unexpected", unexpected)):
-            if names:
-                lines.append(f"  {title} ({len(names)}): " + ", ".join(names))
+        for title, found in (("missing", take.missing), ("mis-shaped", take.misshaped), ("unexpected", unexpected)):
+            if found:
+                lines.append(f"  {title} ({len(found)}): " + ", ".join(found))
         if head:
             shown_head = ", ".join(list(head)[:5]) + (", ..." if len(head) > 5 else "")
             lines.append(f"  ({len(head)} tensor(s) outside the encoder were set aside: {shown_head})")
         raise ValueError("\n".join(lines))
+    return weights, head
 
-    weights = {}
-    for name, tensor in taken.items():
-        if name.startswith("layers.") and name.rsplit(".", 2)[1] in ("q", "k", "v"):
-            continue
-        weights[name] = tensor
-    for i in range(config.num_hidden_layers):
-        for kind in ("weight", "bias"):
-            parts = [taken[f"layers.{i}.{p}.{kind}"] for p in ("q", "k", "v")]
-            weights[f"layers.{i}.qkv.{kind}"] = torch.cat(parts, dim=0).contiguous()
-    return dict(sorted(weights.items(), key=lambda kv: _order(kv[0]))), head
+
+class _Taker:
+    """Takes tensors out of a checkpoint's encoder tensors by name, checking each shape, and records what is
+    missing or mis-shaped. A structure built while something is missing holds None there: convert_state_dict
+    raises before it leaves."""
+
+    def __init__(self, tensors, shown):
+        self.tensors, self.shown = tensors, shown
+        self.missing, self.misshaped = [], []
+
+    def tensor(self, name, shape):
+        tensor = self.tensors.pop(name, None)
+        if tensor is None:
+            self.missing.append(f"{self.shown(name)} {list(shape)}")
+        elif tuple(tensor.shape) != shape:
+            self.misshaped.append(f"{self.shown(name)}: expected {list(shape)}, got {list(tensor.shape)}")
+            return None
+        return tensor
+
+    def linear(self, module, out_features, in_features):
+        return Linear(self.tensor(module + ".weight", (out_features, in_features)),
+                      self.tensor(module + ".bias", (out_features,)))
+
+    def norm(self, module, width):
+        return Norm(self.tensor(module + ".weight", (width,)), self.tensor(module + ".bias", (width,)))
+
+
+def _fuse(*projections: Linear) -> Linear | None:
+    """One Linear computing each projection's outputs in turn (Q | K | V rows); None if any part is missing."""
+    parts = [(p.weight, p.bias) for p in projections]
+    if any(t is None for pair in parts for t in pair):
+        return None
+    return Linear(torch.cat([w for w, _ in parts]).contiguous(), torch.cat([b for _, b in parts]).contiguous())
 
 
 def load_weights(
     path, config: BertConfig, dtype: torch.dtype | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+) -> tuple[EncoderWeights, dict[str, torch.Tensor]]:
     """read_state_dict + check_finite + convert_state_dict, casting floating-point tensors to `dtype` when
     given."""
     state_dict = read_state_dict(path)
@@ -271,7 +250,7 @@ def load_weights(
     if dtype is not None:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
-        weights = {k: v.to(dtype) for k, v in weights.items()}
+        weights = weights.map_tensors(lambda tensor: tensor.to(dtype))
         head = {k: v.to(dtype) if v.is_floating_point() else v for k, v in head.items()}
     return weights, head
 
@@ -291,12 +270,3 @@ def _describe(config: BertConfig) -> str:
         f"num_hidden_layers={config.num_hidden_layers}, intermediate_size={config.intermediate_size}, "
         f"max_position_embeddings={config.max_position_embeddings}, type_vocab_size={config.type_vocab_size}"
     )
-
-
-def _order(name: str) -> tuple:
-    # Embeddings, then layers in numeric order, then the pooler: the order a reader expects.
-    if name.startswith("embeddings."):
-        return (0, 0, name)
-    if name.startswith("layers."):
-        return (1, int(name.split(".")[1]), name)
-    return (2, 0, name)

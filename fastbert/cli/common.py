@@ -58,22 +58,11 @@ def model_path(option):
 
 def resolve_runtime(device, dtype, backend):
     """(device, dtype, backend) exactly as FastBertModel will resolve them, or InputError."""
-    import torch
+    from fastbert.engine.runtime import check_device, resolve_device_dtype_backend
 
-    from fastbert.engine.model import resolve_device_dtype_backend
-
-    if device is not None:
-        try:
-            parsed = torch.device(device)
-        except RuntimeError as err:  # torch's message lists twenty device types; ours names the choices
-            raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from err
-        if parsed.type not in ("cpu", "cuda"):
-            raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-        if parsed.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"--device {device}: no CUDA GPU is available on this machine")
-        if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-            raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     try:
+        if device is not None:
+            device = check_device(device, "--device")  # checked first, so the message names the option
         device, dtype, backend = resolve_device_dtype_backend(device, dtype, backend)
     except (ValueError, TypeError) as err:
         raise InputError(one_line(err)) from err

@@ -17,16 +17,17 @@ from .gemm import GEMMS, Candidate, GemmPicker, torch_linear
 
 
 class TorchOps:
-    """Packed BERT operations in plain PyTorch: [T, H] tokens, sequences delimited by host offsets."""
+    """Packed BERT operations in plain PyTorch: [T, H] tokens, sequences delimited by host offsets. Weights
+    come as the pieces of fastbert.checkpoint.encoder_weights.EncoderWeights."""
 
-    def embeddings(self, input_ids, position_ids, token_type_ids, weights, eps):
-        summed = weights["embeddings.word"][input_ids] + weights["embeddings.position"][position_ids]
-        if "embeddings.token_type" in weights:
-            summed = summed + weights["embeddings.token_type"][token_type_ids]
-        return self.layer_norm(summed, weights["embeddings.norm.weight"], weights["embeddings.norm.bias"], eps)
+    def embeddings(self, input_ids, position_ids, token_type_ids, embeddings, eps):
+        summed = embeddings.word[input_ids] + embeddings.position[position_ids]
+        if embeddings.token_type is not None:
+            summed = summed + embeddings.token_type[token_type_ids]
+        return self.layer_norm(summed, embeddings.norm, eps)
 
-    def linear(self, x, weight, bias, activation=None, residual=None):
-        return torch_linear(x, weight, bias, activation, residual)
+    def linear(self, x, linear, activation=None, residual=None):
+        return torch_linear(x, linear.weight, linear.bias, activation, residual)
 
     def attention(self, q, k, v, packing):
         # Attention alone runs on a [B, max_seqlen] grid, so that one batched SDPA call serves every
@@ -47,11 +48,11 @@ class TorchOps:
         out = F.scaled_dot_product_attention(*grid, attn_mask=key_mask, scale=1.0)
         return out.transpose(1, 2).reshape(batch * longest, heads, head_dim)[positions]
 
-    def layer_norm(self, x, weight, bias, eps, residual=None):
+    def layer_norm(self, x, norm, eps, residual=None):
         if residual is not None:
             x = x + residual
         # Statistics in fp32: BERT's eps of 1e-12 vanishes next to fp16 variances.
-        return F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps).to(x.dtype)
+        return F.layer_norm(x.float(), (x.shape[-1],), norm.weight.float(), norm.bias.float(), eps).to(x.dtype)
 
 
 class TritonOps:
@@ -78,26 +79,26 @@ class TritonOps:
                 "use backend='torch'"
             )
 
-    def embeddings(self, input_ids, position_ids, token_type_ids, weights, eps):
+    def embeddings(self, input_ids, position_ids, token_type_ids, embeddings, eps):
         return self.kernels.embeddings(
-            input_ids, position_ids, weights["embeddings.word"], weights["embeddings.position"],
-            weights["embeddings.norm.weight"], weights["embeddings.norm.bias"], eps,
+            input_ids, position_ids, embeddings.word, embeddings.position, embeddings.norm.weight,
+            embeddings.norm.bias, eps,
             # A family without token types (DistilBERT) has no table: its (all-zero) type ids are not read.
-            token_type_ids=token_type_ids if "embeddings.token_type" in weights else None,
-            token_type_embeddings=weights.get("embeddings.token_type"),
+            token_type_ids=token_type_ids if embeddings.token_type is not None else None,
+            token_type_embeddings=embeddings.token_type,
             check_indices=False,  # the encoder validated every id once, before any launch
         )
 
-    def linear(self, x, weight, bias, activation=None, residual=None):
-        return self.gemm(x, weight, bias, activation, residual)
+    def linear(self, x, linear, activation=None, residual=None):
+        return self.gemm(x, linear.weight, linear.bias, activation, residual)
 
     def attention(self, q, k, v, packing):
         # Packing built cu_seqlens from the validated mask: no need to read it back (a sync) every layer.
         return self.kernels.attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, scale=1.0,
                                       check_indices=False)
 
-    def layer_norm(self, x, weight, bias, eps, residual=None):
-        return self.kernels.layer_norm(x, weight, bias, eps, residual=residual)
+    def layer_norm(self, x, norm, eps, residual=None):
+        return self.kernels.layer_norm(x, norm.weight, norm.bias, eps, residual=residual)
 
 
 def load_kernels(device):

@@ -22,22 +22,15 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from fastbert.checkpoint.activations import EPILOGUE_FUNCTIONS
+
 GEMMS = ("auto", "triton", "triton_persistent", "cublas")  # triton_persistent: sm_90+ only (TMA)
-
-_TORCH_ACTIVATIONS = {
-    None: lambda y: y,
-    "gelu": F.gelu,
-    "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
-    "relu": lambda y: y.relu_(),
-    "silu": lambda y: F.silu(y, inplace=True),
-}
-
 
 def torch_linear(x, weight, bias, activation=None, residual=None):
     """activation(x @ weight.T + bias) + residual in PyTorch: on a GPU cuBLAS(Lt) with the bias fused, the
     activation and the residual add separate kernels (the "cublas" candidate); on a CPU the torch backend's
     GEMM. Rounded after each step, as transformers computes dense(x) + input_tensor."""
-    out = _TORCH_ACTIVATIONS[activation](F.linear(x, weight, bias))
+    out = EPILOGUE_FUNCTIONS[activation](F.linear(x, weight, bias))
     return out if residual is None else out.add_(residual)
 
 

@@ -1,5 +1,5 @@
 """FastBertModel: a padding-free BERT-family encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA:
-fastbert/families.py).
+fastbert/checkpoint/families.py).
 
 The data path of one forward pass, top to bottom in `forward`:
 tokens -> validate and pack the real tokens once (positions by the family's rule) -> embeddings of real
@@ -8,12 +8,14 @@ launches each, residual adds fused into the GEMMs; more where a GEMM splits K at
 cuBLAS serves it, see backends.TritonOps; nothing else) -> scatter back to [B, S, H] once (padded
 positions are zero) -> pooler on each sequence's first real token."""
 
+import dataclasses
 import math
 from pathlib import Path
 
 import torch
 
 from fastbert.checkpoint.config import BertConfig
+from fastbert.checkpoint.encoder_weights import EncoderWeights, Linear
 from fastbert.checkpoint.hub import resolve_model_path
 from fastbert.checkpoint.weights import load_weights
 
@@ -22,64 +24,33 @@ from .graphs import GraphCache
 from .outputs import EncoderOutput
 from .packing import pack_inputs
 
-BACKENDS = ("auto", "triton", "torch")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+# BACKENDS and DTYPES are read from here by the CLI's option parser (fastbert/cli/main.py).
+from .runtime import BACKENDS, DTYPES, resolve_device_dtype_backend  # noqa: F401
 
 
-def resolve_device_dtype_backend(device=None, dtype=None, backend="auto"):
-    """Defaults: CUDA in fp16 when a GPU is present, else CPU in fp32; 'auto' = triton on CUDA, torch on CPU."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device is cuda but no CUDA GPU is available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype]
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    if backend == "auto":
-        backend = "triton" if device.type == "cuda" else "torch"
-    if backend == "triton" and device.type == "cuda" and dtype == torch.bfloat16:
-        major, minor = torch.cuda.get_device_capability(device)
-        if (major, minor) < (8, 0):
-            raise ValueError(f"bfloat16 needs a GPU of compute capability 8.0 or newer (Ampere); "
-                             f"{torch.cuda.get_device_name(device)} is sm_{major}{minor}: use dtype='float16' "
-                             "(or float32)")
-    if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
-        # Triton's interpreter computes bf16 arithmetic wrongly (silently); refuse rather than mislead.
-        raise ValueError("the triton backend on CPU (Triton's interpreter) cannot run bfloat16: use "
-                         "backend='torch', or float32/float16")
-    return device, dtype, backend
-
-
-def prepare_weights(weights, config, dtype, device):
-    """Cast to the run dtype, make contiguous on the device, and fold the softmax scale 1/sqrt(head_dim)
-    into the Q rows of the fused QKV projection, so attention needs no scaling of its own."""
+def prepare_weights(weights: EncoderWeights, config, dtype, device) -> EncoderWeights:
+    """Fold the softmax scale 1/sqrt(head_dim) into the Q rows of every fused QKV projection, so attention
+    needs no scaling of its own; cast every tensor to the run dtype, contiguous on the device."""
     scale = 1.0 / math.sqrt(config.head_dim)
     hidden = config.hidden_size
-    prepared = {}
-    for name, tensor in weights.items():
-        if name.endswith(".qkv.weight") or name.endswith(".qkv.bias"):
-            tensor = tensor.detach().to(device=device, dtype=torch.float32, copy=True)
-            tensor[:hidden] *= scale
+
+    def fold_scale(qkv: Linear) -> Linear:
+        # Scaled in fp32, then cast with everything else: the Q rows round once.
+        weight, bias = (t.detach().to(device=device, dtype=torch.float32, copy=True) for t in (qkv.weight, qkv.bias))
+        weight[:hidden] *= scale
+        bias[:hidden] *= scale
+        return Linear(weight, bias)
+
+    def place(tensor):
         # .to() returns the tensor itself when nothing changes, so weights already in the right dtype
         # and place (a live transformers model's) are shared, not copied.
         tensor = tensor.detach().to(device=device, dtype=dtype).contiguous()
         # ...unless misaligned: a safetensors file mapped on the CPU aligns tensors to 8 bytes only, and
         # TMA (kernels/linear_persistent.py) and vectorised loads want 16.
-        prepared[name] = tensor.clone() if tensor.data_ptr() % 16 else tensor
-    return prepared
+        return tensor.clone() if tensor.data_ptr() % 16 else tensor
+
+    layers = tuple(dataclasses.replace(layer, qkv=fold_scale(layer.qkv)) for layer in weights.layers)
+    return dataclasses.replace(weights, layers=layers).map_tensors(place)
 
 
 class FastBertModel:
@@ -92,7 +63,6 @@ class FastBertModel:
         self.weights = prepare_weights(weights, config, self.dtype, self.device)
         self.ops = make_ops(self.backend, self.device, config, gemm)
         self.activation = config.activation
-        self.has_pooler = "pooler.weight" in self.weights
         self.tokenizer = tokenizer
         self.path = Path(path) if path is not None else None
         # CUDA graphs remove the host's per-launch cost (tens of microseconds per Triton launch, which
@@ -177,7 +147,6 @@ class FastBertModel:
 
     def _encode_packed(self, packing, ids, positions, types, output_hidden_states):
         """Packed token ids [T] -> (last_hidden_state [B, S, H], pooler_output [B, H], hidden_states)."""
-        _ = packing.cu_seqlens  # uploaded before the first launch (a graph replay uploads its bucket's own)
         hidden, pooled, states = self._encode_tokens(packing, ids, positions, types, output_hidden_states)
         states = tuple(packing.unpack(s) for s in states) if output_hidden_states else None
         return packing.unpack(hidden), pooled, states
@@ -185,34 +154,33 @@ class FastBertModel:
     def _encode_tokens(self, packing, ids, positions, types, output_hidden_states):
         """Packed token ids [T] -> (last hidden [T, H], pooler_output [B, H], every layer's [T, H] or None).
         Only kernel launches and views between the embeddings and the pooler."""
-        config, w, ops = self.config, self.weights, self.ops
-        hidden = ops.embeddings(ids, positions, types, w, config.layer_norm_eps)
-        if "embeddings.project.weight" in w:  # ELECTRA: embeddings narrower than the encoder, widened after the norm
-            hidden = ops.linear(hidden, w["embeddings.project.weight"], w["embeddings.project.bias"])
+        config, weights, ops = self.config, self.weights, self.ops
+        eps, tokens = config.layer_norm_eps, packing.num_tokens
+        heads, head_dim = config.num_attention_heads, config.head_dim
+        packing.upload_offsets()  # the sequence offsets the kernels read, queued ahead of them
+        hidden = ops.embeddings(ids, positions, types, weights.embeddings, eps)
+        if weights.embeddings.project is not None:  # ELECTRA: narrower embeddings, widened after the norm
+            hidden = ops.linear(hidden, weights.embeddings.project)
         packed_states = [hidden] if output_hidden_states else None
-        tokens, heads, head_dim = packing.num_tokens, config.num_attention_heads, config.head_dim
-        for i in range(config.num_hidden_layers):
-            p = f"layers.{i}."
-            qkv = ops.linear(hidden, w[p + "qkv.weight"], w[p + "qkv.bias"])
+        for layer in weights.layers:
+            qkv = ops.linear(hidden, layer.qkv)
             # Q, K and V are strided views of the one QKV output: no split, transpose or copy.
             q, k, v = qkv.view(tokens, 3, heads, head_dim).unbind(1)
             context = ops.attention(q, k, v, packing).view(tokens, config.hidden_size)
             # The residual adds run in the GEMM epilogues, so each LayerNorm reads one tensor.
-            attended = ops.linear(context, w[p + "attn_out.weight"], w[p + "attn_out.bias"], residual=hidden)
-            hidden = ops.layer_norm(attended, w[p + "attn_norm.weight"], w[p + "attn_norm.bias"],
-                                    config.layer_norm_eps)
-            intermediate = ops.linear(hidden, w[p + "ffn_in.weight"], w[p + "ffn_in.bias"], self.activation)
-            projected = ops.linear(intermediate, w[p + "ffn_out.weight"], w[p + "ffn_out.bias"], residual=hidden)
-            hidden = ops.layer_norm(projected, w[p + "ffn_norm.weight"], w[p + "ffn_norm.bias"],
-                                    config.layer_norm_eps)
+            attended = ops.linear(context, layer.attn_out, residual=hidden)
+            hidden = ops.layer_norm(attended, layer.attn_norm, eps)
+            intermediate = ops.linear(hidden, layer.ffn_in, self.activation)
+            projected = ops.linear(intermediate, layer.ffn_out, residual=hidden)
+            hidden = ops.layer_norm(projected, layer.ffn_norm, eps)
             if output_hidden_states:
                 packed_states.append(hidden)
 
         pooled = None
-        if self.has_pooler:
+        if weights.pooler is not None:
             # BERT's pooler reads [CLS]: the first *real* token, so left-padded rows pool correctly too.
             first = packing.first_tokens(hidden)
-            pooled = torch.tanh(torch.nn.functional.linear(first, w["pooler.weight"], w["pooler.bias"]))
+            pooled = torch.tanh(torch.nn.functional.linear(first, weights.pooler.weight, weights.pooler.bias))
         return hidden, pooled, tuple(packed_states) if output_hidden_states else None
 
     def _empty_output(self, packing, output_hidden_states):
@@ -220,5 +188,5 @@ class FastBertModel:
         empty = torch.zeros(packing.batch_size, packing.seq_len, hidden_size, dtype=self.dtype, device=self.device)
         pooled = torch.zeros(packing.batch_size, hidden_size, dtype=self.dtype, device=self.device)
         states = (empty,) * (self.config.num_hidden_layers + 1) if output_hidden_states else None
-        return EncoderOutput(last_hidden_state=empty, pooler_output=pooled if self.has_pooler else None,
+        return EncoderOutput(last_hidden_state=empty, pooler_output=pooled if self.weights.pooler is not None else None,
                              hidden_states=states)

@@ -20,8 +20,8 @@ class Packing:
 
     token_indices [T] int64: flat positions (row * S + column) of the real tokens, row-major.
     offsets: packed offsets of each sequence, a host list [B+1]; max_seqlen: the longest sequence.
-    cu_seqlens: the offsets as an int32 tensor on `device`, uploaded on first use (a CUDA-graph replay
-    uploads its own bucket's offsets and never needs it), or given."""
+    cu_seqlens: the offsets as an int32 tensor on `device`, uploaded by upload_offsets (or on first use;
+    a CUDA-graph replay uploads its own bucket's offsets and never needs it), or given."""
 
     batch_size: int
     seq_len: int
@@ -33,6 +33,11 @@ class Packing:
 
     @property
     def cu_seqlens(self):
+        return self.upload_offsets()
+
+    def upload_offsets(self):
+        """cu_seqlens, copied to the device on the first call only: the encoder calls it before its first
+        launch, so the copy is queued ahead of the kernels that read it."""
         if self._cu_seqlens is None:
             if self.device.type == "cuda":
                 self._cu_seqlens = staging.upload(self.offsets, self.device, torch.int32)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fastbert.defaults import CHUNK_TEXTS
+from fastbert.engine.runtime import check_device
 
 from .worker import POLL_S, from_transport, worker_main
 
@@ -66,24 +67,7 @@ def parse_devices(devices):
         raise TypeError(f"devices must be a list of devices such as ['cuda:0', 'cuda:1'], got {type(devices).__name__}")
     if not devices:
         raise ValueError("devices is empty: name at least one device, such as ['cuda:0']")
-    parsed = []
-    for position, device in enumerate(devices):
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"devices[{position}] must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"devices[{position}] must be 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
-        if device.type == "cuda":
-            count = torch.cuda.device_count()
-            if count == 0:
-                raise ValueError(f"devices[{position}] is {str(device)!r} but no CUDA GPU is available")
-            if device.index is None:  # the current device, without creating a CUDA context just to ask
-                device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_initialized() else 0)
-            if device.index >= count:
-                raise ValueError(f"devices[{position}] is {str(device)!r} but this machine has {count} CUDA device(s)")
-        parsed.append(device)
-    return parsed
+    return [check_device(device, f"devices[{position}]") for position, device in enumerate(devices)]
 
 
 def _cpu_threads(devices):

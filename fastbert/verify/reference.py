@@ -1,5 +1,5 @@
 """The oracle: a BERT-family forward pass (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA) in plain
-PyTorch over our weight dict.
+PyTorch over EncoderWeights (fastbert/checkpoint/encoder_weights.py).
 
 Readable first, fast never. It follows transformers.BertModel with attn_implementation="eager"
 operation for operation (same order of additions, same mask value, scale applied after Q @ K^T), so
@@ -12,57 +12,31 @@ RoBERTa family pad_token_id + 1 onwards over the non-pad ids of each row (fastbe
 position_ids to do otherwise.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from fastbert.checkpoint.activations import ACTIVATIONS
 from fastbert.checkpoint.config import BertConfig
+from fastbert.checkpoint.encoder_weights import EncoderWeights, LayerWeights
 from fastbert.checkpoint.families import default_position_ids
 from fastbert.checkpoint.weights import load_weights
 from fastbert.engine.outputs import EncoderOutput
 
 
-def gelu_tanh_hf(x: torch.Tensor) -> torch.Tensor:
-    """transformers' "gelu_new", written out exactly as it computes it."""
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
-
-
-def gelu_fast_hf(x: torch.Tensor) -> torch.Tensor:
-    """transformers' "gelu_fast": the tanh approximation with sqrt(2/pi) written to 10 digits."""
-    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
-
-
-# Keyed on hidden_act, not on config.activation: "gelu_new" and "gelu_pytorch_tanh" are the same
-# function but round differently, and the oracle reproduces transformers to the last bit it can.
-_ACT_FNS = {
-    "gelu": F.gelu,
-    "gelu_python": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),
-    "gelu_new": gelu_tanh_hf,
-    "gelu_python_tanh": lambda x: x * 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": gelu_fast_hf,
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-}
-
-
 class ReferenceBertModel:
-    """BERT-family encoder (+ pooler) in plain PyTorch. `weights` uses the names of fastbert.checkpoint.weights."""
+    """BERT-family encoder (+ pooler) in plain PyTorch over the weights fastbert.checkpoint.weights loads."""
 
-    def __init__(self, config: BertConfig, weights: dict[str, torch.Tensor]):
+    def __init__(self, config: BertConfig, weights: EncoderWeights):
         self.config = config
         self.weights = weights
-        first = weights["embeddings.word"]
+        first = weights.embeddings.word
         self.dtype, self.device = first.dtype, first.device
-        self.has_pooler = "pooler.weight" in weights
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, device="cpu") -> "ReferenceBertModel":
         config = BertConfig.from_pretrained(path)
         weights, _ = load_weights(path, config, dtype=dtype)
-        return cls(config, {k: v.to(device) for k, v in weights.items()})
+        return cls(config, weights.map_tensors(lambda tensor: tensor.to(device)))
 
     def __call__(self, *args, **kwargs) -> EncoderOutput:
         return self.forward(*args, **kwargs)
@@ -81,54 +55,53 @@ class ReferenceBertModel:
         input_ids, attention_mask, token_type_ids, position_ids = self._check_inputs(
             input_ids, attention_mask, token_type_ids, position_ids
         )
-        cfg, w = self.config, self.weights
+        cfg, embeddings = self.config, self.weights.embeddings
 
-        x = w["embeddings.word"][input_ids]
-        if "embeddings.token_type" in w:
-            x = x + w["embeddings.token_type"][token_type_ids]
-        x = x + w["embeddings.position"][position_ids]
-        x = F.layer_norm(
-            x, (cfg.embedding_dim,), w["embeddings.norm.weight"], w["embeddings.norm.bias"], cfg.layer_norm_eps
-        )
-        if "embeddings.project.weight" in w:  # ELECTRA with embedding_size != hidden_size
-            x = F.linear(x, w["embeddings.project.weight"], w["embeddings.project.bias"])
+        x = embeddings.word[input_ids]
+        if embeddings.token_type is not None:
+            x = x + embeddings.token_type[token_type_ids]
+        x = x + embeddings.position[position_ids]
+        x = F.layer_norm(x, (cfg.embedding_dim,), embeddings.norm.weight, embeddings.norm.bias, cfg.layer_norm_eps)
+        if embeddings.project is not None:  # ELECTRA with embedding_size != hidden_size
+            x = F.linear(x, embeddings.project.weight, embeddings.project.bias)
 
         # Additive key mask [B, 1, 1, S]: padding keys get the dtype's lowest value, as in transformers.
         mask = (1.0 - attention_mask[:, None, None, :].to(self.dtype)) * torch.finfo(self.dtype).min
 
         hidden_states = [x]
-        for i in range(cfg.num_hidden_layers):
-            x = self._layer(x, mask, i)
+        for layer in self.weights.layers:
+            x = self._layer(x, mask, layer)
             hidden_states.append(x)
 
         pooled = None
-        if self.has_pooler:
-            pooled = torch.tanh(F.linear(x[:, 0], w["pooler.weight"], w["pooler.bias"]))
+        if self.weights.pooler is not None:
+            pooled = torch.tanh(F.linear(x[:, 0], self.weights.pooler.weight, self.weights.pooler.bias))
         return EncoderOutput(
             last_hidden_state=x,
             pooler_output=pooled,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
         )
 
-    def _layer(self, x: torch.Tensor, mask: torch.Tensor, i: int) -> torch.Tensor:
-        cfg, w, p = self.config, self.weights, f"layers.{i}."
+    def _layer(self, x: torch.Tensor, mask: torch.Tensor, layer: LayerWeights) -> torch.Tensor:
+        cfg = self.config
         B, S, H = x.shape
         nh, hd = cfg.num_attention_heads, cfg.head_dim
 
-        qkv = F.linear(x, w[p + "qkv.weight"], w[p + "qkv.bias"])  # [B, S, 3H]: Q | K | V
+        qkv = F.linear(x, layer.qkv.weight, layer.qkv.bias)  # [B, S, 3H]: Q | K | V
         q, k, v = (t.view(B, S, nh, hd).transpose(1, 2) for t in qkv.split(H, dim=-1))  # [B, nh, S, hd]
         scores = torch.matmul(q, k.transpose(-1, -2)) * hd**-0.5 + mask
         context = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, nh, S, hd]
         context = context.transpose(1, 2).reshape(B, S, H)
 
-        attn = F.linear(context, w[p + "attn_out.weight"], w[p + "attn_out.bias"])
-        x = F.layer_norm(
-            attn + x, (H,), w[p + "attn_norm.weight"], w[p + "attn_norm.bias"], cfg.layer_norm_eps
-        )
+        attn = F.linear(context, layer.attn_out.weight, layer.attn_out.bias)
+        x = F.layer_norm(attn + x, (H,), layer.attn_norm.weight, layer.attn_norm.bias, cfg.layer_norm_eps)
 
-        h = _ACT_FNS[cfg.hidden_act](F.linear(x, w[p + "ffn_in.weight"], w[p + "ffn_in.bias"]))
-        h = F.linear(h, w[p + "ffn_out.weight"], w[p + "ffn_out.bias"])
-        return F.layer_norm(h + x, (H,), w[p + "ffn_norm.weight"], w[p + "ffn_norm.bias"], cfg.layer_norm_eps)
+        # Keyed on hidden_act, not on the kernel's epilogue: "gelu_new" and "gelu_pytorch_tanh" are the same
+        # function but round differently, and the oracle reproduces transformers to the last bit it can.
+        activation = ACTIVATIONS[cfg.hidden_act].function
+        h = activation(F.linear(x, layer.ffn_in.weight, layer.ffn_in.bias))
+        h = F.linear(h, layer.ffn_out.weight, layer.ffn_out.bias)
+        return F.layer_norm(h + x, (H,), layer.ffn_norm.weight, layer.ffn_norm.bias, cfg.layer_norm_eps)
 
     def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids):
         cfg = self.config

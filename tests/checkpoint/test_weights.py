@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -31,6 +32,20 @@ def our_names(num_layers, pooler=True, token_type=True):
     return set(names)
 
 
+def by_name(weights, path=""):
+    """{dotted field path: tensor} of an EncoderWeights, in field order: "embeddings.word", ...,
+    "layers.0.qkv.weight", ..., "pooler.bias" (absent optional parts leave no entry)."""
+    if isinstance(weights, torch.Tensor):
+        return {path: weights}
+    if isinstance(weights, tuple):
+        parts = {f"{path}.{index}": item for index, item in enumerate(weights)}
+    elif dataclasses.is_dataclass(weights):
+        parts = {f"{path}.{f.name}" if path else f.name: getattr(weights, f.name) for f in dataclasses.fields(weights)}
+    else:
+        return {}  # None: an absent optional part
+    return {name: tensor for part_path, part in parts.items() for name, tensor in by_name(part, part_path).items()}
+
+
 def hf_state_dict(model_cls=None, add_pooling_layer=True, **overrides):
     """A random transformers checkpoint's state dict under its own names, and our config for it."""
     kwargs = {**TINY, **overrides}
@@ -47,7 +62,8 @@ def test_minilm_names_shapes_and_fused_qkv(minilm_path):
     raw = read_state_dict(minilm_path)
     weights, head = load_weights(minilm_path, cfg)
     assert head == {}
-    assert set(weights) == our_names(6)
+    named = by_name(weights)
+    assert set(named) == our_names(6)
     H, I = 384, 1536
     expected = {
         "embeddings.word": (30522, H),
@@ -66,33 +82,32 @@ def test_minilm_names_shapes_and_fused_qkv(minilm_path):
             }
         )
     for name, shape in expected.items():
-        assert tuple(weights[name].shape) == shape, name
-    for i in range(6):
+        assert tuple(named[name].shape) == shape, name
+    for i, layer in enumerate(weights.layers):
         a = f"encoder.layer.{i}.attention.self."
         for kind in ("weight", "bias"):
-            fused = weights[f"layers.{i}.qkv.{kind}"]
+            fused = getattr(layer.qkv, kind)
             assert fused.is_contiguous()
             q, k, v = fused.split(H, dim=0)  # rows: all Q, then all K, then all V, unscaled
             assert torch.equal(q, raw[a + f"query.{kind}"])
             assert torch.equal(k, raw[a + f"key.{kind}"])
             assert torch.equal(v, raw[a + f"value.{kind}"])
-        assert torch.equal(
-            weights[f"layers.{i}.ffn_out.weight"], raw[f"encoder.layer.{i}.output.dense.weight"]
-        )
-    assert torch.equal(weights["pooler.weight"], raw["pooler.dense.weight"])
-    assert list(weights)[:5] == [
-        "embeddings.norm.bias",
-        "embeddings.norm.weight",
+        assert torch.equal(layer.ffn_out.weight, raw[f"encoder.layer.{i}.output.dense.weight"])
+    assert torch.equal(weights.pooler.weight, raw["pooler.dense.weight"])
+    assert list(named)[:5] == [  # reading order: embeddings, then the layers in order, then the pooler
+        "embeddings.word",
         "embeddings.position",
         "embeddings.token_type",
-        "embeddings.word",
+        "embeddings.norm.weight",
+        "embeddings.norm.bias",
     ]
+    assert list(named)[-2:] == ["pooler.weight", "pooler.bias"]
 
 
 def test_dtype_cast(minilm_path):
     cfg = BertConfig.from_pretrained(minilm_path)
     weights, _ = load_weights(minilm_path, cfg, dtype=torch.float16)
-    assert {w.dtype for w in weights.values()} == {torch.float16}
+    assert {w.dtype for w in by_name(weights).values()} == {torch.float16}
     with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
         load_weights(minilm_path, cfg, dtype=torch.int32)
 
@@ -100,7 +115,8 @@ def test_dtype_cast(minilm_path):
 def test_no_pooler():
     sd, cfg = hf_state_dict(add_pooling_layer=False)
     weights, head = convert_state_dict(sd, cfg)
-    assert set(weights) == our_names(2, pooler=False) and head == {}
+    assert set(by_name(weights)) == our_names(2, pooler=False) and head == {}
+    assert weights.pooler is None
 
 
 def test_half_a_pooler_is_missing():
@@ -116,9 +132,9 @@ def test_bert_prefix_keeps_heads_aside():
     sd["cls.predictions.bias"] = torch.zeros(50)
     sd["qa_outputs.weight"] = torch.zeros(2, 16)
     weights, head = convert_state_dict(sd, cfg)
-    assert set(weights) == our_names(2)
+    assert set(by_name(weights)) == our_names(2)
     assert set(head) == {"classifier.weight", "classifier.bias", "cls.predictions.bias", "qa_outputs.weight"}
-    assert torch.equal(weights["embeddings.word"], sd["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(weights.embeddings.word, sd["bert.embeddings.word_embeddings.weight"])
     assert torch.equal(head["classifier.weight"], sd["classifier.weight"])
 
 
@@ -132,7 +148,7 @@ def test_prefixed_errors_name_prefixed_keys():
 
 def test_legacy_gamma_beta_and_buffers():
     sd, cfg = hf_state_dict()
-    reference, _ = convert_state_dict(dict(sd), cfg)
+    reference = by_name(convert_state_dict(dict(sd), cfg)[0])
     legacy = {}
     for k, v in sd.items():
         k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
@@ -141,6 +157,7 @@ def test_legacy_gamma_beta_and_buffers():
     legacy["embeddings.token_type_ids"] = torch.zeros(1, 20, dtype=torch.long)
     assert sum("gamma" in k for k in legacy) == 5
     weights, head = convert_state_dict(legacy, cfg)
+    weights = by_name(weights)
     assert head == {} and set(weights) == set(reference)
     assert all(torch.equal(weights[k], reference[k]) for k in reference)
 
@@ -157,10 +174,10 @@ def test_type_vocab_size_zero():
     cfg0 = BertConfig(**{**TINY, "type_vocab_size": 0})
     empty = sd.pop("embeddings.token_type_embeddings.weight")
     weights, _ = convert_state_dict(dict(sd), cfg0)
-    assert set(weights) == our_names(2, token_type=False)
+    assert set(by_name(weights)) == our_names(2, token_type=False)
     sd["embeddings.token_type_embeddings.weight"] = empty[:0]  # what BertModel(type_vocab_size=0) saves
     weights, _ = convert_state_dict(dict(sd), cfg0)
-    assert "embeddings.token_type" not in weights
+    assert weights.embeddings.token_type is None
     sd["embeddings.token_type_embeddings.weight"] = empty
     with pytest.raises(ValueError, match=r"unexpected \(1\): embeddings.token_type_embeddings.weight"):
         convert_state_dict(sd, cfg0)
@@ -403,19 +420,20 @@ def test_family_names_with_and_without_prefix(model_type):
     base = random_hf_model(BASE_CLASSES[model_type], **settings)
     config = BertConfig.from_dict(base.config.to_dict())
     weights, head = convert_state_dict(base.state_dict(), config)
+    named = by_name(weights)
     expected = our_names(2, pooler=model_type not in ("distilbert", "electra"), token_type=model_type != "distilbert")
     if model_type == "electra":  # embedding_size 20 != hidden 96: the projection, and narrower tables
         expected |= {"embeddings.project.weight", "embeddings.project.bias"}
-        assert weights["embeddings.word"].shape == (99, 20) and weights["embeddings.project.weight"].shape == (96, 20)
-    assert set(weights) == expected and head == {}
+        assert weights.embeddings.word.shape == (99, 20) and weights.embeddings.project.weight.shape == (96, 20)
+    assert set(named) == expected and head == {}
 
     task = random_hf_model(MASKED_LM[model_type], **settings)
     task_state = task.state_dict()
     prefix = task.base_model_prefix + "."
     weights, head = convert_state_dict(task_state, config)
-    assert set(weights) == expected - {"pooler.weight", "pooler.bias"}  # masked-LM models have no pooler
+    assert set(by_name(weights)) == expected - {"pooler.weight", "pooler.bias"}  # masked-LM models have no pooler
     assert head and not any(name.startswith(prefix) for name in head)
-    assert torch.equal(weights["layers.1.ffn_out.bias"], task.base_model.state_dict()[
+    assert torch.equal(weights.layers[1].ffn_out.bias, task.base_model.state_dict()[
         {"distilbert": "transformer.layer.1.ffn.lin2.bias"}.get(model_type, "encoder.layer.1.output.dense.bias")])
 
     # A missing tensor is named as the checkpoint names it, prefix included.

@@ -77,7 +77,7 @@ def test_empty_batch_returns_empty(model):
     (dict(backend="jax"), ValueError, "backend must be one of"),
     (dict(dtype="float64"), ValueError, "dtype must be one of"),
     (dict(dtype=torch.int8), TypeError, "dtype must be float32"),
-    (dict(device="mps"), ValueError, "device must be cpu or cuda"),
+    (dict(device="mps"), ValueError, "device must be cpu, cuda or cuda:N"),
     (dict(gemm="cutlass"), ValueError, "gemm must be one of"),
 ])
 def test_bad_model_options(tmp_path, kwargs, error, match):

@@ -89,6 +89,7 @@ def test_bfloat16_is_refused_below_ampere(monkeypatch):
     from fastbert.kernels import _validate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     with pytest.raises(ValueError, match=r"bfloat16 needs a GPU of compute capability 8.0.*Tesla T4 is sm_75.*float16"):

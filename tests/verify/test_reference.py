@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fastbert.checkpoint.config import BertConfig
+from fastbert.checkpoint.encoder_weights import EmbeddingWeights, EncoderWeights, LayerWeights, Linear, Norm
 from fastbert.checkpoint.weights import load_weights
 from fastbert.engine.outputs import EncoderOutput
 from fastbert.verify.reference import ReferenceBertModel
@@ -257,21 +258,17 @@ def test_model_without_token_types_rejects_nonzero_types():
         max_position_embeddings=8,
         type_vocab_size=0,
     )
-    weights = {
-        "embeddings.word": torch.randn(30, 8),
-        "embeddings.position": torch.randn(8, 8),
-        "embeddings.norm.weight": torch.ones(8),
-        "embeddings.norm.bias": torch.zeros(8),
-        "layers.0.qkv.weight": torch.randn(24, 8),
-        "layers.0.qkv.bias": torch.randn(24),
-    }
-    for part, (o, i) in {"attn_out": (8, 8), "ffn_in": (8, 8), "ffn_out": (8, 8)}.items():
-        weights[f"layers.0.{part}.weight"], weights[f"layers.0.{part}.bias"] = (
-            torch.randn(o, i),
-            torch.randn(o),
-        )
-    for part in ("attn_norm", "ffn_norm"):
-        weights[f"layers.0.{part}.weight"], weights[f"layers.0.{part}.bias"] = torch.ones(8), torch.zeros(8)
+    def linear(out_features, in_features):
+        return Linear(torch.randn(out_features, in_features), torch.randn(out_features))
+
+    def norm():
+        return Norm(torch.ones(8), torch.zeros(8))
+
+    layer = LayerWeights(qkv=linear(24, 8), attn_out=linear(8, 8), attn_norm=norm(), ffn_in=linear(8, 8),
+                         ffn_out=linear(8, 8), ffn_norm=norm())
+    embeddings = EmbeddingWeights(word=torch.randn(30, 8), position=torch.randn(8, 8), token_type=None,
+                                  norm=norm(), project=None)
+    weights = EncoderWeights(embeddings, (layer,), pooler=None)
     model = ReferenceBertModel(config, weights)
     ids = torch.randint(0, 30, (1, 4))
     assert model(ids).last_hidden_state.shape == (1, 4, 8)
