@@ -1,9 +1,11 @@
 """fastbert's Triton kernels. Imports only torch and triton; knows nothing of BERT.
 
-Set TRITON_INTERPRET=1 *before* importing this package to run the kernels on CPU tensors through
-Triton's interpreter (fastbert does that for you when it picks the triton backend on a CPU)."""
+Whether the kernels run compiled on a CUDA GPU or on CPU tensors through Triton's interpreter is decided
+once, by _runtime (imported first, before any kernel is defined): TRITON_INTERPRET in the environment
+wins, otherwise the interpreter runs them exactly when there is no CUDA device."""
 
-from ._validate import is_interpreter
+# First, before any kernel module (each imports triton and defines kernels): the mode is chosen here.
+from ._runtime import check_interpreter_support, is_interpreter
 from .attention import HEAD_DIMS as ATTENTION_HEAD_DIMS
 from .attention import attention
 from .embeddings import embeddings
@@ -11,5 +13,5 @@ from .layer_norm import layer_norm
 from .linear import linear
 from .linear_persistent import linear_persistent
 
-__all__ = ["ATTENTION_HEAD_DIMS", "attention", "embeddings", "is_interpreter", "layer_norm", "linear",
-           "linear_persistent"]
+__all__ = ["ATTENTION_HEAD_DIMS", "attention", "check_interpreter_support", "embeddings", "is_interpreter",
+           "layer_norm", "linear", "linear_persistent"]

@@ -1,30 +1,12 @@
 """Grid planning shared by the GEMM launchers (kernels/linear.py, kernels/linear_persistent.py): how many
-programs a tile config gives, which configs keep every SM busy, the split-K plan where none does, and the
-register rule that prunes configs. Host-side only; imports torch and triton."""
+programs a tile config gives, which configs keep every SM busy, and the split-K plan where none does (the
+pruning rule they are given is _common.pruning_rule). Host-side only; imports torch and triton."""
 
 import functools
 from typing import NamedTuple
 
 import torch
 import triton
-
-from ._validate import is_interpreter, max_shared_bytes
-
-
-def fits_registers(config: triton.Config, input_precision: str) -> bool:
-    """The register rule: IEEE fp32 products run on CUDA cores (FMA), which hold operand fragments in
-    registers beside the accumulator; past 32 accumulator values per thread ptxas spills (compiled for
-    sm_90: 64x64 on 4 warps fits, 128x64 spills). Tensor-core products (16-bit, TF32) fit every config."""
-    tiles = config.kwargs
-    return input_precision != "ieee" or tiles["BLOCK_M"] * tiles["BLOCK_N"] <= 32 * 32 * config.num_warps
-
-
-def pruning_rule(x, input_precision, shared_bytes):
-    """The one pruning rule of the GEMM config lists, as a predicate on a config: it fits the register file
-    (fits_registers) and the shared memory of x's GPU (shared_bytes(config), the kernel's own estimate, at
-    most the device's limit; no limit under the interpreter)."""
-    limit = None if is_interpreter() else max_shared_bytes(x)
-    return lambda config: fits_registers(config, input_precision) and (limit is None or shared_bytes(config) <= limit)
 
 
 def tiles_of(config: triton.Config, M: int, N: int) -> int:
@@ -77,12 +59,6 @@ class LaunchPlan(NamedTuple):
 
     filling: int
     split: SplitK | None
-
-    def fewest_programs(self, M, N, configs):
-        """The fewest programs this plan can launch (configs: the autotuner's list the mask refers to)."""
-        if self.split is not None:
-            return self.split.programs(M, N)
-        return min(tiles_of(config, M, N) for i, config in enumerate(configs) if self.filling >> i & 1)
 
 
 def plan_launch(M, N, K, num_sms, configs, split_configs, fits=lambda config: True) -> LaunchPlan:

@@ -3,24 +3,15 @@ message that names the argument instead of a device-side assert or a silent wron
 
 import functools
 import math
-import os
 
 import torch
+
+from ._runtime import is_interpreter
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
 FP32_TINY = float(torch.finfo(torch.float32).tiny)  # the smallest normal fp32 value
 FP32_MAX = float(torch.finfo(torch.float32).max)
-
-
-# triton.jit decides once, when it decorates a kernel, whether the kernel is interpreted; the mode
-# is therefore captured when this package is imported, not re-read from the environment later.
-_INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def is_interpreter() -> bool:
-    """True when this package's kernels run on CPU tensors through Triton's interpreter."""
-    return _INTERPRETER
 
 
 def expected_device_type() -> str:
@@ -133,15 +124,3 @@ def check_flag(name, value):
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
-
-@functools.cache
-def _max_shared_bytes(device_index: int) -> int:
-    import triton
-
-    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
-
-
-def max_shared_bytes(tensor) -> int:
-    """Shared memory one block may use on `tensor`'s GPU: the limit configs are pruned against."""
-    index = tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
-    return _max_shared_bytes(index)

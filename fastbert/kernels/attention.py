@@ -25,15 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._validate import (
-    check_cu_seqlens,
-    check_flag,
-    check_positive_fp32,
-    check_same,
-    check_tensor,
-    is_interpreter,
-    max_shared_bytes,
-)
+from ._common import dot_precision, pruning_rule
+from ._runtime import is_interpreter
+from ._validate import check_cu_seqlens, check_flag, check_positive_fp32, check_same, check_tensor
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
 _LOG2E = 1.4426950408889634
@@ -196,29 +190,24 @@ def shared_bytes_estimate(config: triton.Config, head_dim: int, element_size: in
     return (q_tile + kv_tiles + p_tile) * element_size
 
 
-def fits_shared_memory(config: triton.Config, head_dim: int, element_size: int, max_shared_bytes: int) -> bool:
-    """The pruning rule: the footprint grows with head_dim and doubles for fp32, and an A100 offers less
-    shared memory than an H100, so not every entry of attention_configs(True) launches everywhere."""
-    return shared_bytes_estimate(config, head_dim, element_size) <= max_shared_bytes
-
-
 # For GPUs with little shared memory (a T4, sm_75: 64 KB per block), where no entry of
 # attention_configs(True) fits by the estimate in fp32: one K/V stage of 32-key tiles, 53 KB in fp32 at
 # head_dim 128 (sm_75 has no asynchronous copies to pipeline anyway).
 SMALL_SHARED_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)
 
 
-def fitting_configs(configs, head_dim: int, element_size: int, max_shared_bytes: int) -> list[triton.Config]:
-    """The pruning rule applied: the configs that fit, or SMALL_SHARED_CONFIG when none does."""
-    kept = [c for c in configs if fits_shared_memory(c, head_dim, element_size, max_shared_bytes)]
-    return kept or [SMALL_SHARED_CONFIG]
+def fitting_configs(configs, fits) -> list[triton.Config]:
+    """The configs the pruning rule `fits` keeps (_common.pruning_rule: the shared-memory footprint grows
+    with head_dim and doubles for fp32, an A100 offers less than an H100, and IEEE fp32 products need
+    registers), or SMALL_SHARED_CONFIG when it keeps none."""
+    return [config for config in configs if fits(config)] or [SMALL_SHARED_CONFIG]
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    if is_interpreter():
-        return configs
     q = named_args["q_ptr"]
-    return fitting_configs(configs, kwargs["HEAD_DIM"], q.element_size(), max_shared_bytes(q))
+    head_dim, element_size = kwargs["HEAD_DIM"], q.element_size()
+    shared_bytes = lambda config: shared_bytes_estimate(config, head_dim, element_size)
+    return fitting_configs(configs, pruning_rule(q, kwargs["INPUT_PRECISION"], shared_bytes))
 
 
 # Program-count buckets (at 64 query rows per program): up to about one program per SM of a large GPU,
@@ -300,8 +289,6 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -
     if T == 0 or batch == 0 or heads == 0:
         return out
 
-    allow_tf32 = q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    input_precision = "tf32" if q.dtype != torch.float32 or allow_tf32 else "ieee"
     grid = lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), batch, heads)
     _attention[grid](
         q, k, v, out, cu_seqlens,
@@ -314,6 +301,6 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -
         out.stride(0), out.stride(1),
         HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim),
-        INPUT_PRECISION=input_precision,
+        INPUT_PRECISION=dot_precision(q.dtype),
     )
     return out

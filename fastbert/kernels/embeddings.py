@@ -18,7 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._validate import INDEX_DTYPES, check_flag, check_index_ranges, check_tensor, is_interpreter
+from ._runtime import is_interpreter
+from ._validate import INDEX_DTYPES, check_flag, check_index_ranges, check_tensor
 from .layer_norm import MAX_N, MIN_BLOCK_N, _config, _normalize_rows, check_eps, check_norm_params
 
 
@@ -26,25 +27,25 @@ from .layer_norm import MAX_N, MIN_BLOCK_N, _config, _normalize_rows, check_eps,
 def _embeddings_kernel(
     input_ids_ptr,  # [T] word ids
     position_ids_ptr,  # [T] position ids
-    token_type_ids_ptr,  # [T] token type ids (unused unless HAS_TOKEN_TYPE_IDS)
+    token_type_ids_ptr,  # [T] token type ids; or None (every token type 0)
     word_ptr,  # [V, H] word embeddings
     position_ptr,  # [P, H] position embeddings
-    token_type_ptr,  # [type_vocab, H] token type embeddings (unused unless HAS_TOKEN_TYPE)
+    token_type_ptr,  # [type_vocab, H] token type embeddings; or None (no type term)
     weight_ptr,  # [H] LayerNorm scale
     bias_ptr,  # [H] LayerNorm shift
     out_ptr,  # [T, H] output, contiguous
     T,  # tokens
     H,  # hidden size
     stride_input_ids,  # elements between consecutive input_ids
-    stride_position_ids,
-    stride_token_type_ids,
+    stride_position_ids,  # elements between consecutive position_ids
+    stride_token_type_ids,  # elements between consecutive token_type_ids (0 without them)
     stride_word_row,  # elements between rows of the word table
-    stride_position_row,
-    stride_token_type_row,
-    stride_out_row,
+    stride_position_row,  # elements between rows of the position table
+    stride_token_type_row,  # elements between rows of the token type table (0 without it)
+    stride_out_row,  # elements between rows of out
     eps,  # fp32 added to the variance
-    HAS_TOKEN_TYPE: tl.constexpr,  # add a token type row
-    HAS_TOKEN_TYPE_IDS: tl.constexpr,  # gather it by token_type_ids; otherwise row 0 for every token
+    HAS_TOKEN_TYPE: tl.constexpr,  # token_type_ptr is not None: add a token type row (heuristic below)
+    HAS_TOKEN_TYPE_IDS: tl.constexpr,  # token_type_ids_ptr is not None: gather that row by id, else row 0
     BLOCK_N: tl.constexpr,  # next_power_of_2(H): a whole row per tile
     ROWS_PER_PROGRAM: tl.constexpr,  # tokens per program
 ):
@@ -72,10 +73,16 @@ def _embeddings_kernel(
     tl.store(out_ptr + tokens[:, None] * stride_out_row + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def embeddings_configs(gpu: bool) -> list[triton.Config]:
-    """Same tile policy as layer_norm (the work per row is a LayerNorm of the gathered sum): one config per
-    BLOCK_N from 64 to 8192, picked by next_power_of_2(H)."""
-    return [_config(2**k, gpu) for k in range(MIN_BLOCK_N.bit_length() - 1, MAX_N.bit_length())]
+def config_for(H, gpu=True) -> triton.Config:
+    """The config a launch of width H uses: layer_norm's several-rows tile for BLOCK_N = next_power_of_2(H)
+    (the work per row is a LayerNorm of the gathered sum). One per width, whatever the token count."""
+    return _config(max(MIN_BLOCK_N, triton.next_power_of_2(H)), gpu)
+
+
+# flash-attention style: an absent table or id vector is a None pointer, and its code is compiled out.
+_embeddings = triton.heuristics({"HAS_TOKEN_TYPE": lambda args: args["token_type_ptr"] is not None,
+                                 "HAS_TOKEN_TYPE_IDS": lambda args: args["token_type_ids_ptr"] is not None,
+                                 })(_embeddings_kernel)
 
 
 def _check_ids(name, ids, num_tokens):
@@ -131,21 +138,17 @@ def embeddings(input_ids, position_ids, word_embeddings, position_embeddings, ln
             named_ids.append(("token_type_ids", token_type_ids, token_type_embeddings.shape[0]))
         check_index_ranges(named_ids)
 
-    has_token_type = token_type_embeddings is not None
-    has_token_type_ids = token_type_ids is not None
-    config = _config(max(MIN_BLOCK_N, triton.next_power_of_2(hidden)), not is_interpreter())
+    config = config_for(hidden, gpu=not is_interpreter())
     grid = (triton.cdiv(num_tokens, config.kwargs["ROWS_PER_PROGRAM"]),)
-    _embeddings_kernel[grid](
-        input_ids, position_ids, token_type_ids if has_token_type_ids else input_ids,
-        word_embeddings, position_embeddings, token_type_embeddings if has_token_type else word_embeddings,
+    _embeddings[grid](
+        input_ids, position_ids, token_type_ids,
+        word_embeddings, position_embeddings, token_type_embeddings,
         ln_weight, ln_bias, out,
         num_tokens, hidden,
-        input_ids.stride(0), position_ids.stride(0), token_type_ids.stride(0) if has_token_type_ids else 0,
+        input_ids.stride(0), position_ids.stride(0), token_type_ids.stride(0) if token_type_ids is not None else 0,
         word_embeddings.stride(0), position_embeddings.stride(0),
-        token_type_embeddings.stride(0) if has_token_type else 0, out.stride(0),
+        token_type_embeddings.stride(0) if token_type_embeddings is not None else 0, out.stride(0),
         float(eps),
-        HAS_TOKEN_TYPE=has_token_type,
-        HAS_TOKEN_TYPE_IDS=has_token_type_ids,
         **config.kwargs,
         num_warps=config.num_warps,
     )

@@ -13,13 +13,12 @@ protection against the resulting tiny or negative variances.
 Each program normalises ROWS_PER_PROGRAM whole rows: BLOCK_N = next_power_of_2(N) columns, the tail masked.
 """
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from ._validate import check_positive_fp32, check_same, check_tensor, is_interpreter
+from ._runtime import is_interpreter
+from ._validate import check_positive_fp32, check_same, check_tensor
 
 MAX_N = 8192
 MIN_BLOCK_N = 64
@@ -45,7 +44,7 @@ def _normalize_rows(x, mask, weight_ptr, bias_ptr, cols, col_mask, N, eps):
 @triton.jit
 def _layer_norm_kernel(
     x_ptr,  # [M, N] input, last stride 1
-    residual_ptr,  # [M, N] added to x before normalising (unused unless HAS_RESIDUAL), last stride 1
+    residual_ptr,  # [M, N] added to x before normalising, last stride 1; or None
     weight_ptr,  # [N] scale
     bias_ptr,  # [N] shift
     out_ptr,  # [M, N] output, contiguous
@@ -55,7 +54,7 @@ def _layer_norm_kernel(
     stride_residual_row,  # elements between rows of residual
     stride_out_row,  # elements between rows of out
     eps,  # fp32 added to the variance
-    HAS_RESIDUAL: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,  # residual_ptr is not None (set by the heuristic below)
     BLOCK_N: tl.constexpr,  # next_power_of_2(N): a whole row per tile
     ROWS_PER_PROGRAM: tl.constexpr,  # rows per program, so that narrow rows still keep enough bytes in flight
 ):
@@ -85,10 +84,9 @@ def _config(block_n, gpu, rows_per_program=None):
     sensible shape per width, and autotuning would retune on every new token count).
 
     GPU: tiles of at least 2048 elements (ROWS_PER_PROGRAM = 2048 // BLOCK_N rows when rows are narrower) and
-    one warp per 512 elements, i.e. 16 values per thread and input. A sweep on H200 (fp16, residual, M=4096
-    and 16384, N=64..8192, rows 1..32, warps 1..32; benchmarks/results/nvidia-h200-kernel-dev) put this within
-    ~3% of the best measured config at every width: fewer values per thread leaves too few bytes in flight,
-    more (or wider tiles) cost occupancy. rows_per_program=1 is the small-launch variant (see config_for).
+    one warp per 512 elements, i.e. 16 values per thread and input, chosen by a sweep over rows and warps
+    per width (benchmarks/results/nvidia-h200-kernel-dev): fewer values per thread leaves too few bytes in
+    flight, more (or wider tiles) cost occupancy. rows_per_program=1 is the small-launch variant (see config_for).
     Interpreter: one program per 16384 elements, since its time grows with the number of programs."""
     if not gpu:
         return triton.Config({"BLOCK_N": block_n, "ROWS_PER_PROGRAM": max(1, 16384 // block_n)}, num_warps=4)
@@ -106,15 +104,8 @@ def config_for(M, N, gpu=True):
     return config
 
 
-def layer_norm_configs(gpu: bool) -> list[triton.Config]:
-    """Every config the launcher can use: per BLOCK_N (powers of two from 64 to 8192) the several-rows one
-    and, where it differs, the one-row one for small launches. Listed whole so the compile check covers
-    every launch."""
-    block_sizes = [2**k for k in range(int(math.log2(MIN_BLOCK_N)), int(math.log2(MAX_N)) + 1)]
-    configs = [_config(block_n, gpu) for block_n in block_sizes]
-    if gpu:
-        configs += [_config(block_n, gpu, rows_per_program=1) for block_n in block_sizes if 2048 // block_n > 1]
-    return configs
+# flash-attention style: an absent residual is a None pointer, and its code is compiled out.
+_layer_norm = triton.heuristics({"HAS_RESIDUAL": lambda args: args["residual_ptr"] is not None})(_layer_norm_kernel)
 
 
 def check_eps(eps):
@@ -154,12 +145,11 @@ def layer_norm(x, weight, bias, eps, residual=None) -> torch.Tensor:
     config = config_for(M, N, gpu=not is_interpreter())
     rows = config.kwargs["ROWS_PER_PROGRAM"]
     grid = (triton.cdiv(M, rows),)
-    _layer_norm_kernel[grid](
-        x, residual if residual is not None else x, weight, bias, out,
+    _layer_norm[grid](
+        x, residual, weight, bias, out,
         M, N,
         x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0),
         float(eps),
-        HAS_RESIDUAL=residual is not None,
         **config.kwargs,
         num_warps=config.num_warps,
     )

@@ -24,8 +24,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_grid import check_num_sms, plan_launch, pruning_rule, reduce_block_m, resolve_num_sms, tiles_of
-from ._validate import check_same, check_tensor, is_interpreter
+from ._common import dot_precision, pruning_rule
+from ._gemm_grid import check_num_sms, plan_launch, reduce_block_m, resolve_num_sms, tiles_of
+from ._runtime import is_interpreter
+from ._validate import check_same, check_tensor
 
 ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu", "silu")
 
@@ -198,10 +200,9 @@ def linear_configs(gpu: bool) -> list[triton.Config]:
     """Tile configurations the autotuner chooses from (among those that fill the GPU at the call's M).
 
     gpu=True: a short list for Hopper/Ampere tensor cores. Multiples of 4 warps and tiles of at least 64
-    rows let sm_90 use wgmma. On an H200 at BERT/MiniLM shapes (M 4096..16384) the winners were
-    128x128x64 (most shapes), 128x256x64 (the wide FFN-in GEMM with GELU) and 256x128x64 (M=16384
-    QKV); the 64-wide tiles keep all SMs busy for small M*N. gpu=False: one large tile for the
-    interpreter, whose time grows with the number of programs.
+    rows let sm_90 use wgmma; the 128- and 256-wide tiles serve BERT's large projections (which one wins
+    per shape: benchmarks/results), the 64-wide tiles keep all SMs busy for small M*N. gpu=False: one
+    large tile for the interpreter, whose time grows with the number of programs.
     """
     if not gpu:
         return [_config(64, 64, 64, 4, 1)]
@@ -209,8 +210,8 @@ def linear_configs(gpu: bool) -> list[triton.Config]:
         _config(128, 256, 64, 8, 3, subtiles=2),
         _config(256, 128, 64, 8, 3, subtiles=2),
         _config(128, 128, 64, 8, 4),
-        # 96 KB of shared memory and (with the epilogue in halves) 118 registers on sm_90: two blocks per SM,
-        # so one block's epilogue overlaps another's main loop.
+        # Small enough in shared memory and (with the epilogue in halves) registers for two blocks per SM on
+        # sm_90, so one block's epilogue overlaps another's main loop.
         _config(128, 128, 64, 8, 3, subtiles=2),
         _config(128, 128, 64, 4, 3, subtiles=2),
         _config(128, 64, 64, 4, 4),
@@ -240,13 +241,6 @@ def shared_bytes_estimate(config: triton.Config, element_size: int) -> int:
     """Shared memory of the software pipeline: num_stages buffers of one x tile and one weight tile."""
     tiles = config.kwargs
     return config.num_stages * (tiles["BLOCK_M"] + tiles["BLOCK_N"]) * tiles["BLOCK_K"] * element_size
-
-
-def fits_shared_memory(config: triton.Config, element_size: int, max_shared_bytes: int) -> bool:
-    """The shared-memory half of the pruning rule (_gemm_grid.pruning_rule): fp32 operands double the
-    pipeline's footprint, and an A100 offers less than an H100, so some entries of linear_configs(True)
-    cannot launch for every dtype and GPU."""
-    return shared_bytes_estimate(config, element_size) <= max_shared_bytes
 
 
 # For GPUs with little shared memory (a T4, sm_75: 64 KB per block), where no other tile fits in fp32: one
@@ -303,13 +297,6 @@ def check_linear_args(x, weight, bias, activation, residual=None, num_sms=None):
             raise ValueError(f"residual has shape {tuple(residual.shape)}; expected ({M}, {N}), the output's")
     check_num_sms(num_sms)  # also when the output is empty and nothing launches
     return M, N, K
-
-
-def dot_precision(dtype):
-    """tl.dot's input_precision: fp32 operands get IEEE products unless PyTorch allows TF32 for its own
-    matmuls; 16-bit operands run on tensor cores whatever the flag ("tf32" is then ignored)."""
-    allow_tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    return "tf32" if dtype != torch.float32 or allow_tf32 else "ieee"
 
 
 def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None) -> torch.Tensor:

@@ -20,9 +20,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_grid import filling_mask, pruning_rule, resolve_num_sms
-from ._validate import is_interpreter
-from .linear import _epilogue, _optional_inputs, _tile_coords, check_linear_args, dot_precision, linear
+from ._common import dot_precision, pruning_rule
+from ._gemm_grid import filling_mask, resolve_num_sms
+from ._runtime import is_interpreter
+from .linear import _epilogue, _optional_inputs, _tile_coords, check_linear_args, linear
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -105,7 +106,7 @@ def linear_persistent_configs(gpu: bool) -> list[triton.Config]:
 
     gpu=True: 128-row tiles for wgmma with one or two warpgroups (4 or 8 warps), plus 128x64 and 64x128
     tiles that keep every SM busy when M*N is small; 2-4 pipeline stages, sized so that the stages and the
-    output tile the TMA store stages fit sm_90's 227 KB in fp16/bf16. Not yet timed on a GPU.
+    output tile the TMA store stages fit sm_90's 227 KB in fp16/bf16.
     gpu=False: one large tile for the interpreter.
     """
     if not gpu:

@@ -7,6 +7,7 @@ import importlib
 import pytest
 import torch
 
+from tests.kernels.launch_configs import layer_norm_configs
 from tests.kernels.references import layer_norm_ref
 from tests.tolerances import assert_matches_reference, nan_padded, nan_row_padded
 
@@ -54,11 +55,11 @@ def test_layer_norm_rows_per_program_by_width_and_launch_size(M, N, rows):
     assert config.kwargs["BLOCK_N"] == max(64, 1 << (N - 1).bit_length())
     assert config.num_warps >= 1
     assert any(config.kwargs == c.kwargs and config.num_warps == c.num_warps
-               for c in layer_norm_module.layer_norm_configs(True)), "a launch config the compile check misses"
+               for c in layer_norm_configs()), "a launch config the compile check misses"
 
 
 def _gpu_multi_row_configs():
-    configs = layer_norm_module.layer_norm_configs(True)
+    configs = layer_norm_configs()
     return sorted({(c.kwargs["BLOCK_N"], c.kwargs["ROWS_PER_PROGRAM"]) for c in configs
                    if c.kwargs["ROWS_PER_PROGRAM"] > 1 and c.kwargs["BLOCK_N"] <= 1024})
 

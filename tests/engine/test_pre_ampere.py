@@ -15,24 +15,32 @@ ELEMENT_SIZES = {torch.float16: 2, torch.float32: 4}
 
 attention = importlib.import_module("fastbert.kernels.attention")
 linear = importlib.import_module("fastbert.kernels.linear")
-gemm_grid = importlib.import_module("fastbert.kernels._gemm_grid")
+common = importlib.import_module("fastbert.kernels._common")
 layer_norm = importlib.import_module("fastbert.kernels.layer_norm")
 embeddings = importlib.import_module("fastbert.kernels.embeddings")
 
 
+def _t4_pruning_rule(dtype, precision, shared_bytes):
+    """The launchers' own pruning rule (_common.pruning_rule) on a pretend T4."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(common, "max_shared_bytes", lambda tensor: SM75_SHARED)
+        patch.setattr(common, "is_interpreter", lambda: False)
+        return common.pruning_rule(torch.empty(0, dtype=dtype), precision, shared_bytes)
+
+
 def _attention_kept(dtype, head_dim):
-    return attention.fitting_configs(attention.attention_configs(True), head_dim, ELEMENT_SIZES[dtype], SM75_SHARED)
+    """What attention's pruning keeps on a T4, with the products' precision a launch uses (IEEE for fp32)."""
+    size = ELEMENT_SIZES[dtype]
+    fits = _t4_pruning_rule(dtype, common.dot_precision(dtype),
+                            lambda config: attention.shared_bytes_estimate(config, head_dim, size))
+    return attention.fitting_configs(attention.attention_configs(True), fits)
 
 
 def _linear_kept(dtype):
-    """The launcher's own pruning rule on a pretend T4, over every config it may launch (the autotuned
-    ones and the split-K tiles; fp32 with TF32 products, as the compile check builds it)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gemm_grid, "max_shared_bytes", lambda tensor: SM75_SHARED)
-        patch.setattr(gemm_grid, "is_interpreter", lambda: False)
-        x = torch.empty(0, dtype=dtype)
-        fits = gemm_grid.pruning_rule(x, "tf32", lambda config: linear.shared_bytes_estimate(config, x.element_size()))
-        return [config for config in linear.linear_configs(True) + linear.split_k_configs() if fits(config)]
+    """The pruning rule on a T4 over every config linear may launch (the autotuned ones and the split-K
+    tiles; fp32 with TF32 products, as the compile check builds it)."""
+    fits = _t4_pruning_rule(dtype, "tf32", lambda config: linear.shared_bytes_estimate(config, ELEMENT_SIZES[dtype]))
+    return [config for config in linear.linear_configs(True) + linear.split_k_configs() if fits(config)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
@@ -67,8 +75,7 @@ def test_every_kernel_compiles_for_sm75_in_fp16_and_fp32():
         estimates.append(None)
         cases.append(test_layer_norm._compile_case(layer_norm.config_for(4096, 768), dtype, SM75, True))
         estimates.append(None)
-        base = next(c for c in embeddings.embeddings_configs(True) if c.kwargs["BLOCK_N"] == 1024)
-        cases.append(test_embeddings._compile_case(base, dtype, torch.int64, SM75, True))
+        cases.append(test_embeddings._compile_case(embeddings.config_for(768), dtype, torch.int64, SM75, True))
         estimates.append(None)
     failures = []
     for case, estimate, result in zip(cases, estimates, compile_cases(cases), strict=True):

@@ -1,6 +1,7 @@
 """Prove on a CPU-only machine that kernels compile for real GPUs: triton.compile with a GPUTarget
-builds PTX and cubin without a device. Runs in one subprocess per batch of cases, without
-TRITON_INTERPRET (the interpreter replaces triton.jit, so in-process kernels cannot be compiled)."""
+builds PTX and cubin without a device. Runs in one subprocess per batch of cases, with TRITON_INTERPRET=0
+(the interpreter replaces triton.jit, so in-process kernels cannot be compiled; and without a GPU,
+fastbert/kernels/_runtime.py would choose the interpreter unless told otherwise)."""
 
 import json
 import os
@@ -35,7 +36,7 @@ class CompileCase:
 
 def compile_cases(cases):
     """Compile every case; returns one dict per case: ok, error, shared, wgmma, mma, tma, local_memory_spill."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = dict(os.environ, TRITON_INTERPRET="0")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     completed = subprocess.run(

@@ -10,14 +10,8 @@ import pytest
 import torch
 import triton
 
-from fastbert.kernels._validate import max_shared_bytes
-from fastbert.kernels.attention import (
-    HEAD_DIMS,
-    attention,
-    attention_configs,
-    fits_shared_memory,
-    shared_bytes_estimate,
-)
+from fastbert.kernels._common import max_shared_bytes
+from fastbert.kernels.attention import HEAD_DIMS, attention, attention_configs, shared_bytes_estimate
 from tests.conftest import pinned_attention_config
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.references import attention_ref
@@ -204,9 +198,9 @@ def test_attention_configs():
         assert config.kwargs["BLOCK_M"] >= 16 and config.kwargs["BLOCK_N"] >= 16 and config.num_warps % 4 == 0
     for head_dim in HEAD_DIMS:
         for element_size in (2, 4):
-            assert any(fits_shared_memory(c, head_dim, element_size, MAX_SHARED_BYTES[80]) for c in configs)
+            assert any(shared_bytes_estimate(c, head_dim, element_size) <= MAX_SHARED_BYTES[80] for c in configs)
             # The config GPU tests are pinned to skips pruning, so it must fit every case on an A100.
-            assert fits_shared_memory(pinned_attention_config(), head_dim, element_size, MAX_SHARED_BYTES[80])
+            assert shared_bytes_estimate(pinned_attention_config(), head_dim, element_size) <= MAX_SHARED_BYTES[80]
 
 
 _SCALAR_ARGS = ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_ot", "stride_oh")
@@ -233,7 +227,7 @@ def test_attention_compiles_for_gpus():
     cases = []
     for arch in (80, 90):
         for head_dim in HEAD_DIMS:
-            fitting = [c for c in configs if fits_shared_memory(c, head_dim, 2, MAX_SHARED_BYTES[arch])]
+            fitting = [c for c in configs if shared_bytes_estimate(c, head_dim, 2) <= MAX_SHARED_BYTES[arch]]
             if head_dim not in (64, 128):
                 # Every config at BERT's 64 and at the largest 128; elsewhere the most demanding one that
                 # fits, which keeps this test's compile time (one subprocess, serial) near a minute.
@@ -281,7 +275,7 @@ def test_attention_bf16(head_dim, device, backend):
 @pytest.mark.parametrize("config", attention_configs(True), ids=str)
 def test_every_gpu_config(config, head_dim, device, backend, monkeypatch):
     """Each config alone, in fp16: length 1, a partial key tile, whole tiles and several query tiles."""
-    if not fits_shared_memory(config, head_dim, 2, max_shared_bytes(torch.empty(0, device=device))):
+    if shared_bytes_estimate(config, head_dim, 2) > max_shared_bytes(torch.empty(0, device=device)):
         pytest.skip("pruned on this GPU: does not fit shared memory")
     monkeypatch.setattr(attention_module._attention, "configs", [config])
     q, k, v, cu_seqlens = _packed_qkv([1, 17, 128, 300], 2, head_dim, torch.float16, device)

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from fastbert.kernels.embeddings import embeddings, embeddings_configs
+from fastbert.kernels.embeddings import embeddings
 from tests.kernels.compile_check import ARCHS, MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
+from tests.kernels.launch_configs import embeddings_configs
 from tests.kernels.references import embeddings_ref
 from tests.tolerances import assert_matches_reference, nan_padded, nan_row_padded
 
@@ -165,7 +166,7 @@ def _compile_case(config, dtype, index_dtype, arch, has_token_type_ids):
 def test_embeddings_compile_for_gpus():
     """Every config the launcher can pick in fp16 with int64 ids, on sm_80/sm_90; the other id dtype, the
     type-0 path, bf16 and fp32 on the BERT-base width."""
-    configs = embeddings_configs(True)
+    configs = embeddings_configs()
     cases = [_compile_case(config, torch.float16, torch.int64, arch, True)
              for config in configs for arch in ARCHS]
     base = next(config for config in configs if config.kwargs["BLOCK_N"] == 1024)

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from fastbert.kernels.layer_norm import MAX_N, layer_norm, layer_norm_configs
+from fastbert.kernels.layer_norm import MAX_N, layer_norm
 from tests.kernels.compile_check import ARCHS, MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
+from tests.kernels.launch_configs import layer_norm_configs
 from tests.kernels.references import layer_norm_ref
 from tests.tolerances import assert_matches_reference, nan_padded, nan_row_padded
 
@@ -148,7 +149,7 @@ def _compile_case(config, dtype, arch, has_residual, n_is_one=False):
 def test_layer_norm_compiles_for_gpus():
     """Every config the launcher can pick, with and without residual, fp16 on sm_80/sm_90; bf16 and fp32 on
     the widest and narrowest; N specialised to 1."""
-    configs = layer_norm_configs(True)
+    configs = layer_norm_configs()
     cases = [_compile_case(config, torch.float16, arch, has_residual)
              for config in configs for arch in ARCHS for has_residual in (False, True)]
     cases += [_compile_case(config, dtype, arch, True)

@@ -7,15 +7,8 @@ import math
 import pytest
 import torch
 
-from fastbert.kernels._gemm_grid import fits_registers
-from fastbert.kernels._validate import max_shared_bytes
-from fastbert.kernels.linear import (
-    fits_shared_memory,
-    linear,
-    linear_configs,
-    shared_bytes_estimate,
-    split_k_configs,
-)
+from fastbert.kernels._common import fits_registers, max_shared_bytes
+from fastbert.kernels.linear import linear, linear_configs, shared_bytes_estimate, split_k_configs
 from tests.conftest import pinned_linear_config
 from tests.kernels.compile_check import MAX_SHARED_BYTES, CompileCase, compile_cases, config_constexprs
 from tests.kernels.linear_cases import ACTIVATIONS, BERT_SHAPES, check, make_inputs
@@ -152,7 +145,7 @@ def test_linear_fp32_precision(N, K, allow_tf32, device, backend, monkeypatch):
 @pytest.mark.parametrize("config", linear_configs(True), ids=str)
 def test_every_gpu_config(config, dtype, device, backend, monkeypatch):
     """Each config alone, on a shape that leaves partial tiles in M, N and K."""
-    if not fits_shared_memory(config, dtype.itemsize, max_shared_bytes(torch.empty(0, device=device))):
+    if shared_bytes_estimate(config, dtype.itemsize) > max_shared_bytes(torch.empty(0, device=device)):
         pytest.skip("pruned on this GPU: does not fit shared memory")
     monkeypatch.setattr(linear_module._linear, "configs", [config])
     x, weight, bias = make_inputs(300, 270, 200, dtype, device)
@@ -248,7 +241,7 @@ def test_gpu_configs_compile_without_spills():
     smallest and largest tiles."""
     configs = linear_configs(True)
     largest = max(configs, key=lambda c: shared_bytes_estimate(c, 2))
-    fitting_fp32 = [c for c in configs if fits_shared_memory(c, 4, MAX_SHARED_BYTES[90])]
+    fitting_fp32 = [c for c in configs if shared_bytes_estimate(c, 4) <= MAX_SHARED_BYTES[90]]
     largest_fp32 = max(fitting_fp32, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] // c.num_warps)
     plan = [(config, "fp16", epilogue, 90) for config in configs for epilogue in ("gelu", "residual")]
     plan += [(config, "fp16", epilogue, 90) for config in split_k_configs() for epilogue in ("gelu", "partial")]
@@ -261,7 +254,7 @@ def test_gpu_configs_compile_without_spills():
     ]
     element_size = {"fp16": 2, "bf16": 2, "fp32": 4, "fp32-tf32": 4}
     # The pruning rule keeps every planned case: none is silently dropped.
-    assert all(fits_shared_memory(c, element_size[d], MAX_SHARED_BYTES[arch]) for c, d, _, arch in plan)
+    assert all(shared_bytes_estimate(c, element_size[d]) <= MAX_SHARED_BYTES[arch] for c, d, _, arch in plan)
     cases = [_compile_case(*entry) for entry in plan] + [_reduce_case("gelu"), _reduce_case("residual")]
     failures = []
     for case, result in zip(cases, compile_cases(cases)):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fastbert.kernels._validate import max_shared_bytes
+from fastbert.kernels._common import max_shared_bytes
 from fastbert.kernels.linear_persistent import (
     is_available,
     is_supported,

@@ -8,8 +8,9 @@ import importlib
 import pytest
 import torch
 
-from fastbert.kernels._gemm_grid import fits_registers, plan_launch, plan_split_k
-from fastbert.kernels.linear import fits_shared_memory, linear, linear_configs, split_k_configs
+from fastbert.kernels._common import fits_registers
+from fastbert.kernels._gemm_grid import plan_launch, plan_split_k, tiles_of
+from fastbert.kernels.linear import linear, linear_configs, shared_bytes_estimate, split_k_configs
 from fastbert.kernels.linear_persistent import is_available, linear_persistent, linear_persistent_configs
 from tests.kernels.compile_check import MAX_SHARED_BYTES
 from tests.kernels.linear_cases import ACTIVATIONS, BERT_SHAPES, make_inputs
@@ -32,7 +33,14 @@ def needs_sm90(device):
 
 
 def _fits(limit, element_size=2, precision="tf32"):
-    return lambda config: fits_registers(config, precision) and fits_shared_memory(config, element_size, limit)
+    return lambda config: fits_registers(config, precision) and shared_bytes_estimate(config, element_size) <= limit
+
+
+def _fewest_programs(plan, M, N, configs):
+    """The fewest programs a launch plan can launch (configs: the autotuner's list its mask refers to)."""
+    if plan.split is not None:
+        return plan.split.programs(M, N)
+    return min(tiles_of(config, M, N) for i, config in enumerate(configs) if plan.filling >> i & 1)
 
 
 @pytest.mark.parametrize("gpu", GPUS)
@@ -44,7 +52,7 @@ def test_every_projection_fills_the_gpu(N, K, activation, gpu):
     configs = linear_configs(True)
     for M in TOKENS:
         plan = plan_launch(M, N, K, num_sms, configs, split_k_configs(), _fits(limit))
-        assert plan.fewest_programs(M, N, configs) >= num_sms, (M, N, K, plan)
+        assert _fewest_programs(plan, M, N, configs) >= num_sms, (M, N, K, plan)
         if plan.split is not None:
             assert plan.split.splits <= K // plan.split.config.kwargs["BLOCK_K"]
 
