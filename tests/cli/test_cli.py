@@ -139,10 +139,12 @@ def test_verify_report_fails_on_nan():
 
 
 # ---------------------------------------------------------------------------------------------------
-# bench: the real suites take minutes (tests/test_benchmarks_smoke.py runs them at tiny sizes); here a
-# stand-in suite with the same layout checks what the command runs and where the report lands.
+# bench: the real suites take minutes (tests/benchmarks/test_benchmarks_smoke.py runs them at tiny sizes);
+# here the real runner (benchmarks/suite.py) drives a stand-in suite with the same layout, to check what the
+# command runs and where the report lands.
 
 STUB_SUITE = {
+    "suite.py": (Path(__file__).resolve().parents[2] / "benchmarks" / "suite.py").read_text(),
     "__init__.py": "",
     "conftest.py": "def pytest_addoption(parser):\n    parser.addoption('--bench-size')\n",
     "test_bench_encoder.py": (
