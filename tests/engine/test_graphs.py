@@ -5,6 +5,7 @@ import torch
 
 from fastbert import FastBertModel
 from tests.bert_factory import random_batch, random_bert
+from tests.engine.helpers import EagerReplay
 
 
 @pytest.mark.gpu
@@ -42,36 +43,6 @@ def test_graphs_need_cuda(tmp_path):
     random_bert(tmp_path)
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
         FastBertModel.from_pretrained(tmp_path, device="cpu", cuda_graphs=True)
-
-
-class EagerReplay:
-    """A stand-in for CudaGraphs on machines without a GPU: 'replay' reruns the captured function and
-    writes its results into the captured outputs, which is what a real replay does to its buffers."""
-
-    captures = 0
-    warm_ups = 0
-
-    def warm_up(self, fn):
-        fn()
-        self.warm_ups += 1
-
-    def capture(self, fn):
-        assert self.warm_ups > self.captures, "captured without an eager warm-up of the same batch"
-        outputs = fn()
-        self.captures += 1
-
-        class Graph:
-            @staticmethod
-            def replay():
-                for old, new in zip(_flat(outputs), _flat(fn()), strict=True):
-                    old.copy_(new)
-
-        return Graph, outputs
-
-
-def _flat(outputs):
-    hidden, pooled, states = outputs
-    return [hidden, *([pooled] if pooled is not None else []), *(states or ())]
 
 
 def test_graph_shapes_bound_the_filler():

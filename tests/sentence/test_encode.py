@@ -204,11 +204,11 @@ def test_stats_accumulate_over_calls(tiny):
 
 def test_packed_output_equals_the_padded_output_on_real_tokens(tmp_path):
     """FastBertModel.forward_tokens (what pooling reads) against forward's [B, S, H], eagerly and through
-    CUDA-graph replay (emulated on CPU by tests/test_graphs.py's EagerReplay)."""
+    CUDA-graph replay (emulated on CPU by tests/engine/helpers.py's EagerReplay)."""
     from fastbert.engine.graphs import GraphCache
     from fastbert.engine.packing import pack_inputs
     from tests.bert_factory import random_bert
-    from tests.engine.test_graphs import EagerReplay
+    from tests.engine.helpers import EagerReplay
 
     random_bert(tmp_path)
     model = fastbert.FastBertModel.from_pretrained(tmp_path, device="cpu", backend="triton")
