@@ -1,7 +1,9 @@
 """Tiny sentence-transformers folders for tests: a random BERT with its own small WordPiece vocabulary,
-wrapped in pipelines that sentence-transformers itself builds and saves (no downloads)."""
+wrapped in pipelines that sentence-transformers itself builds and saves (no downloads); and a cross-encoder
+checkpoint (a random BertForSequenceClassification) with the query-document pairs it scores."""
 
 import json
+import shutil
 import string
 from pathlib import Path
 
@@ -66,3 +68,22 @@ def edit_json(file, change):
     """Rewrite a JSON file through `change(value) -> value`."""
     file = Path(file)
     file.write_text(json.dumps(change(json.loads(file.read_text())), indent=2))
+
+
+# (query, document) pairs for a cross-encoder: a match, a long distractor, another topic, CJK, an empty query.
+PAIRS = [("what is the capital of France?", "Paris is the capital of France."),
+         ("what is the capital of France?", "Berlin is a city in Germany. " * 12),
+         ("how do plants make food?", "Photosynthesis turns light into chemical energy."),
+         ("深度学习是什么", "Deep learning uses neural networks."),
+         ("", "an empty query")]
+
+
+def reranker_folder(folder, tokenizer_folder, num_labels):
+    """A random BertForSequenceClassification saved by transformers with all-MiniLM's tokenizer: the layout of a
+    cross-encoder checkpoint. Weights larger than BERT's initialisation spread the scores apart."""
+    random_bert(folder, model_class="BertForSequenceClassification", vocab_size=30522, num_labels=num_labels,
+                max_position_embeddings=64, initializer_range=0.3)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tokenizer_folder / name).is_file():
+            shutil.copy(tokenizer_folder / name, folder / name)
+    return folder

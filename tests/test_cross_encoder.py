@@ -2,35 +2,16 @@
 predict and rank give the unpatched model's scores, and restore gives the original model back."""
 
 import copy
-import shutil
 
 import pytest
 import torch
 
 import fastbert
 from fastbert.patch import is_optimized
-from tests.bert_factory import random_bert
+from tests.st_factory import PAIRS, reranker_folder
 from tests.tolerances import ENCODER_TOLERANCES, assert_close
 
 st = pytest.importorskip("sentence_transformers")
-
-PAIRS = [("what is the capital of France?", "Paris is the capital of France."),
-         ("what is the capital of France?", "Berlin is a city in Germany. " * 12),
-         ("how do plants make food?", "Photosynthesis turns light into chemical energy."),
-         ("深度学习是什么", "Deep learning uses neural networks."),
-         ("", "an empty query")]
-
-
-def reranker_folder(folder, tokenizer_folder, num_labels):
-    """A random BertForSequenceClassification saved by transformers with all-MiniLM's tokenizer: the layout of a
-    cross-encoder checkpoint. Weights larger than BERT's initialisation spread the scores apart."""
-    random_bert(folder, model_class="BertForSequenceClassification", vocab_size=30522, num_labels=num_labels,
-                max_position_embeddings=64, initializer_range=0.3)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (tokenizer_folder / name).is_file():
-            shutil.copy(tokenizer_folder / name, folder / name)
-    return folder
-
 
 @pytest.mark.parametrize("backend, num_labels", [("torch", 1), ("triton", 1), ("torch", 3)])
 def test_cross_encoder_scores_equal_the_unpatched_model(tmp_path, minilm_path, backend, num_labels):

@@ -57,7 +57,7 @@ def test_patched_sentence_transformer_encode_is_silent(minilm_path):
 
 def test_patched_cross_encoder_predict_is_silent(tmp_path, minilm_path):
     st = pytest.importorskip("sentence_transformers")
-    from tests.test_cross_encoder import PAIRS, reranker_folder
+    from tests.st_factory import PAIRS, reranker_folder
 
     model = fastbert.optimize(st.CrossEncoder(str(reranker_folder(tmp_path, minilm_path, 1)), device="cpu",
                                               max_length=64))

@@ -98,14 +98,28 @@ def nan_row_padded(matrix, extra_columns=5):
 # BLAS kernels, instruction sets (ATEN_CPU_CAPABILITY) and thread counts sit over an order of magnitude
 # below it, so unlike the kernel budgets above it does not depend on the machine. Low precision allows a
 # few units of the last place at O(10).
+ENCODER_ATOL_FP32 = 1e-4
 ENCODER_TOLERANCES = {
-    (torch.float32, "interpreter"): 1e-4,
-    (torch.float32, "cuda"): 1e-4,
+    (torch.float32, "interpreter"): ENCODER_ATOL_FP32,
+    (torch.float32, "cuda"): ENCODER_ATOL_FP32,
     (torch.float16, "interpreter"): 6e-2,
     (torch.float16, "cuda"): 6e-2,
     (torch.bfloat16, "interpreter"): 3e-1,
     (torch.bfloat16, "cuda"): 3e-1,
 }
+
+# fastbert.optimize(model) against the same transformers model unpatched, fp32 (tests/test_patch.py): the
+# encoder contract above, as both an atol and an rtol (tests/test_cross_encoder.py does the same for scores).
+PATCHED_MODEL = {"atol": ENCODER_ATOL_FP32, "rtol": ENCODER_ATOL_FP32}
+
+# The plain-PyTorch oracle (fastbert/verify/reference.py) against transformers.BertModel with eager
+# attention, fp32 (tests/verify/test_reference.py): the same operations on the same weights, only some fused
+# (QKV) or reordered, so a few ulps per layer on O(1) hidden states; the issue's 1e-5, as for FAMILY_ATOL.
+REFERENCE_ATOL = 1e-5
+# The oracle in bfloat16 against itself in fp32 (pooler output, cosine): bf16 keeps 8 significant bits
+# (a rounding of up to 2**-9 relative per operation), so this checks that bf16 runs and computes the same
+# thing, not its precision.
+REFERENCE_COSINE_BF16 = 0.99
 
 # fp32 parity of whole BERT-family models with transformers (tests/test_families.py): the tiny random models
 # there keep hidden states O(1), and the same fp32 sums in another order differ by a few ulps per layer
@@ -128,6 +142,34 @@ SENTENCE_COSINE_HALF = 0.999
 # sentence-transformers in float64), so two runs differ by at most about twice that; 8 epsilons allowed,
 # *relative to each row's norm*: an unnormalized embedding (CLS, no Normalize) has a norm of ~10.
 BATCHING_ATOL = 8 * torch.finfo(torch.float32).eps
+# The same, as an absolute bound, where the compared values are O(1) (unit-norm sentence embeddings,
+# hidden states of the small random models): the same model on the same texts batched, chunked or
+# streamed differently, or called through the CLI instead of the API. 1e-6 is ~8 fp32 epsilons (1.2e-7).
+REBATCHED_ATOL = 1e-6
+
+# CUDA-graph replay (emulated on CPU by tests/engine/helpers.py's EagerReplay) against the eager forward,
+# fp32: a replay runs its bucket's shape, the batch plus filler tokens and sequences, so the kernels see
+# another token count and may sum in another order; a few ulps on hidden states of O(1..10).
+GRAPH_REPLAY = {"atol": 1e-5, "rtol": 1e-5}
+# A real replay on a GPU, fp16: the pooler is one cuBLAS GEMM over the bucket's sequences, whose algorithm
+# may change with the batch size; its tanh output lies in (-1, 1), where an fp16 ulp is at most 2**-10
+# (~1e-3): two ulps.
+GRAPH_POOLER_ATOL_HALF = 2e-3
+
+# Packed pooling (fastbert/sentence/pooling.py) against sentence-transformers' Pooling in float64: fp32 sums
+# of at most 63 terms of O(1), so a mean's worst-case rounding is about 63 fp32 epsilons (63 x 1.2e-7 < 1e-5).
+POOLING_FP32 = {"atol": 1e-5, "rtol": 1e-5}
+# fp16 hidden states pooled in fp32 against the float64 pooling of the same fp16 values: fp32 rounding of
+# the sums, three orders of magnitude below fp16's own rounding (~1e-3), which a pooling in fp16 would show.
+POOLING_HALF_INPUT = {"atol": 1e-6, "rtol": 1e-6}
+
+# The GEMM epilogue's activations (tests/engine/test_activations.py), where the products are IEEE fp32 as in
+# PyTorch's CPU GEMM: on top of TORCH_ERROR_MULTIPLE x transformers' own fp32 error, a floor of one fp32 ulp
+# at O(10) (2**3 x 1.2e-7 ~ 1e-6): rounding, not a wrong formula.
+ACTIVATION_FLOOR_FP32 = 1e-6
+# silu at large |x| through the kernel (identity weight, so the GEMM is exact) against F.silu: a few fp32
+# ulps of relative error (1e-6 ~ 8 epsilons), and an atol for the outputs that underflow towards 0.
+SILU_SATURATION = {"atol": 1e-6, "rtol": 1e-6}
 
 
 def batching_error(actual, expected):

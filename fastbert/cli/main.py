@@ -74,99 +74,36 @@ def cmd_verify(args):
 
 
 def _benchmarks_folder():
-    """The repository's benchmarks/ folder (source checkout or editable install); $FASTBERT_BENCHMARKS
-    points an installed package at a checkout's."""
+    """The checkout's benchmarks/ folder, beside fastbert/ (a source checkout or an editable install: pip
+    does not install it); $FASTBERT_BENCHMARKS points an installed package at a checkout's."""
     override = os.environ.get("FASTBERT_BENCHMARKS")
     if override:
         return Path(override).expanduser().resolve()
-    return Path(__file__).resolve().parent.parent / "benchmarks"
+    return Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _run(command, cwd, env):
-    print(f"$ {' '.join(str(part) for part in command)}", file=sys.stderr, flush=True)
-    import subprocess
+def _benchmark_suite(folder):
+    """benchmarks/suite.py of `folder`, imported from its file: the folder is not an installed package."""
+    import importlib.util
 
-    return subprocess.run([str(part) for part in command], cwd=cwd, env=env).returncode
-
-
-def _device_slug(root, env):
-    """The results sub-folder the benchmark suite names after this machine's device."""
-    import subprocess
-
-    code = "from benchmarks.timing import device_slug; print(device_slug())"
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
-    return result.stdout.strip() or "unknown"
-
-
-def _check_targets(folder, root, env, out, inputs):
-    """`fastbert bench --check`: regenerate the report with --check; 0 when every target this machine can
-    measure is met, 1 (with the report's list of unmet targets on stderr) otherwise."""
-    inputs = [path for path in inputs if path.is_file() and path.stat().st_size > 0]
-    if not inputs:
-        print("fastbert bench --check: no benchmark results to check", file=sys.stderr)
-        return 1
-    command = [sys.executable, "-m", "benchmarks.report", "--out", out, "--check"]
-    for path in inputs:
-        command += ["--input", path]
-    if (out / "profile.json").is_file():
-        command += ["--profile", out / "profile.json"]
-    if _run(command, root, env) != 0:
-        print(f"fastbert bench --check: targets not met (see {out / 'REPORT.md'})", file=sys.stderr)
-        return 1
-    return 0
+    path = folder / "suite.py"
+    if not path.is_file():
+        raise InputError(f"no benchmark suite in {folder}: `fastbert bench` needs the benchmarks/ folder of a "
+                       "source checkout (pip install -e .), or FASTBERT_BENCHMARKS=<checkout>/benchmarks")
+    spec = importlib.util.spec_from_file_location("benchmarks.suite", path)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    return suite
 
 
 def cmd_bench(args):
-    import torch
-
-    folder = _benchmarks_folder()
-    gpu = torch.cuda.is_available()
-    needed = ("gpu_check.sh",) if gpu else ("test_bench_encoder.py", "report.py", "timing.py")
-    if not all((folder / name).is_file() for name in needed):
-        raise InputError(f"no benchmark suite in {folder}: `fastbert bench` needs the benchmarks/ folder of a "
-                         "source checkout (pip install -e .), or FASTBERT_BENCHMARKS=<checkout>/benchmarks")
-    out_root = Path(args.out).expanduser().resolve() if args.out else folder / "results"
+    suite = _benchmark_suite(_benchmarks_folder())
+    out_root = Path(args.out).expanduser().resolve() if args.out else suite.RESULTS
     try:
         out_root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"cannot create --out {out_root}: {err.strerror or err}") from err
-    root = folder.parent
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    env.setdefault("PYTHON", sys.executable)  # gpu_check.sh runs $PYTHON: this interpreter, not python3
-    size = "quick" if args.quick else "full"
-    if gpu:
-        # gpu_check.sh's settings, unless the user set them: benchmarks only (correctness is `fastbert
-        # verify` and the test suite), sized by --quick; a full run gets budgets that fit the full grid.
-        env.setdefault("FASTBERT_CHECK_SIZE", size)
-        env.setdefault("FASTBERT_CHECK_TESTS_S", "0")
-        if not args.quick:
-            for stage, seconds in {"HEADLINE": "400", "KERNELS": "300", "ENCODER": "600", "TOTAL": "1500"}.items():
-                env.setdefault(f"FASTBERT_CHECK_{stage}_S", seconds)
-        if _run(["bash", folder / "gpu_check.sh", "--out", out_root], root, env) != 0:
-            print(f"fastbert bench: {folder / 'gpu_check.sh'} reported a failing stage (see its log)",
-                  file=sys.stderr)
-            return 1
-        out = out_root / _device_slug(root, env)
-        print(f"benchmark report in {out}", file=sys.stderr)
-        if args.check:
-            return _check_targets(folder, root, env, out, [out / f"{name}.json" for name in
-                                                           ("headline", "kernels", "encoder")])
-        return 0
-    out = out_root / _device_slug(root, env)
-    out.mkdir(parents=True, exist_ok=True)
-    data = out / "cpu.json"
-    command = [sys.executable, "-m", "pytest", folder / "test_bench_encoder.py", "-q", "-p", "no:cacheprovider",
-               "--benchmark-enable", "--bench-size", size, "--benchmark-sort=name",
-               "--benchmark-columns=median,iqr,rounds", f"--benchmark-json={data}"]
-    if _run(command, root, env) != 0:
-        print("fastbert bench: the CPU benchmark suite failed", file=sys.stderr)
-        return 1
-    if _run([sys.executable, "-m", "benchmarks.report", "--input", data, "--out", out], root, env) != 0:
-        print("fastbert bench: writing the report failed", file=sys.stderr)
-        return 1
-    print(f"benchmark report in {out}", file=sys.stderr)
-    return _check_targets(folder, root, env, out, [data]) if args.check else 0
+    return suite.run(out_root, quick=args.quick, check=args.check)
 
 
 # ---------------------------------------------------------------------------------------------------

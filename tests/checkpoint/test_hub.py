@@ -12,6 +12,7 @@ import torch
 import fastbert
 from fastbert.checkpoint.hub import hub_files, resolve_model_path
 from tests.bert_factory import random_bert
+from tests.tolerances import REBATCHED_ATOL
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 hub_constants = pytest.importorskip("huggingface_hub.constants")
@@ -211,7 +212,7 @@ def test_cli_takes_a_hub_id(hub, capsys, tmp_path):
     direct = fastbert.from_pretrained(source, backend="torch", device="cpu").encode(["hello", "world"])
     import numpy as np
 
-    np.testing.assert_allclose(np.load(out), direct.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.load(out), direct.numpy(), rtol=0, atol=REBATCHED_ATOL)
     code = main(["verify", "--model", "org/missing"])
     err = capsys.readouterr().err
     assert code == 2 and "--model org/missing: no local folder" in err and "HF_HUB_OFFLINE=1" in err, err

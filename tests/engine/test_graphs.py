@@ -5,6 +5,8 @@ import torch
 
 from fastbert import FastBertModel
 from tests.bert_factory import random_batch, random_bert
+from tests.engine.helpers import EagerReplay
+from tests.tolerances import GRAPH_POOLER_ATOL_HALF, GRAPH_REPLAY
 
 
 @pytest.mark.gpu
@@ -27,7 +29,7 @@ def test_graph_replay_matches_eager_for_new_batches_of_a_captured_shape(tmp_path
         reference = eager(ids, mask, types, output_hidden_states=True)
         torch.testing.assert_close(ours.last_hidden_state, reference.last_hidden_state, atol=0, rtol=0)
         # The pooler is one cuBLAS GEMM over the bucket's sequences, whose algorithm may differ by batch size.
-        torch.testing.assert_close(ours.pooler_output, reference.pooler_output, atol=2e-3, rtol=0)
+        torch.testing.assert_close(ours.pooler_output, reference.pooler_output, atol=GRAPH_POOLER_ATOL_HALF, rtol=0)
         for a, b in zip(ours.hidden_states, reference.hidden_states):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert len(graphed._graphs.graphs) == 1 and not graphed._graphs.disabled
@@ -42,36 +44,6 @@ def test_graphs_need_cuda(tmp_path):
     random_bert(tmp_path)
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
         FastBertModel.from_pretrained(tmp_path, device="cpu", cuda_graphs=True)
-
-
-class EagerReplay:
-    """A stand-in for CudaGraphs on machines without a GPU: 'replay' reruns the captured function and
-    writes its results into the captured outputs, which is what a real replay does to its buffers."""
-
-    captures = 0
-    warm_ups = 0
-
-    def warm_up(self, fn):
-        fn()
-        self.warm_ups += 1
-
-    def capture(self, fn):
-        assert self.warm_ups > self.captures, "captured without an eager warm-up of the same batch"
-        outputs = fn()
-        self.captures += 1
-
-        class Graph:
-            @staticmethod
-            def replay():
-                for old, new in zip(_flat(outputs), _flat(fn()), strict=True):
-                    old.copy_(new)
-
-        return Graph, outputs
-
-
-def _flat(outputs):
-    hidden, pooled, states = outputs
-    return [hidden, *([pooled] if pooled is not None else []), *(states or ())]
 
 
 def test_graph_shapes_bound_the_filler():
@@ -106,10 +78,10 @@ def test_bucketed_replay_matches_eager_for_batches_of_every_shape(tmp_path):
         expected = model(ids, mask, types, output_hidden_states=True)
         model._graphs = graphs
         ours = model(ids, mask, types, output_hidden_states=True)
-        torch.testing.assert_close(ours.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(ours.pooler_output, expected.pooler_output, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.last_hidden_state, expected.last_hidden_state, **GRAPH_REPLAY)
+        torch.testing.assert_close(ours.pooler_output, expected.pooler_output, **GRAPH_REPLAY)
         for a, b in zip(ours.hidden_states, expected.hidden_states, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(a, b, **GRAPH_REPLAY)
     # Seven batch shapes, two passes: a few buckets, each captured once and replayed from then on.
     assert 1 <= runner.captures == len(graphs.graphs) <= 3
     # Results are copies: a later replay does not overwrite what an earlier call returned.

@@ -12,8 +12,7 @@ from fastbert.engine import staging
 from fastbert.engine.graphs import GraphCache
 from fastbert.engine.staging import Staging
 from tests.bert_factory import random_batch, random_bert
-from tests.engine.test_graphs import EagerReplay
-from tests.engine.test_launches import _counting
+from tests.engine.helpers import EagerReplay, counting_launcher
 
 
 class FakeEvent:
@@ -126,7 +125,7 @@ def test_a_replayed_forward_reads_the_device_once(tmp_path, monkeypatch, padded)
 
     quiet = Quiet()
     for name in ("embeddings", "linear", "attention", "layer_norm"):
-        setattr(quiet, name, _counting(recorder, name, getattr(kernels, name)))
+        setattr(quiet, name, counting_launcher(recorder, name, getattr(kernels, name)))
     model.ops.kernels = quiet
     model.ops.gemm.candidates["triton"].fn = quiet.linear
     lengths = [7, 3, 5] if padded else [7, 7, 7]

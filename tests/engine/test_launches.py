@@ -4,6 +4,7 @@ import pytest
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.bert_factory import load_fastbert, random_batch, random_bert
+from tests.engine.helpers import counting_launcher
 
 # Metadata-only aten ops: they create views and launch nothing.
 VIEW_OPS = {"view", "_unsafe_view", "unbind", "select", "slice", "as_strided", "alias", "detach"}
@@ -21,18 +22,6 @@ class _Recorder(TorchDispatchMode):
         if not self.inside_launcher:
             self.events.append(("op", func.overloadpacket.__name__))
         return func(*args, **(kwargs or {}))
-
-
-def _counting(recorder, name, launcher):
-    def launch(*args, **kwargs):
-        recorder.events.append(("launch", name))
-        recorder.inside_launcher = True
-        try:
-            return launcher(*args, **kwargs)
-        finally:
-            recorder.inside_launcher = False
-
-    return launch
 
 
 @pytest.mark.parametrize("layers", [1, 3])
@@ -61,7 +50,7 @@ def test_at_most_seven_launches_per_layer_and_no_other_ops(tmp_path, layers):
         return launch
 
     for name in ("embeddings", "linear", "attention", "layer_norm"):
-        setattr(counting, name, noting_residual(_counting(recorder, name, getattr(kernels, name))))
+        setattr(counting, name, noting_residual(counting_launcher(recorder, name, getattr(kernels, name))))
     model.model.ops.kernels = counting
     model.model.ops.gemm.candidates["triton"].fn = counting.linear  # the picker's handle on the kernel
     ids, mask, types = random_batch(211, [5, 9, 2], seq_len=9)

@@ -10,7 +10,7 @@ from fastbert.sentence.stream import length_sorted_batches
 from tests.bert_factory import device_for, random_batch
 from tests.st_factory import TEXTS as TINY_TEXTS
 from tests.st_factory import save_pipeline, tiny_encoder
-from tests.tolerances import SENTENCE_COSINE, SENTENCE_COSINE_HALF
+from tests.tolerances import GRAPH_REPLAY, REBATCHED_ATOL, SENTENCE_COSINE, SENTENCE_COSINE_HALF
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -54,8 +54,8 @@ def test_input_order_and_batch_invariance(minilm):
     together = minilm.encode(TEXTS, batch_size=8, max_tokens=100_000)
     alone = torch.stack([minilm.encode(text) for text in TEXTS])
     small_budget = minilm.encode(TEXTS, batch_size=2, max_tokens=40)
-    assert (together - alone).abs().max().item() <= 1e-6
-    assert (together - small_budget).abs().max().item() <= 1e-6
+    assert (together - alone).abs().max().item() <= REBATCHED_ATOL
+    assert (together - small_budget).abs().max().item() <= REBATCHED_ATOL
 
 
 def test_sentence_transformers_batch_size_is_an_upper_bound(minilm, st_embeddings):
@@ -123,10 +123,10 @@ def test_any_iterable_in_chunks_gives_the_list_result(tiny):
     texts = TINY_TEXTS * 3
     expected = tiny.encode(texts)
     from_generator = tiny.encode((text for text in texts), chunk_size=5, max_tokens=50, batch_size=3)
-    torch.testing.assert_close(from_generator, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(from_generator, expected, atol=REBATCHED_ATOL, rtol=0)
     chunks = list(fastbert.iter_encode(tiny, iter(texts), chunk_size=7))
     assert [len(chunk) for chunk in chunks] == [7, 7, 7, 3]
-    torch.testing.assert_close(torch.cat(chunks), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.cat(chunks), expected, atol=REBATCHED_ATOL, rtol=0)
     assert tiny.encode(iter([])).shape == (0, 128)
     with pytest.raises(TypeError, match="single string"):
         fastbert.iter_encode(tiny, "one text")
@@ -204,11 +204,11 @@ def test_stats_accumulate_over_calls(tiny):
 
 def test_packed_output_equals_the_padded_output_on_real_tokens(tmp_path):
     """FastBertModel.forward_tokens (what pooling reads) against forward's [B, S, H], eagerly and through
-    CUDA-graph replay (emulated on CPU by tests/test_graphs.py's EagerReplay)."""
+    CUDA-graph replay (emulated on CPU by tests/engine/helpers.py's EagerReplay)."""
     from fastbert.engine.graphs import GraphCache
     from fastbert.engine.packing import pack_inputs
     from tests.bert_factory import random_bert
-    from tests.engine.test_graphs import EagerReplay
+    from tests.engine.helpers import EagerReplay
 
     random_bert(tmp_path)
     model = fastbert.FastBertModel.from_pretrained(tmp_path, device="cpu", backend="triton")
@@ -219,7 +219,7 @@ def test_packed_output_equals_the_padded_output_on_real_tokens(tmp_path):
         torch.testing.assert_close(model.forward_tokens(*packed), expected, atol=0, rtol=0)
         model._graphs = GraphCache(model._encode_packed, model._encode_tokens, model.device, runner=EagerReplay())
         for _ in range(2):  # seen, then captured and replayed
-            torch.testing.assert_close(model.forward_tokens(*packed), expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(model.forward_tokens(*packed), expected, **GRAPH_REPLAY)
         model._graphs = None
 
 

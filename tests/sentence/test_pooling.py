@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fastbert.sentence.pooling import POOLING_MODES, pool
+from tests.tolerances import POOLING_FP32, POOLING_HALF_INPUT
 
 st_modules = pytest.importorskip("sentence_transformers.sentence_transformer.modules")
 
@@ -33,7 +34,7 @@ def test_packed_pooling_matches_sentence_transformers(modes, skip):
     ours = pool(packed.float(), offsets, modes, skip)
     assert ours.dtype == torch.float32 and ours.shape == (len(LENGTHS), hidden.shape[-1] * len(modes))
     # fp32 sums of at most 63 terms of O(1) against an fp64 reference.
-    torch.testing.assert_close(ours.double(), reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.double(), reference, **POOLING_FP32)
 
 
 def test_half_precision_hidden_states_are_pooled_in_fp32():
@@ -45,4 +46,4 @@ def test_half_precision_hidden_states_are_pooled_in_fp32():
     features = {"token_embeddings": torch.nan_to_num(hidden, nan=0.0).half().double(), "attention_mask": mask}
     reference = st_modules.Pooling(hidden.shape[-1], pooling_mode=modes)(features)["sentence_embedding"]
     assert ours.dtype == torch.float32
-    torch.testing.assert_close(ours.double(), reference, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ours.double(), reference, **POOLING_HALF_INPUT)
