@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_runtime_options(parser, default_backend):
     from fastbert.engine.gemm import GEMMS
-    from fastbert.engine.model import BACKENDS, DTYPES
+    from fastbert.engine.runtime import BACKENDS, DTYPES
 
     parser.add_argument("--model", metavar="PATH",
                         help="checkpoint folder or Hugging Face Hub id, org/name (default: all-MiniLM-L6-v2 from "
@@ -126,7 +126,7 @@ def collect_info():
     import torch
 
     from fastbert import __version__
-    from fastbert.engine.model import resolve_device_dtype_backend
+    from fastbert.engine.runtime import resolve_device_dtype_backend
 
     versions = {"fastbert": __version__, "python": platform.python_version()}
     for name in ("torch", "triton", "tokenizers", "safetensors", "numpy", "transformers",

@@ -23,9 +23,7 @@ from .backends import make_ops
 from .graphs import GraphCache
 from .outputs import EncoderOutput
 from .packing import pack_inputs
-
-# BACKENDS and DTYPES are read from here by the CLI's option parser (fastbert/cli/main.py).
-from .runtime import BACKENDS, DTYPES, resolve_device_dtype_backend  # noqa: F401
+from .runtime import resolve_device_dtype_backend
 
 
 def prepare_weights(weights: EncoderWeights, config, dtype, device) -> EncoderWeights:

@@ -92,7 +92,7 @@ def test_every_kernel_compiles_for_sm75_in_fp16_and_fp32():
 
 def test_bfloat16_is_refused_below_ampere(monkeypatch):
     """At model construction and in every launcher's argument check, with a message naming the fix."""
-    from fastbert.engine.model import resolve_device_dtype_backend
+    from fastbert.engine.runtime import resolve_device_dtype_backend
     from fastbert.kernels import _validate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
