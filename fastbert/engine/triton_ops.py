@@ -4,16 +4,7 @@ The only fastbert module outside fastbert/kernels that imports them; backends.ma
 
 import torch
 
-from fastbert.kernels import (
-    ATTENTION_HEAD_DIMS,
-    attention,
-    check_interpreter_support,
-    embeddings,
-    is_interpreter,
-    layer_norm,
-    linear,
-    linear_persistent,
-)
+from fastbert import kernels
 from fastbert.kernels.linear_persistent import is_available as persistent_is_available
 from fastbert.kernels.linear_persistent import is_supported as persistent_is_supported
 
@@ -26,14 +17,14 @@ def check_kernel_mode(device):
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {device} is not supported by the triton backend (cuda or cpu)")
     if device.type == "cpu":
-        if not is_interpreter():
+        if not kernels.is_interpreter():
             raise RuntimeError(
                 "the triton backend on CPU needs Triton's interpreter, but fastbert's kernels are compiled for "
                 "the GPU in this process (a CUDA device is present, or TRITON_INTERPRET=0): use "
                 "backend='torch' on CPU, or set TRITON_INTERPRET=1 before starting Python"
             )
-        check_interpreter_support()
-    elif is_interpreter():
+        kernels.check_interpreter_support()
+    elif kernels.is_interpreter():
         raise RuntimeError(
             "fastbert's kernels run through Triton's interpreter in this process (TRITON_INTERPRET is set, or "
             "no CUDA device was found when they were loaded), which cannot run CUDA tensors: unset "
@@ -49,23 +40,25 @@ class TritonOps:
 
     def __init__(self, device, config, gemm="auto"):
         check_kernel_mode(device)
+        # The launchers, through one handle: a test counts launches by swapping it.
+        self.kernels = kernels
         extra = {}
         if persistent_is_available(device):
             # Hopper and newer (or Triton's interpreter, where gemm='triton_persistent' tests it): the TMA
             # persistent GEMM competes too, where TMA can address the operands.
-            extra["triton_persistent"] = Candidate(linear_persistent, persistent_is_supported)
+            extra["triton_persistent"] = Candidate(kernels.linear_persistent, persistent_is_supported)
         elif gemm == "triton_persistent":
             raise ValueError("gemm='triton_persistent' needs a CUDA GPU of compute capability 9.0 or newer")
-        self.gemm = GemmPicker(linear, gemm, extra=extra)
-        if config.head_dim not in ATTENTION_HEAD_DIMS:
+        self.gemm = GemmPicker(kernels.linear, gemm, extra=extra)
+        if config.head_dim not in kernels.ATTENTION_HEAD_DIMS:
             raise ValueError(
                 f"head_dim={config.head_dim} (hidden_size {config.hidden_size} / {config.num_attention_heads} heads) "
-                f"is not supported by the triton attention kernel {ATTENTION_HEAD_DIMS}: use backend='torch'"
+                f"is not supported by the triton attention kernel {kernels.ATTENTION_HEAD_DIMS}: use backend='torch'"
             )
 
     def embeddings(self, input_ids, position_ids, token_type_ids, embedding_weights, eps):
         table = embedding_weights
-        return embeddings(
+        return self.kernels.embeddings(
             input_ids, position_ids, table.word, table.position, table.norm.weight, table.norm.bias, eps,
             # A family without token types (DistilBERT) has no table: its (all-zero) type ids are not read.
             token_type_ids=token_type_ids if table.token_type is not None else None,
@@ -78,7 +71,7 @@ class TritonOps:
 
     def attention(self, q, k, v, packing):
         # Packing built cu_seqlens from the validated mask: no need to read it back (a sync) every layer.
-        return attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, scale=1.0, check_indices=False)
+        return self.kernels.attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, scale=1.0, check_indices=False)
 
     def layer_norm(self, x, norm, eps, residual=None):
-        return layer_norm(x, norm.weight, norm.bias, eps, residual=residual)
+        return self.kernels.layer_norm(x, norm.weight, norm.bias, eps, residual=residual)

@@ -20,8 +20,10 @@ def dot_precision(dtype) -> str:
 def fits_registers(config: triton.Config, input_precision: str) -> bool:
     """The register rule: IEEE fp32 products run on CUDA cores (FMA), which hold operand fragments in
     registers beside the fp32 product tile; past 32 of its values per thread ptxas spills (compiled for
-    sm_90: 64x64 on 4 warps fits, 128x64 spills). The product tile is BLOCK_M x BLOCK_N, for a GEMM the
-    output tile and for attention the score tile. Tensor-core products (16-bit, TF32) fit every config."""
+    sm_90: 64x64 on 4 warps fits, 128x64 spills). The product tile is BLOCK_M x BLOCK_N: for a GEMM the
+    output tile; for attention the score tile, where the rule drops the configs that spill most, while the
+    ones it keeps still spill some in IEEE fp32 (the output tile is live beside it; compiled for sm_90).
+    Tensor-core products (16-bit, TF32) fit every config."""
     tiles = config.kwargs
     return input_precision != "ieee" or tiles["BLOCK_M"] * tiles["BLOCK_N"] <= 32 * 32 * config.num_warps
 

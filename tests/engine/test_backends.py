@@ -140,7 +140,7 @@ def test_kernels_compiled_for_the_gpu_refuse_cpu_tensors_with_the_way_out(tmp_pa
 def test_interpreted_kernels_refuse_a_cuda_device(monkeypatch):
     from fastbert.engine import triton_ops
 
-    monkeypatch.setattr(triton_ops, "is_interpreter", lambda: True)
+    monkeypatch.setattr(triton_ops.kernels, "is_interpreter", lambda: True)
     with pytest.raises(RuntimeError, match="cannot run CUDA tensors: unset TRITON_INTERPRET"):
         triton_ops.check_kernel_mode("cuda")
     with pytest.raises(ValueError, match="device meta is not supported by the triton backend"):
