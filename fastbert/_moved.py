@@ -16,7 +16,7 @@ MOVED = {
     "fastbert.weights": "fastbert.checkpoint.weights",
     "fastbert.hub": "fastbert.checkpoint.hub",
     "fastbert.tokenizer": "fastbert.checkpoint.tokenizer",
-    "fastbert.model": "fastbert.engine.model",
+    "fastbert.model": "fastbert.api",  # FastBertModel, with encode and start_pool
     "fastbert.packing": "fastbert.engine.packing",
     "fastbert.backends": "fastbert.engine.backends",
     "fastbert.gemm": "fastbert.engine.gemm",

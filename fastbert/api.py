@@ -15,8 +15,8 @@ from fastbert.sentence.pipeline import load_pipeline
 __all__ = ["FastBertModel", "from_pretrained"]
 
 
-class FastBertModel(engine.FastBertModel):
-    """The engine's encoder (forward, forward_tokens; see fastbert.engine.model.FastBertModel) with
+class FastBertModel(engine.Encoder):
+    """The engine's encoder (forward, forward_tokens; see fastbert.engine.model.Encoder) with
     sentence embeddings on top: `encode` and `start_pool`."""
 
     def encode(self, texts, *, devices=None, pool=None, **options):

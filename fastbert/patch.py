@@ -14,7 +14,7 @@ from dataclasses import fields
 from fastbert.checkpoint.config import BertConfig
 from fastbert.checkpoint.families import FAMILIES
 from fastbert.checkpoint.weights import convert_state_dict
-from fastbert.engine.model import FastBertModel
+from fastbert.engine.model import Encoder
 
 # Models that hold their transformers model below the top, as an attribute path. A transformers model
 # itself needs no entry: its config's model_type names its family (fastbert/families.py), and the family
@@ -121,7 +121,7 @@ def optimize(model, backend="auto", dtype=None):
     parameter = next(encoder.parameters())
     config = BertConfig.from_dict(encoder.config.to_dict())
     weights, _heads = convert_state_dict(encoder.state_dict(), config)
-    fast = FastBertModel(config, weights, device=parameter.device, dtype=dtype or parameter.dtype, backend=backend)
+    fast = Encoder(config, weights, device=parameter.device, dtype=dtype or parameter.dtype, backend=backend)
     original_forward = encoder.forward
     setattr(encoder, _STATE, fast)
     encoder.forward = _fast_forward(encoder, family, fast, original_forward)

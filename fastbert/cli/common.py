@@ -70,9 +70,9 @@ def resolve_runtime(device, dtype, backend):
 
 
 def load_model(path, device, dtype, backend, gemm="auto"):
-    from fastbert.engine.model import FastBertModel
+    from fastbert.engine.model import Encoder
 
     try:
-        return FastBertModel.from_pretrained(path, dtype=dtype, device=device, backend=backend, gemm=gemm)
+        return Encoder.from_pretrained(path, dtype=dtype, device=device, backend=backend, gemm=gemm)
     except Exception as err:  # whatever a user's folder holds, name the folder and the problem
         raise InputError(f"cannot load the model in {path}: {one_line(err)}") from err

@@ -1,4 +1,4 @@
-"""FastBertModel: a padding-free BERT-family encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA:
+"""Encoder: a padding-free BERT-family encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA:
 fastbert/checkpoint/families.py).
 
 The data path of one forward pass, top to bottom in `forward`:
@@ -51,7 +51,7 @@ def prepare_weights(weights: EncoderWeights, config, dtype, device) -> EncoderWe
     return dataclasses.replace(weights, layers=layers).map_tensors(place)
 
 
-class FastBertModel:
+class Encoder:
     """BERT-family encoder on packed variable-length tokens. See `from_pretrained`."""
 
     def __init__(self, config, weights, *, device=None, dtype=None, backend="auto", cuda_graphs=None,
@@ -103,7 +103,7 @@ class FastBertModel:
 
     def __repr__(self):
         c = self.config
-        return (f"FastBertModel(model_type={c.model_type!r}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
+        return (f"{type(self).__name__}(model_type={c.model_type!r}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
                 f"heads={c.num_attention_heads}, backend={self.backend!r}, device={str(self.device)!r}, "
                 f"dtype={self.dtype})")
 

@@ -33,7 +33,7 @@ class Embedder:
 
     def __init__(self, model, *, text_column="text", embedding_column="embedding", device=None, dtype=None,
                  backend="auto", gemm="auto", **encode_options):
-        from fastbert.engine.model import FastBertModel
+        from fastbert.engine.model import Encoder
         from fastbert.sentence.stream import encode
 
         if not isinstance(model, (str, os.PathLike)):
@@ -49,7 +49,7 @@ class Embedder:
             raise ValueError(f"{sorted(placement)} do not apply under Ray: map_batches' concurrency and num_gpus "
                              "place the actors")
         self.text_column, self.embedding_column = text_column, embedding_column
-        self.model = FastBertModel.from_pretrained(model, dtype=dtype, device=device, backend=backend, gemm=gemm)
+        self.model = Encoder.from_pretrained(model, dtype=dtype, device=device, backend=backend, gemm=gemm)
         self.encode_options = encode_options
         encode(self.model, [], **encode_options)  # a bad option fails when the actor starts, not on a batch
         self.model.get_tokenizer()

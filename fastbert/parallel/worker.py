@@ -58,14 +58,14 @@ def worker_main(index, device, path, options, threads, tasks, results, cancelled
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     try:
-        from fastbert.engine.model import FastBertModel
+        from fastbert.engine.model import Encoder
         from fastbert.sentence.stream import encode
 
         if device.type == "cpu":
             torch.set_num_threads(threads)
         else:
             torch.cuda.set_device(device)
-        model = FastBertModel.from_pretrained(path, device=device, **options)
+        model = Encoder.from_pretrained(path, device=device, **options)
         # A folder without a usable tokenizer, or with a sentence-transformers module fastbert cannot
         # run, fails now rather than on the first chunk.
         model.get_tokenizer()
