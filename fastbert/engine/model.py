@@ -103,9 +103,9 @@ class Encoder:
 
     def __repr__(self):
         c = self.config
-        return (f"{type(self).__name__}(model_type={c.model_type!r}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
-                f"heads={c.num_attention_heads}, backend={self.backend!r}, device={str(self.device)!r}, "
-                f"dtype={self.dtype})")
+        return (f"{type(self).__name__}(model_type={c.model_type!r}, layers={c.num_hidden_layers}, "
+                f"hidden={c.hidden_size}, heads={c.num_attention_heads}, backend={self.backend!r}, "
+                f"device={str(self.device)!r}, dtype={self.dtype})")
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
