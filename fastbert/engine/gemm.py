@@ -1,12 +1,12 @@
 """Which GEMM runs each projection: fastbert's Triton kernels or cuBLAS, measured per shape.
 
-On an H200 (benchmarks/results/nvidia-h200) the Triton GEMM reaches 56-69% of cuBLAS on BERT's plain
-projections but beats cuBLAS + a separate GELU kernel on the FFN-in projection, where its fused epilogue
-saves a round trip through memory; on sm_90+ a TMA persistent kernel (kernels/linear_persistent.py)
-competes too. Neither wins everywhere, and the winner depends on the GPU, dtype and token count, so in
-"auto" mode every candidate is timed on a shape's first use and the fastest is kept, the way an autotuner
-picks tiles. All compute in fp32 accumulators; the cuBLAS path rounds once more, between the GEMM and the
-activation, exactly as transformers does, so its numbers match transformers at least as closely.
+cuBLAS tends to win BERT's plain projections, while the Triton GEMM's fused epilogue saves a round trip
+through memory where there is an activation to fuse (measured: benchmarks/results/<gpu>/REPORT.md); on
+sm_90+ a TMA persistent kernel (fastbert/kernels/linear_persistent.py) competes too. Neither wins
+everywhere, and the winner depends on the GPU, dtype and token count, so in "auto" mode every candidate is
+timed on a shape's first use and the fastest is kept, the way an autotuner picks tiles. All compute in fp32
+accumulators; the cuBLAS path rounds once more, between the GEMM and the activation, exactly as transformers
+does, so its numbers match transformers at least as closely.
 
 Decisions are made eagerly, on the first call with a new shape, and at the M the decision will serve: a
 shape is keyed by its token bucket (tokens rounded up to a power of two) and timed on operands of the

@@ -5,7 +5,7 @@ The data path of one forward pass, top to bottom in `forward`:
 tokens -> validate and pack the real tokens once (positions by the family's rule) -> embeddings of real
 tokens only (ELECTRA: then widened by its projection GEMM) -> layers on packed [T, H] tokens (7 kernel
 launches each, residual adds fused into the GEMMs; more where a GEMM splits K at small token counts or
-cuBLAS serves it, see backends.TritonOps; nothing else) -> scatter back to [B, S, H] once (padded
+cuBLAS serves it, see triton_ops.TritonOps; nothing else) -> scatter back to [B, S, H] once (padded
 positions are zero) -> pooler on each sequence's first real token."""
 
 import dataclasses
@@ -75,14 +75,14 @@ class Encoder:
     def from_pretrained(cls, path, dtype=None, device=None, backend="auto", cuda_graphs=None, gemm="auto"):
         """Load a checkpoint folder of any supported model_type (config.json + model.safetensors or
         pytorch_model.bin; task-model checkpoints too, their heads set aside), or a Hugging Face Hub id
-        ("org/name", fetched through the Hugging Face cache: fastbert/hub.py).
+        ("org/name", fetched through the Hugging Face cache: fastbert/checkpoint/hub.py).
         Defaults: CUDA with fp16 when a GPU is present, else CPU with fp32; backend 'auto' picks
         triton on CUDA and torch on CPU ('triton' on CPU runs through Triton's interpreter); cuda_graphs
         (default: on for triton on CUDA) replays captured CUDA graphs, one per bucket of similar batch
-        shapes (fastbert/graphs.py), once a bucket has been seen twice;
+        shapes (fastbert/engine/graphs.py), once a bucket has been seen twice;
         gemm (triton backend on CUDA) picks each projection's GEMM: 'auto' times fastbert's Triton kernels
         (on sm_90+ also the TMA persistent one) against cuBLAS once per shape and keeps the fastest
-        (fastbert/gemm.py); 'triton', 'triton_persistent' or 'cublas' fix it."""
+        (fastbert/engine/gemm.py); 'triton', 'triton_persistent' or 'cublas' fix it."""
         path = resolve_model_path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model folder not found: {path} is a file, not a checkpoint folder")

@@ -122,7 +122,7 @@ def pack_inputs(config, device, input_ids, attention_mask=None, token_type_ids=N
     needs no GPU synchronisation at all, so the host prepares the next batch while the GPU computes.
     Positions default to transformers' rule for the family: the column index for BERT (so left-padded
     rows start at the position of their first column), pad_token_id + 1 onwards over non-pad ids for
-    the RoBERTa family (fastbert/families.py); pass position_ids to choose otherwise."""
+    the RoBERTa family (fastbert/checkpoint/families.py); pass position_ids to choose otherwise."""
     device = torch.device(device)
     to_device = torch.device(to_device) if to_device is not None else device
     if not isinstance(input_ids, torch.Tensor):
