@@ -118,10 +118,10 @@ def unpack_exception(packed):
 def worker_main(index, device, path, options, threads, watch_kernel, tasks, results, cancelled):
     """Watch the parent, load the model, report ready (or the failure), then encode chunks until told to
     stop. watch_kernel: use the kernel's parent-death signal too (see watch_parent)."""
-    watch_parent(watch_kernel)
     # Ctrl-C reaches every process of the terminal's group: the parent handles it and closes the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        watch_parent(watch_kernel)  # first: the parent may die while the model loads
         from fastbert.engine.model import Encoder
         from fastbert.sentence.stream import encode
 
