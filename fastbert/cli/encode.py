@@ -176,7 +176,7 @@ def cmd_encode(args):
         for pool in pools:
             pool.close()
     seconds = time.perf_counter() - start
-    where = ("workers " + "; ".join(model.workers) if args.devices else
+    where = (f"workers {model.summary}" if args.devices else
              f"{model.backend}, {model.device}, {str(model.dtype).removeprefix('torch.')}")
     print(f"wrote {rows} x {dim} float32 embeddings to {output} ({where}; {seconds:.1f} s)", file=sys.stderr)
     return 0

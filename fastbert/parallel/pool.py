@@ -7,15 +7,18 @@
 Workers are spawned, not forked (CUDA cannot be used in a forked child), and load the model from its
 folder on their device. They take chunks of texts from one shared task queue, so a faster device takes
 more chunks, and tokenize their own chunks, so tokenization runs in parallel too; the parent puts the
-results back in input order. A worker's exception is raised again in the parent, with the worker's
-traceback as its cause; a worker that dies (killed, out of memory) fails the call within POLL_S seconds
-and closes the pool. Spawned workers import the main module: a script needs the usual
-`if __name__ == "__main__":` guard."""
+results back in input order. A worker's exception is raised again in the parent, of its own type and
+with the worker's traceback as its cause, once the chunks before its chunk have been yielded; a text it
+names is named by its index in the caller's input. A worker that dies (killed, out of memory) fails the
+call within POLL_S seconds and closes the pool; a parent that dies (even by SIGKILL) takes its workers
+with it (fastbert.parallel.worker.watch_parent). Spawned workers import the main module: a script needs
+the usual `if __name__ == "__main__":` guard."""
 
 import itertools
 import math
 import queue
 import signal
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sized
@@ -23,10 +26,14 @@ from collections.abc import Iterable, Mapping, Sized
 import numpy as np
 import torch
 
+from fastbert.checkpoint.tokenizer import UntokenizableTextError
 from fastbert.defaults import CHUNK_TEXTS
 from fastbert.engine.runtime import check_device
 
-from .worker import POLL_S, from_transport, worker_main
+from .worker import from_transport, unpack_exception, worker_main
+
+# How often the parent checks that its workers live while it waits for a reply.
+POLL_S = 0.5
 
 # encode() cuts a call into about this many chunks per worker: enough for a fast device to take more
 # than a slow one, few enough that each chunk fills the token budget of several batches.
@@ -68,6 +75,19 @@ def parse_devices(devices):
     if not devices:
         raise ValueError("devices is empty: name at least one device, such as ['cuda:0']")
     return [check_device(device, f"devices[{position}]") for position, device in enumerate(devices)]
+
+
+def describe_runtimes(runtimes):
+    """Workers' (device, backend, dtype) in one line, each thing said once: 'cpu x2, torch, float32',
+    'cuda:0+cuda:1, triton, float16'; workers of different backends or dtypes in groups,
+    'cuda:0, triton, float16 / cpu, torch, float32'."""
+    groups = {}  # (backend, dtype) -> {device: workers}, in the workers' order
+    for device, backend, dtype in runtimes:
+        devices = groups.setdefault((backend, dtype), {})
+        devices[device] = devices.get(device, 0) + 1
+    return " / ".join(
+        "+".join(device if count == 1 else f"{device} x{count}" for device, count in devices.items())
+        + f", {backend}, {dtype}" for (backend, dtype), devices in groups.items())
 
 
 def _cpu_threads(devices):
@@ -152,18 +172,23 @@ class EncodePool:
         self._busy = False
         self._closed = False
         self.workers = []  # each worker's "device, backend, dtype", once all have loaded the model
+        self._runtimes = []  # the same as (device, backend, dtype)
         threads = _cpu_threads(self.devices)
+        # Linux's parent-death signal follows the thread that starts a worker: only the main thread lives
+        # as long as the process (a pool started from another thread relies on the workers' watch thread).
+        watch_kernel = threading.current_thread() is threading.main_thread()
         self._processes = [
             context.Process(target=worker_main, name=f"fastbert-worker-{index}-{device}", daemon=True,
-                            args=(index, device, self.path, options, threads, self._tasks, self._results,
-                                  self._cancelled))
+                            args=(index, device, self.path, options, threads, watch_kernel, self._tasks,
+                                  self._results, self._cancelled))
             for index, device in enumerate(self.devices)]
         # Also at garbage collection and interpreter exit: a forgotten pool leaves no processes behind.
         self._finalizer = weakref.finalize(self, _shutdown, self._processes, self._tasks, self._results)
         try:
             for process in self._processes:
                 process.start()
-            self.workers = self._wait_ready()
+            self._runtimes = self._wait_ready()
+            self.workers = [", ".join(runtime) for runtime in self._runtimes]
         except BaseException:
             self.close()
             raise
@@ -199,6 +224,11 @@ class EncodePool:
     def closed(self):
         return self._closed
 
+    @property
+    def summary(self):
+        """The workers in one line (describe_runtimes)."""
+        return describe_runtimes(self._runtimes)
+
     def close(self, grace=CLOSE_GRACE_S):
         """Stop every worker, letting each finish its chunk for up to `grace` seconds (idempotent)."""
         self._closed = True
@@ -209,12 +239,13 @@ class EncodePool:
 
     def encode(self, texts, *args, **kwargs):
         """model.encode(texts, *args, **kwargs) spread over the workers: the same result, in input order.
-        texts: a string, a list, or any iterable of strings (read lazily, a bounded number of chunks ahead)."""
+        texts: a string, a list, or any iterable of strings (read lazily, a bounded number of chunks ahead);
+        a sized one must yield as many texts as its len() says."""
         if "stats" in kwargs:
             raise ValueError("stats= is not collected across worker processes: encode on one device to measure")
         kwargs = {**self.encode_defaults, **kwargs}
         if isinstance(texts, str):
-            return list(self._run(iter([texts]), args, kwargs, lambda chunk: "the text"))[0]
+            return list(self._run(iter([texts]), args, kwargs, lambda chunk: ("the text", 0)))[0]
         if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
             raise TypeError(f"texts must be a string or an iterable of strings, got {type(texts).__name__}")
         total = len(texts) if isinstance(texts, Sized) else None
@@ -225,7 +256,7 @@ class EncodePool:
         def chunks():
             iterator, first = iter(texts), 0
             while True:
-                chunk = list(itertools.islice(iterator, size))
+                chunk = _checked_texts(list(itertools.islice(iterator, size)), "texts", first)
                 if chunk or not spans:  # no texts at all: one empty chunk, for encode's own empty result
                     spans.append((first, first + len(chunk)))
                     yield chunk
@@ -242,45 +273,64 @@ class EncodePool:
             kwargs = {**kwargs, "show_progress_bar": False}
         parts = []
         try:
-            for part in self._run(chunks(), args, kwargs, lambda chunk: "texts[{}:{}]".format(*spans[chunk])):
+            for part in self._run(chunks(), args, kwargs,
+                                  lambda chunk: ("texts[{}:{}]".format(*spans[chunk]), spans[chunk][0])):
                 parts.append(part)
                 if progress is not None:
                     progress.update(len(part))
         finally:
             if progress is not None:
                 progress.close()
+        read = spans[-1][1]
+        if total is not None and read != total:
+            # a list subclass or a view whose iteration disagrees with its len(): which rows would be missing
+            # (or extra) is unknowable, so no result rather than a wrong one
+            raise ValueError(f"texts has len() {total} but its iteration gave {read} texts: a sized input must "
+                             "give as many texts as its len() says")
         return _concatenate(parts)
 
     def encode_chunks(self, chunks, *args, **kwargs):
         """Yield model.encode(chunk, *args, **kwargs) for each chunk of an iterable, in order, with
         IN_FLIGHT_PER_WORKER chunks per worker in flight: for streams too large to hold at once.
         Stopping the iteration early abandons the chunks in flight; the pool stays usable."""
-        copies = (chunk if isinstance(chunk, str) else list(chunk) for chunk in chunks)
-        return self._run(copies, args, {**self.encode_defaults, **kwargs}, lambda chunk: f"chunk {chunk}")
+        copies = (chunk if isinstance(chunk, str) else _checked_texts(list(chunk), f"chunk {number}: texts", 0)
+                  for number, chunk in enumerate(chunks))
+        return self._run(copies, args, {**self.encode_defaults, **kwargs}, lambda chunk: (f"chunk {chunk}", 0))
 
-    def _run(self, chunks, args, kwargs, describe):
-        """Generator: send chunks (a bounded number ahead), yield their results in order."""
+    def _run(self, chunks, args, kwargs, locate):
+        """Generator: send chunks (a bounded number ahead), yield their results in order. An error, the
+        workers' or the one reading the chunks raised, is raised in its chunk's turn: after the results of
+        the chunks before it, as a single-device stream would. locate(chunk) -> (how to name the chunk, the
+        index in the caller's input of its first text)."""
         if self._closed:
             raise RuntimeError("this EncodePool is closed")
         if self._busy:
             raise RuntimeError("this EncodePool is already running a call: one call at a time")
         self._busy, finished = True, False
         self._call += 1
-        call, sent, returned, ready, exhausted = self._call, 0, 0, {}, False
+        call, sent, returned, outcomes, exhausted = self._call, 0, 0, {}, False
         limit = IN_FLIGHT_PER_WORKER * len(self._processes)
         try:
             while True:
                 while not exhausted and sent - returned < limit:
-                    chunk = next(chunks, None)
+                    try:
+                        chunk = next(chunks, None)
+                    except Exception as err:  # a text that is not a string, or the caller's iterator failing
+                        outcomes[sent], sent, exhausted = ("raise", err), sent + 1, True
+                        break
                     if chunk is None:
                         exhausted = True
                     else:
                         self._tasks.put((call, sent, chunk, args, kwargs))
                         sent += 1
-                if returned in ready:
-                    result = from_transport(ready.pop(returned))
+                if returned in outcomes:
+                    kind, payload = outcomes.pop(returned)
+                    if kind == "raise":
+                        raise payload
+                    if kind == "error":
+                        raise self._chunk_error(payload, *locate(returned))
                     returned += 1
-                    yield result
+                    yield from_transport(payload)
                     continue
                 if exhausted and returned == sent:
                     finished = True
@@ -288,23 +338,33 @@ class EncodePool:
                 kind, worker, reply_call, chunk, payload = self._next_reply(self.timeout)
                 if reply_call != call:
                     continue  # a late result of an abandoned call
-                if kind == "error":
-                    raise self._remote_error(worker, payload, f"while encoding {describe(chunk)}")
-                ready[chunk] = payload
+                outcomes[chunk] = (kind, payload if kind == "done" else (worker, payload))
         finally:
             if not finished:
                 self._cancelled.value = call
             self._busy = False
 
+    def _chunk_error(self, failure, name, first):
+        """A worker's error on the chunk `name`, told in the caller's numbers: an untokenizable text's index
+        counted from the input's start, not the chunk's."""
+        worker, payload = failure
+        error = self._remote_error(worker, payload, f"while encoding {name}")
+        if isinstance(error, UntokenizableTextError) and first:
+            shifted = error.shifted(first)
+            shifted.__cause__ = error.__cause__
+            error = shifted
+        return error
+
     def _wait_ready(self):
-        summaries = [None] * len(self._processes)
-        while None in summaries:
+        """Each worker's (device, backend, dtype), once all have loaded the model."""
+        runtimes = [None] * len(self._processes)
+        while None in runtimes:
             kind, worker, _, _, payload = self._next_reply(timeout=None)  # loading: as long as they live
             if kind == "failed":
                 raise self._remote_error(worker, payload, "while loading the model")
             if kind == "ready":
-                summaries[worker] = payload
-        return summaries
+                runtimes[worker] = payload
+        return runtimes
 
     def _next_reply(self, timeout):
         """The next message from any worker; WorkerError when a worker has died, TimeoutError after
@@ -332,12 +392,21 @@ class EncodePool:
                 raise TimeoutError(f"no reply from the fastbert workers in {timeout} s; the pool is closed")
 
     def _remote_error(self, worker, payload, what):
-        exception, summary, text = payload
+        exception, summary, text = unpack_exception(payload)
         where = f"fastbert worker {worker} on {self.devices[worker]}, {what}"
         if exception is None:
             exception = WorkerError(f"{where}: {summary}")
         exception.__cause__ = RemoteTraceback(f'\n"""\n{where}:\n{text}"""')
         return exception
+
+
+def _checked_texts(chunk, name, first):
+    """`chunk`, once every item is known to be a string: checked here, where the index in the caller's
+    input is known (and before anything unpicklable reaches a queue, which would drop it silently)."""
+    for position, text in enumerate(chunk, first):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{position}] must be a string, got {type(text).__name__}")
+    return chunk
 
 
 def _exit_reason(exitcode):

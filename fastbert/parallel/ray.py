@@ -11,7 +11,13 @@
 Each actor loads the model once (from a folder every node can read) and turns a batch's `text` column
 into an `embedding` column (float32 [H] per row); other columns pass through. `encode_files` is
 `fastbert encode --ray`. Ray is an optional extra (pip install 'fastbert[ray]'), imported only when
-used: this module is `fastbert.parallel.ray`, and every `import ray` in it means the Ray package (absolute)."""
+used: this module is `fastbert.parallel.ray`, and every `import ray` in it means the Ray package (absolute).
+
+A driver that dies, even by SIGKILL, takes its actors with it by Ray's own guarantees, so fastbert adds no
+watch of its own here (an actor's parent process is Ray's worker machinery, not the driver): the actors
+of a Ray Data job are owned by the driver, and Ray ends an owner's non-detached actors when the owner
+dies; a local cluster that start_ray started (ray.init without an address) shares the driver's fate (on
+Linux its processes get the kernel's parent-death signal, elsewhere Ray's reaper stops them)."""
 
 import os
 from pathlib import Path

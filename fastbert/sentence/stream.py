@@ -135,14 +135,24 @@ def encode(model, texts, *, stats=None, **options):
     chunks = encode_stream(model, texts, opts, stats)
     dim = opts.truncate_dim or sentence_pipeline(model).output_dim(opts.pooling)
     if isinstance(texts, (list, tuple)):
-        # The size is known: fill one tensor rather than hold every chunk and a concatenated copy.
+        # The size is known: fill one tensor rather than hold every chunk and a concatenated copy. A list
+        # subclass whose iteration disagrees with its len() would leave rows unfilled: an error instead.
         embeddings, filled = torch.empty(len(texts), dim), 0
         for chunk in chunks:
+            if filled + len(chunk) > len(embeddings):
+                _wrong_length(texts, f"more than {len(embeddings)}")
             embeddings[filled:filled + len(chunk)] = chunk
             filled += len(chunk)
+        if filled != len(embeddings):
+            _wrong_length(texts, filled)
     else:
         embeddings = torch.cat([torch.zeros(0, dim), *chunks])
     return embeddings[0] if single else embeddings
+
+
+def _wrong_length(texts, given):
+    raise ValueError(f"texts has len() {len(texts)} but its iteration gave {given} texts: a sized input must "
+                     "give as many texts as its len() says")
 
 
 def iter_encode(model, texts, *, stats=None, **options):

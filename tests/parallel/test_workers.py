@@ -1,4 +1,4 @@
-"""encode on several worker processes (fastbert/workers.py): two CPU workers stand in for two GPUs.
+"""encode on several worker processes (fastbert.parallel.pool): two CPU workers stand in for two GPUs.
 
 Starting a worker costs a process with torch and the model (seconds on a small CPU): one pool serves
 most tests; the tests that break or refuse a pool start one worker of their own."""
@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import fastbert
-from fastbert.parallel.pool import EncodePool, RemoteTraceback, WorkerError, parse_devices
+from fastbert.checkpoint.tokenizer import UntokenizableTextError
+from fastbert.parallel.pool import EncodePool, RemoteTraceback, WorkerError, describe_runtimes, parse_devices
+from fastbert.parallel.worker import pack_exception, unpack_exception
 from tests.tolerances import BATCHING_ATOL, ENCODER_TOLERANCES, batching_error
 
 # Ragged on purpose: empty, one word, truncated at max_seq_length, and lengths shuffled so that every
@@ -73,11 +75,62 @@ def test_worker_error_is_raised_in_parent_and_pool_survives(model, pool):
         pool.encode(TEXTS, max_tokens=0)
     assert isinstance(caught.value.__cause__, RemoteTraceback)
     assert "fastbert worker" in str(caught.value.__cause__)
-    bad = TEXTS[:12] + [42] + TEXTS[12:20]
-    with pytest.raises(TypeError, match="must be a string") as caught:
-        pool.encode(bad)
+    assert_same(pool.encode(TEXTS[:9]), model.encode(TEXTS[:9]))
+
+
+def test_bad_text_is_named_by_its_index_in_the_input(model, pool):
+    # chunk_size 5: texts[12] is the third text of chunk texts[10:15]; the error counts from the input's start.
+    with pytest.raises(TypeError, match=r"^texts\[12\] must be a string, got int$"):
+        pool.encode(TEXTS[:12] + [42] + TEXTS[12:20])
+    with pytest.raises(UntokenizableTextError, match=r"texts\[12\] \(a lone surrogate") as caught:
+        pool.encode(TEXTS[:12] + ["bad \ud800 text"] + TEXTS[12:20])
+    assert caught.value.indices == [12]
     assert "while encoding texts[10:15]" in str(caught.value.__cause__)
     assert_same(pool.encode(TEXTS[:9]), model.encode(TEXTS[:9]))
+
+
+def test_stream_error_comes_after_the_chunks_before_it(model, pool):
+    # What a single-device stream does: every chunk before the bad one is yielded, then its error is raised.
+    chunks = [TEXTS[0:4], TEXTS[4:8], TEXTS[8:10] + ["bad \ud800"], TEXTS[12:16]]
+    results = []
+    with pytest.raises(UntokenizableTextError, match=r"texts\[2\]") as caught:
+        for result in pool.encode_chunks(chunks):
+            results.append(result)
+    assert len(results) == 2 and "while encoding chunk 2" in str(caught.value.__cause__)
+    assert_same(torch.cat(results), model.encode(TEXTS[:8]))
+    with pytest.raises(TypeError, match=r"chunk 1: texts\[0\] must be a string, got NoneType"):
+        for result in pool.encode_chunks([TEXTS[0:4], [None]]):
+            results.append(result)
+    assert len(results) == 3
+
+
+def test_exception_keeps_its_type_across_processes():
+    # UntokenizableTextError's __init__ takes indices that its args do not hold: pickle alone cannot rebuild it.
+    packed = pack_exception(UntokenizableTextError("cannot tokenize texts[3]", [3]))
+    exception, summary, _ = unpack_exception(packed)
+    assert type(exception) is UntokenizableTextError and exception.indices == [3]
+    assert str(exception) == "cannot tokenize texts[3]" and summary.startswith("UntokenizableTextError: ")
+
+
+class ShortList(list):
+    """A list whose iteration stops before its len(): a view over a changing source can be like this."""
+
+    def __iter__(self):
+        return iter(self[:len(self) - 2])
+
+
+class LongList(list):
+    def __iter__(self):
+        return iter(self[:] + self[:2])
+
+
+@pytest.mark.parametrize("texts", [ShortList(TEXTS[:9]), LongList(TEXTS[:9])], ids=["short", "long"])
+def test_sized_input_must_give_its_len(model, pool, texts):
+    # Every path that sizes its result by len(): no uninitialised or missing rows, an error naming both counts.
+    with pytest.raises(ValueError, match=r"texts has len\(\) 9 but its iteration gave (7|more than 9) texts"):
+        model.encode(texts)
+    with pytest.raises(ValueError, match=r"texts has len\(\) 9 but its iteration gave (11|7) texts"):
+        pool.encode(texts)
 
 
 def test_one_call_pool_via_devices_leaves_no_process(model):
@@ -158,9 +211,20 @@ def test_cli_devices_matches_python_api(tmp_path, model, capsys):
     out, before = tmp_path / "out.npy", len(fastbert_workers())
     assert main(["encode", *texts, "--devices", "cpu,cpu", "--backend", "torch", "--model", str(model.path),
                  "--output", str(out)]) == 0
-    assert "workers cpu, torch, float32; cpu, torch, float32" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "(workers cpu x2, torch, float32; " in err and err.count("torch") == 1
     assert_same(torch.from_numpy(np.load(out)), model.encode(texts))
     assert len(fastbert_workers()) == before
+
+
+@pytest.mark.parametrize("runtimes, summary", [
+    ([("cpu", "torch", "float32")], "cpu, torch, float32"),
+    ([("cuda:0", "triton", "float16"), ("cuda:1", "triton", "float16")], "cuda:0+cuda:1, triton, float16"),
+    ([("cuda:0", "triton", "float16"), ("cpu", "torch", "float32"), ("cuda:0", "triton", "float16")],
+     "cuda:0 x2, triton, float16 / cpu, torch, float32"),
+])
+def test_workers_summary_says_each_thing_once(runtimes, summary):
+    assert describe_runtimes(runtimes) == summary
 
 
 @pytest.mark.parametrize("options, message", [
