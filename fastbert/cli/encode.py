@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastbert.defaults import CORPUS_CHUNK_TEXTS, MAX_BATCH_TOKENS
+from fastbert.defaults import CORPUS_CHUNK_TEXTS, MAX_BATCH_TOKENS, POOLING_MODE_NAMES
 from fastbert.errors import InputError
 
 from .common import load_model as load_pretrained
@@ -186,7 +186,6 @@ def encode_arguments():
     """`fastbert encode`'s own options as a table of (flags, add_argument keywords): one row per option."""
     from fastbert.corpus.readers import INPUT_FORMATS
     from fastbert.corpus.writers import OUTPUT_FORMATS
-    from fastbert.sentence.pooling import POOLING_MODES
 
     return [
         (("texts",), dict(nargs="*", metavar="TEXT", help="texts to embed")),
@@ -205,7 +204,7 @@ def encode_arguments():
         (("--chunk-size",), dict(type=positive_int, default=CORPUS_CHUNK_TEXTS, metavar="N",
                                  help=f"records read, embedded and written at a time (default {CORPUS_CHUNK_TEXTS}; "
                                       "the first chunks are smaller so that rows appear early)")),
-        (("--pooling",), dict(choices=tuple(POOLING_MODES),
+        (("--pooling",), dict(choices=POOLING_MODE_NAMES,
                               help="default: what the model folder declares (1_Pooling/config.json), else mean")),
         (("--normalize",), dict(action=argparse.BooleanOptionalAction, default=None,
                                 help="unit-length vectors, or (--no-normalize) without the folder's final "
