@@ -4,17 +4,17 @@ Plain values only, and no imports: the command line builds its parser from this 
 torch, and the modules that act on these names (fastbert.engine.runtime, fastbert.engine.gemm,
 fastbert.sentence.pooling) take them from here."""
 
-# Tokens per batch: the budget that sizes padding-free batches (encode's max_tokens, `fastbert encode
-# --max-tokens`).
+# Tokens per batch: the budget that sizes padding-free batches (encode's max_tokens, a pool's and Ray's
+# encode options, `fastbert encode --max-tokens`).
 MAX_BATCH_TOKENS = 16384
-# Texts read, tokenized and encoded per chunk by a library stream (encode's chunk_size; a pool's chunks of an
-# iterable of unknown length; Ray's rows per map_batches call). A library caller holds a few chunks in
-# memory at once (the reader runs ahead), so the chunk stays modest.
-CHUNK_TEXTS = 1024
-# Records per chunk of `fastbert encode` (--chunk-size): each chunk is one commit to the partial output (an
-# fsync and a rewritten progress record), so the command takes larger chunks than the API; its first
-# chunks still start small so that rows reach the disk early.
-CORPUS_CHUNK_TEXTS = 4096
+# Texts read, tokenized and encoded per chunk, by every entry point: encode / iter_encode's chunk_size (what
+# iter_encode yields at a time), a pool's chunks of an iterable of unknown length, Ray's rows per
+# map_batches call, `fastbert encode --chunk-size`. Large enough that a chunk batches well under the token
+# budget and that `fastbert encode`'s commit per chunk (an fsync and a rewritten progress record) costs
+# little beside it; small enough that the few chunks a reader runs ahead stay modest in memory.
+# `fastbert encode` starts its first chunks smaller (fastbert.corpus.run.FIRST_CHUNK) so that rows reach
+# the disk early.
+CHUNK_TEXTS = 4096
 
 # Backends: "triton" (fastbert's kernels), "torch" (the same packed algorithm in PyTorch), "auto" (triton
 # on a GPU, torch on CPU).

