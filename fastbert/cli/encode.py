@@ -125,7 +125,6 @@ def cmd_encode(args):
 
     from fastbert.corpus.partial import check_output
     from fastbert.corpus.readers import open_reader, require_pyarrow
-    from fastbert.corpus.run import encode_records, write_corpus
 
     if args.ray is not None:  # Ray Data reads and writes: fastbert.parallel.ray
         return _encode_with_ray(args, ray_model(args.model))
@@ -142,6 +141,9 @@ def cmd_encode(args):
     if args.texts and args.input is not None:
         raise InputError("give texts as arguments or with --input, not both")
     path = model_path(args.model)
+    # Imported once the options and the model folder are checked: fastbert.corpus.run imports torch.
+    from fastbert.corpus.run import encode_records, write_corpus
+
     device, dtype, backend = resolve_runtime(args.device, args.dtype, args.backend)
     reader = open_reader(args.input, args.texts, args.input_format, args.text_field)
     # pooling and normalize None: what the folder's sentence-transformers modules say.
