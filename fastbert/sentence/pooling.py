@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastbert.defaults import POOLING_MODE_NAMES
 from fastbert.jsonio import read_json
 
 
@@ -97,15 +98,10 @@ def _last_token(tokens):
     return tokens.hidden[tokens.ends - 1] * tokens.has_tokens
 
 
-# sentence-transformers' mode names, in the order its legacy `pooling_mode_*` flags concatenate.
-POOLING_MODES = {
-    "cls": _cls,
-    "max": _max,
-    "mean": _mean,
-    "mean_sqrt_len_tokens": _mean_sqrt_len,
-    "weightedmean": _weighted_mean,
-    "lasttoken": _last_token,
-}
+# Mode name -> its function, for the names of fastbert.defaults.POOLING_MODE_NAMES (sentence-transformers'
+# names, in the order its legacy `pooling_mode_*` flags concatenate), paired in that order.
+POOLING_MODES = dict(zip(POOLING_MODE_NAMES, (_cls, _max, _mean, _mean_sqrt_len, _weighted_mean, _last_token),
+                         strict=True))
 
 
 def check_modes(modes, source):

@@ -4,7 +4,12 @@ refuses connections."""
 
 import hashlib
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -56,18 +61,45 @@ def hub(tmp_path, monkeypatch, minilm_path):
     return cache, source
 
 
-def go_online_without_network(monkeypatch):
-    """Online mode, with the Hub at an address that refuses every connection, and the listing of a
-    repository failing at once as it does there after huggingface_hub's retries (seconds of back-off)."""
+@pytest.fixture
+def closed_port():
+    """A loopback port that refuses connections: bound, so nothing else takes it, but never listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port():
+    """A loopback port that takes connections into its backlog and never answers a request."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        yield sock
+
+
+def go_online(monkeypatch, endpoint):
+    """Online mode, with the Hub at `endpoint`."""
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(hub_constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(hub_constants, "ENDPOINT", endpoint)
 
-    def refused(self, repo_id, **kwargs):
-        raise ConnectionRefusedError(111, "Connection refused")
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", refused)
+def go_online_without_network(monkeypatch, closed_port):
+    """Online mode, with the Hub at a loopback address that refuses every connection."""
+    go_online(monkeypatch, f"http://127.0.0.1:{closed_port}")
+
+
+def serve_file_list(monkeypatch, files):
+    """The Hub's answer to the one metadata request, the repository's file list, as its JSON parses."""
+    from huggingface_hub.hf_api import ModelInfo
+
+    def model_info(self, repo_id, **kwargs):
+        return ModelInfo(id=repo_id, siblings=[{"rfilename": name} for name in files])
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
 
 
 def test_hub_id_offline_loads_from_the_cache(hub):
@@ -80,10 +112,10 @@ def test_hub_id_offline_loads_from_the_cache(hub):
     assert torch.equal(model.encode(texts), direct.encode(texts))
 
 
-def test_online_but_unreachable_falls_back_to_the_cache(hub, monkeypatch):
+def test_online_but_unreachable_falls_back_to_the_cache(hub, monkeypatch, closed_port):
     cache, source = hub
     snapshot = lay_out_cache(cache, "org/tiny-bert", source)
-    go_online_without_network(monkeypatch)
+    go_online_without_network(monkeypatch, closed_port)
     assert resolve_model_path("org/tiny-bert") == snapshot
 
 
@@ -98,16 +130,56 @@ def test_offline_and_not_cached_says_what_was_tried_and_how_to_fix_it(hub, tmp_p
         assert part in message, message
 
 
-def test_online_unreachable_and_not_cached_names_the_network_error(hub, monkeypatch, tmp_path):
+# huggingface_hub retries a refused listing five times with back-off (1 + 2 + 4 + 8 + 8 s): a failure
+# well inside that is one request, not retried.
+AT_ONCE_S = 5
+
+
+def test_online_unreachable_and_not_cached_fails_at_once_naming_the_network_error(hub, monkeypatch, tmp_path,
+                                                                                 closed_port):
     cache, _ = hub
-    go_online_without_network(monkeypatch)
+    go_online_without_network(monkeypatch, closed_port)
+    start = time.monotonic()
     with pytest.raises(FileNotFoundError) as caught:
         resolve_model_path("org/missing")
+    assert time.monotonic() - start < AT_ONCE_S
     message = str(caught.value)
-    for part in (f"no local folder {tmp_path / 'org' / 'missing'}", "could not be downloaded (",
-                 "ConnectionRefusedError", f"not in the local Hugging Face cache {cache}",
-                 "check the network connection"):
+    for part in (f"no local folder {tmp_path / 'org' / 'missing'}", "could not be downloaded (ConnectError",
+                 f"not in the local Hugging Face cache {cache}", "check the network connection"):
         assert part in message, message
+
+
+def test_a_hub_that_never_answers_fails_within_the_metadata_timeout(hub, monkeypatch, silent_port):
+    """HF_HUB_ETAG_TIMEOUT, huggingface_hub's own bound on a metadata request, bounds the wait (its
+    session alone has no timeout)."""
+    go_online(monkeypatch, f"http://127.0.0.1:{silent_port.getsockname()[1]}")
+    monkeypatch.setattr(hub_constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="could not be downloaded .*Timeout"):
+        resolve_model_path("org/missing")
+    assert time.monotonic() - start < AT_ONCE_S
+
+
+def test_offline_makes_no_request(hub, monkeypatch, silent_port):
+    monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{silent_port.getsockname()[1]}")
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE=1 forbids downloading"):
+        resolve_model_path("org/missing")
+    with pytest.raises(BlockingIOError):  # no connection waits in the backlog: nothing tried the Hub
+        silent_port.accept()
+
+
+def test_cli_with_an_unreachable_hub_exits_2_at_once(tmp_path, closed_port):
+    """The whole command, as a user runs it offline with an uncached id: one line, exit 2, no retries."""
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TRITON_INTERPRET")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed_port}", HF_HOME=str(tmp_path / "hf_home"))
+    proc = subprocess.run([sys.executable, "-m", "fastbert", "encode", "--model", "org/missing", "a text"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "--model org/missing: no local folder" in proc.stderr and "ConnectError" in proc.stderr, proc.stderr
+    # One line: none of huggingface_hub's "Retrying in 1s [Retry 1/5]" warnings (a wall-time bound on a
+    # whole interpreter would measure the machine's load; the in-process cases above bound the time).
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_paths_and_names_that_cannot_be_hub_ids(hub, tmp_path):
@@ -131,10 +203,10 @@ def test_a_cached_snapshot_without_config_is_named(hub):
         resolve_model_path("org/no-config")
 
 
-def test_download_fetches_only_what_fastbert_reads(hub, monkeypatch):
+def test_download_fetches_only_what_fastbert_reads(hub, monkeypatch, closed_port):
     """The online path's wiring, with huggingface_hub's two network calls replaced by the cache they fill."""
     cache, source = hub
-    go_online_without_network(monkeypatch)
+    go_online_without_network(monkeypatch, closed_port)
     repo_files = ["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5", "tokenizer.json",
                   "vocab.txt", "onnx/model.onnx", "openvino/openvino_model.bin", "1_Pooling/config.json",
                   "2_Dense/config.json", "2_Dense/pytorch_model.bin", "modules.json", "README.md"]
@@ -144,7 +216,7 @@ def test_download_fetches_only_what_fastbert_reads(hub, monkeypatch):
         calls.append((repo_id, allow_patterns))
         return str(lay_out_cache(cache, repo_id, source))
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kwargs: repo_files)
+    serve_file_list(monkeypatch, repo_files)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     assert resolve_model_path("org/tiny-bert") == cache / "models--org--tiny-bert" / "snapshots" / COMMIT
     assert calls == [("org/tiny-bert", ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt",
@@ -152,7 +224,7 @@ def test_download_fetches_only_what_fastbert_reads(hub, monkeypatch):
                                         "modules.json"])]
 
 
-def test_a_sentence_transformers_repo_downloads_every_module_file(hub, monkeypatch, tmp_path):
+def test_a_sentence_transformers_repo_downloads_every_module_file(hub, monkeypatch, tmp_path, closed_port):
     """What the download keeps of a sentence-transformers repository is enough for its whole pipeline: the
     module configs, and a Dense's weights in its own folder (here pytorch_model.bin) beside the encoder's
     root model.safetensors. The fake download lays out only the files asked for."""
@@ -169,7 +241,7 @@ def test_a_sentence_transformers_repo_downloads_every_module_file(hub, monkeypat
     (dense / "model.safetensors").unlink()
     repo_files = sorted(str(f.relative_to(source)) for f in source.rglob("*") if f.is_file())
     noise = ["onnx/model.onnx", "openvino/openvino_model.bin", "2_Dense/tf_model.h5"]
-    go_online_without_network(monkeypatch)
+    go_online_without_network(monkeypatch, closed_port)
     asked = []
 
     def snapshot_download(repo_id, allow_patterns=None, **kwargs):
@@ -180,7 +252,7 @@ def test_a_sentence_transformers_repo_downloads_every_module_file(hub, monkeypat
             shutil.copy(source / name, kept / name)
         return str(lay_out_cache(cache, repo_id, kept))
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kw: repo_files + noise)
+    serve_file_list(monkeypatch, repo_files + noise)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     model = fastbert.from_pretrained("org/tiny-st", backend="torch", device="cpu")
     for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",

@@ -1,7 +1,7 @@
 """The `fastbert` command line, driven as a user drives it: the installed console script in a subprocess.
 
-Every subprocess pays the import of torch (a few seconds on a small CPU), so the cheap cases (error
-paths, info, --version) are launched together once and checked one by one; encode runs on the torch
+A subprocess that loads a model pays the import of torch (a few seconds on a small CPU), so the cheap
+cases (error paths, info, --version) are launched together once and checked one by one; encode runs on the torch
 backend, and one verify run exercises the Triton kernels (through the interpreter on CPU)."""
 
 import csv
@@ -221,7 +221,7 @@ SUBPROCESS = {
     "bad_dtype": (["verify", "--dtype", "fp8"], 2, "argument --dtype: invalid choice: 'fp8'", {}),
     "bench_without_suite": (["bench", "--quick"], 2, "no benchmark suite in", {"FASTBERT_BENCHMARKS": "no_bench"}),
     "debug_shows_traceback": (["encode", "x", "-o", "out.txt", "--debug"], 2, "Traceback", {}),
-    "info": (["info"], 0, "", {}),
+    "info": (["info", "--devices"], 0, "", {}),
     "module_version": (["--version"], 0, "", {}),  # through `python -m fastbert`, the other entry point
 }
 IN_PROCESS = {
@@ -345,6 +345,74 @@ def test_info_and_version(cheap_runs):
 def test_info_json_in_process(capsys):
     from fastbert.cli import main as cli
 
-    assert cli.main(["info", "--json"]) == 0
+    assert cli.main(["info", "--json", "--devices"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["auto"]["backend"] in ("torch", "triton") and info["versions"]["torch"]
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["versions"]["torch"] and "auto" not in info and "cuda" not in info  # asked of torch only with --devices
+
+
+# ---------------------------------------------------------------------------------------------------
+# defaults: an option the command line and the API share has one default
+
+
+def _parsed_defaults(command):
+    from fastbert.cli.main import build_parser
+
+    return vars(build_parser().parse_args([command, *(["a text"] if command == "encode" else [])]))
+
+
+def test_encode_options_default_as_the_api_pool_and_ray_do():
+    import inspect
+
+    from fastbert.engine.model import Encoder
+    from fastbert.parallel.pool import EncodePool
+    from fastbert.parallel.ray import Embedder, encode_files
+    from fastbert.sentence.stream import EncodeOptions
+
+    cli = _parsed_defaults("encode")
+    api = inspect.signature(EncodeOptions.resolve).parameters
+    for option in ("chunk_size", "max_tokens", "batch_size", "pooling", "normalize", "max_length"):
+        assert cli[option] == api[option].default, option
+    for loader in (Encoder.from_pretrained, EncodePool, Embedder, encode_files):
+        parameters = inspect.signature(loader).parameters
+        for option in ("dtype", "device", "backend", "gemm"):
+            if option in parameters:
+                assert cli[option] == parameters[option].default, (loader.__qualname__, option)
+
+
+def test_verify_defaults_to_the_triton_backend_and_says_why(capsys):
+    from fastbert.cli.main import main
+
+    assert _parsed_defaults("verify")["backend"] == "triton"
+    with pytest.raises(SystemExit):
+        main(["verify", "--help"])
+    assert "default: triton, the kernels verify checks" in " ".join(capsys.readouterr().out.split())
+
+
+# ---------------------------------------------------------------------------------------------------
+# start-up: what needs no model imports none of the heavy libraries
+
+HEAVY_MODULES = {"torch", "numpy", "transformers", "tokenizers", "triton", "safetensors", "huggingface_hub"}
+LIGHT_COMMANDS = [["--help"], ["--version"], [], ["encode", "--help"], ["verify", "--help"], ["bench", "--help"],
+                  ["info", "--help"], ["info"], ["info", "--json"], ["encode", "--colour"]]
+
+
+def test_help_info_and_usage_errors_import_no_heavy_library(tmp_path):
+    """The import list Python itself writes (-X importtime), for the real entry point: structural, so a busy
+    machine cannot make it flaky, where a wall-time bound would."""
+    runs = {" ".join(args): subprocess.Popen([sys.executable, "-X", "importtime", "-m", "fastbert", *args],
+                                             cwd=tmp_path, env=_env(), stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")
+            for args in LIGHT_COMMANDS}
+    outputs = {}
+    for name, proc in runs.items():
+        stdout, stderr = outputs[name] = proc.communicate(timeout=120)
+        imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in stderr.splitlines()
+                    if line.startswith("import time:") and "|" in line}
+        assert "fastbert" in imported, (name, stderr[-2000:])  # the list is real: fastbert itself is in it
+        assert not imported & HEAVY_MODULES, (name, sorted(imported & HEAVY_MODULES))
+        assert proc.returncode == (2 if name in ("", "encode --colour") else 0), (name, stdout, stderr[-2000:])
+    assert "torch " in outputs["info"][0] and "not probed: fastbert info --devices" in outputs["info"][0]
+    assert "--devices" in outputs["info --help"][0] and "--chunk-size" in outputs["encode --help"][0]
