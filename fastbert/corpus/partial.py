@@ -263,11 +263,11 @@ class PartialOutput:
         header = b""
         if self.format.state is None:
             fields = list(fields) if fields is not None else list(dict.fromkeys(k for r in records for k in r))
-            header = self.format.start(fields, records, embeddings.shape[1], arrow_schema)
+            header = self.format.start(fields, records, embeddings.shape[1], first_number, arrow_schema)
         elif embeddings.shape[1] != self.format.state["dim"]:
             raise InputError(f"the model gives {embeddings.shape[1]} dimensions, the partial output holds "
                              f"{self.format.state['dim']}")
-        data = header + self.format.rows(records, embeddings)
+        data = header + self.format.rows(records, embeddings, first_number)
         _digest_update(self._hasher, records)
         with self._guard.deferred():
             self._commit(data, len(records))
