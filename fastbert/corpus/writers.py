@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+from pathlib import Path
 
 from fastbert.errors import InputError
 from fastbert.jsonio import escape_line_breaks, json_text
@@ -64,9 +65,10 @@ class RowFormat:
                 raise InputError(f"input record {number} has field(s) {extra} that the first record lacks; "
                                  f"{self.name} output fixes its columns on the first record(s)")
 
-    def finish(self, partial, rows, temporary):
-        """Make the complete partial file final; returns the path that holds the result."""
-        return partial
+    def finish(self, file, rows, temporary):
+        """Make the complete partial file final, through `file`, the partial file open for reading and
+        writing; returns the path that holds the result: the partial's own or `temporary`."""
+        return Path(file.name)
 
 
 class NpyFormat(RowFormat):
@@ -86,12 +88,12 @@ class NpyFormat(RowFormat):
     def rows(self, records, embeddings, first_number):
         return embeddings.astype("<f4", copy=False).tobytes()
 
-    def finish(self, partial, rows, temporary):
-        with open(partial, "r+b") as f:
-            f.write(self.header(rows, self.state["dim"]))
-            f.flush()
-            os.fsync(f.fileno())
-        return partial
+    def finish(self, file, rows, temporary):
+        file.seek(0)
+        file.write(self.header(rows, self.state["dim"]))
+        file.flush()
+        os.fsync(file.fileno())
+        return Path(file.name)
 
 
 class JsonlFormat(RowFormat):
@@ -221,12 +223,13 @@ class ParquetFormat(RowFormat):
         batch = pa.RecordBatch.from_arrays([*fields.columns, vectors], schema=schema)
         return batch.serialize().to_pybytes()
 
-    def finish(self, partial, rows, temporary):
+    def finish(self, file, rows, temporary):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        with pa.OSFile(str(partial), "rb") as source, pq.ParquetWriter(str(temporary), self.schema) as writer:
-            for batch in pa.ipc.open_stream(source):
+        file.seek(0)
+        with pq.ParquetWriter(str(temporary), self.schema) as writer:
+            for batch in pa.ipc.open_stream(pa.PythonFile(file, mode="r")):
                 writer.write_batch(batch)
         return temporary
 
