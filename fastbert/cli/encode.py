@@ -89,8 +89,9 @@ def _encode_with_ray(args, model):
                          "s3://...), not TEXT arguments or stdin")
     if args.devices:
         raise InputError("--ray places its workers itself: give --ray-actors N, not --devices")
-    if args.resume:
-        raise InputError("--resume does not apply to --ray: Ray Data writes the output folder in one job")
+    if args.resume or args.overwrite:
+        raise InputError(f"{'--resume' if args.resume else '--overwrite'} does not apply to --ray: Ray Data "
+                         "writes a new output folder in one job")
     if args.input_format not in (None, "parquet", "jsonl"):
         raise InputError(f"--ray reads Parquet or JSONL, not --input-format {args.input_format}")
     source_format = {"parquet": "parquet", "jsonl": "json"}.get(args.input_format)
@@ -133,11 +134,12 @@ def cmd_encode(args):
     # Everything a user gave is checked before the model loads; the output before anything is written.
     output = suffix = None
     if args.output is not None:
-        output, suffix = check_output(args.output, args.input, args.resume)
+        output, suffix = check_output(args.output, args.input)
         if suffix == ".parquet":
             require_pyarrow("Parquet output")
-    elif args.resume:
-        raise InputError("--resume continues an --output file: give --output")
+    elif args.resume or args.overwrite:
+        raise InputError(f"{'--resume' if args.resume else '--overwrite'} applies to an --output file: "
+                         "give --output")
     if args.texts and args.input is not None:
         raise InputError("give texts as arguments or with --input, not both")
     path = model_path(args.model)
@@ -166,12 +168,14 @@ def cmd_encode(args):
                                [record[args.text_field] for record in records], embeddings, first),
                            progress_bar=progress)
             return 0
-        # What shapes the rows: a resumed run must match it (device, backend and batching may change).
+        # What shapes the rows: a resumed run must match it (device, backend and batching may change), and
+        # the model folder's file digests, which the progress record adds once the output is locked.
         settings = {"model": str(path.resolve()), "dtype": str(dtype).removeprefix("torch."), "pooling": pooling,
                     "normalize": args.normalize, "max_length": args.max_length, "text_field": args.text_field,
                     "embedding_field": args.embedding_field, "format": suffix}
         rows, dim, model = write_corpus(output, suffix, settings, args.resume, reader, load_model, options,
-                                        args.text_field, args.embedding_field, args.chunk_size, progress)
+                                        args.text_field, args.embedding_field, args.chunk_size, progress,
+                                        overwrite=args.overwrite, model_folder=path)
     finally:
         if progress is not None:
             progress.close()
@@ -202,7 +206,9 @@ def encode_arguments():
                                       help="JSONL field / Parquet column of the embedding (default: embedding)")),
         (("--resume",), dict(action="store_true",
                              help="continue an interrupted run from the rows complete in FILE.partial (same "
-                                  "input and options); keep them if this run is interrupted too")),
+                                  "input, model files and options); keep them if this run is interrupted too")),
+        (("--overwrite",), dict(action="store_true",
+                                help="replace FILE when it exists (default: refuse, leaving it as it is)")),
         (("--chunk-size",), dict(type=positive_int, default=CHUNK_TEXTS, metavar="N",
                                  help=f"records read, embedded and written at a time (default {CHUNK_TEXTS}; "
                                       "the first chunks are smaller so that rows appear early)")),

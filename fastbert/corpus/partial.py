@@ -4,11 +4,17 @@ commit path every chunk's rows take; the chunked run that feeds it is fastbert.c
 Nothing is lost:
 - The output may not be the input (or its partial files), and its folder must take a new file: both are
   checked before the model loads, by creating the partial file itself.
+- The lock comes first: a run holds `<output>.partial` locked (flock) from before it looks at anything
+  else until its rename, so a second run on the same output is refused at once, touching nothing. With
+  the lock held: an interrupted run's partial continues only with --resume, and an existing output is
+  replaced only with --overwrite. The rename commits the file this run holds: if the partial was deleted
+  or replaced under it, the run fails instead of renaming another file into place.
 - The output is written as `<output>.partial` beside it, with `<output>.progress.json` recording after every
   chunk (once the chunk's bytes are on disk) how many rows and bytes are complete, a SHA-256 of the input
-  records they came from, and the settings that shaped them. `--resume` truncates the partial file to the
-  recorded bytes, re-reads (without encoding) the recorded number of input records, and continues only if
-  their digest and the settings match: no duplicated or missing rows, and never rows of another input.
+  records they came from, and the settings that shaped them, the model's file digests among them
+  (fastbert.corpus.model_files). `--resume` truncates the partial file to the recorded bytes, re-reads
+  (without encoding) the recorded number of input records, and continues only if their digest and the
+  settings match: no duplicated or missing rows, never rows of another input or another model.
 - SIGINT and SIGTERM end the run between chunks' commits: the partial files are removed (with --resume
   they are kept, resumable); the rename to the final name is never interrupted.
 - A full disk reads `no space left on device` naming the output, in every format."""
@@ -26,9 +32,10 @@ from pathlib import Path
 from fastbert.errors import InputError
 from fastbert.jsonio import read_json
 
+from .model_files import model_file_digests
 from .writers import OUTPUT_FORMATS
 
-PROGRESS_VERSION = 1
+PROGRESS_VERSION = 2  # 2: the settings hold the model's file digests
 
 
 class Interrupted(Exception):
@@ -85,6 +92,21 @@ def _digest_update(hasher, records):
 # Output checks and the partial files
 
 
+def _differences(then, now):
+    """What differs between two settings dicts, in words; a dict-valued setting (the model's file
+    digests) by the names of the entries that differ."""
+    for key in sorted(set(then) | set(now)):
+        before, after = then.get(key), now.get(key)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):
+            names = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
+            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+            yield f"{key} differ: {', '.join(names[:5])}{more}"
+        else:
+            yield f"{key} {before!r} then, {after!r} now"
+
+
 def partial_paths(output):
     return output.with_name(output.name + ".partial"), output.with_name(output.name + ".progress.json")
 
@@ -96,9 +118,10 @@ def _write_error(err, output):
     return InputError(f"cannot write --output {output}: {getattr(err, 'strerror', None) or err}")
 
 
-def check_output(option, input_option, resume):
+def check_output(option, input_option):
     """The output path and its format, refused before anything is written: an unknown suffix, a folder,
-    a missing parent, the input file itself, a read-only file, or an interrupted run without --resume."""
+    a missing parent, the input file itself, or a read-only file. What needs the lock (another run, an
+    interrupted run's partial, an existing output) PartialOutput.open checks."""
     output = Path(option).expanduser()
     suffix = output.suffix.lower()
     if suffix not in OUTPUT_FORMATS:
@@ -117,10 +140,30 @@ def check_output(option, input_option, resume):
                 raise InputError(f"--output {output} would overwrite the input file {source}: choose another path")
     if output.exists() and not os.access(output, os.W_OK):
         raise InputError(f"--output {output} exists and is read-only")
-    if partial.exists() and not resume:
-        raise InputError(f"{partial} holds an interrupted run's rows: pass --resume to continue it, "
-                         "or delete it (and its .progress.json) to start over")
     return output, suffix
+
+
+def _same_file(file, path):
+    """Whether `path` still names the open `file` (not deleted, not replaced by another file)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(file.fileno())
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _lock(file):
+    """An exclusive lock on `file` without waiting: False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the exclusive create still guards a fresh run
+        return True
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 class PartialOutput:
@@ -130,8 +173,10 @@ class PartialOutput:
     commits, never during one; leaving it on an exception (or a signal) abandons the partial files, keeping
     them when `resume` is set and rows are complete, with a hint on the exception (err.resume_hint)."""
 
-    def __init__(self, output, format_class, settings, text_field, embedding_field, resume):
-        self.output, self.settings, self.resume = output, settings, resume
+    def __init__(self, output, format_class, settings, text_field, embedding_field, resume, overwrite=False,
+                 model_folder=None):
+        self.output, self.settings, self.resume, self.overwrite = output, settings, resume, overwrite
+        self.model_folder = model_folder  # its file digests join the settings once the lock is held
         self.partial, self.progress = partial_paths(output)
         self.temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         self.format = format_class(text_field, embedding_field)
@@ -157,46 +202,69 @@ class PartialOutput:
             self._guard.__exit__(exc_type, err, traceback)
 
     def open(self):
-        """Continue the partial file (resume) or create it, which proves the folder takes new files."""
-        resuming = self.resume and self.partial.exists()
-        if not resuming and self.progress.exists():
-            self.progress.unlink()  # left by a run that ended between its rename and this cleanup
-        try:
-            self.file = open(self.partial, "r+b" if resuming else "xb")  # noqa: SIM115 - closed by finish/abandon
-        except FileExistsError as err:
-            raise InputError(f"{self.partial} appeared meanwhile: is another fastbert encode writing "
-                             f"{self.output}?") from err
-        except OSError as err:
-            raise _write_error(err, self.output) from err
-        self._lock()  # before reading the progress record: a live run may be rewriting it
-        if resuming:
-            self._load_progress()
-            size = os.fstat(self.file.fileno()).st_size
-            if size < self.bytes:
-                raise InputError(f"cannot resume: {self.partial} holds {size} bytes, fewer than the {self.bytes} "
-                                 "its progress record says are complete; delete both files to start over")
-            if self.rows == 0:
-                self.truncate()  # nothing complete to check against the input: start the file afresh
-        else:
+        """Hold the partial file, locked, before anything else; then, under the lock: an interrupted run's
+        partial continues only with --resume, an existing output is replaced only with --overwrite, and
+        the model's file digests join the settings (hashing takes a while: a second run waits for none)."""
+        self.file, existed = self._hold()
+        if not existed:
+            self.owned = True  # a new, empty file: this run's to remove
+            self._add_model_files()
             try:
-                self._write_progress()
+                self._write_progress()  # replaces one a run left when it ended between rename and cleanup
             except OSError as err:
-                self.owned = True  # our new, empty file: remove it
                 raise _write_error(err, self.output) from err
-        self.owned = True
+            return self
+        if not self.resume:
+            self._release()
+            raise InputError(f"{self.partial} holds an interrupted run's rows: pass --resume to continue it, "
+                             "or delete it (and its .progress.json) to start over")
+        self._refuse_existing_output()
+        self._add_model_files()
+        self._load_progress()
+        size = os.fstat(self.file.fileno()).st_size
+        if size < self.bytes:
+            raise InputError(f"cannot resume: {self.partial} holds {size} bytes, fewer than the {self.bytes} "
+                             "its progress record says are complete; delete both files to start over")
+        self.owned = True  # checked: the interrupted run was this one's
+        if self.rows == 0:
+            self.truncate()  # nothing complete to check against the input: start the file afresh
         return self
 
-    def _lock(self):
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock, the exclusive create still guards a fresh run
-            return
-        try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            self.file.close()
-            self.file = None
-            raise InputError(f"another fastbert encode is writing {self.output}") from err
+    def _add_model_files(self):
+        if self.model_folder is not None:
+            self.settings = {**self.settings, "model_files": model_file_digests(self.model_folder)}
+
+    def _refuse_existing_output(self):
+        if self.output.exists() and not self.overwrite:
+            raise InputError(f"--output {self.output} exists: pass --overwrite to replace it, or choose "
+                             "another path")
+
+    def _hold(self):
+        """Open and lock the partial file -> (file, whether it existed). An existing one is opened without
+        a change, locked, and kept only if its path still names it (a run finishing renames it away)."""
+        for _ in range(3):
+            existed = self.partial.exists()
+            if not existed:
+                self._refuse_existing_output()  # before creating anything
+            try:
+                # "x": exclusive, so a new file is never another run's.
+                file = open(self.partial, "r+b" if existed else "x+b")  # noqa: SIM115 - closed by finish/abandon
+            except (FileNotFoundError, FileExistsError):
+                continue  # another run created it or renamed it away meanwhile: look again
+            except OSError as err:
+                raise _write_error(err, self.output) from err
+            if not _lock(file):
+                file.close()
+                raise InputError(f"another fastbert encode is writing {self.output}: wait for it to end, or "
+                                 "choose another --output")
+            if _same_file(file, self.partial):
+                return file, existed
+            file.close()
+        raise InputError(f"{self.partial} keeps changing: is another fastbert encode writing {self.output}?")
+
+    def _release(self):
+        self.file.close()
+        self.file = None
 
     def _load_progress(self):
         try:
@@ -209,13 +277,10 @@ class PartialOutput:
                              f"{self.partial} to start over") from err
         if version != PROGRESS_VERSION:
             raise InputError(f"cannot resume: {self.progress} was written by another fastbert version")
-        changed = sorted(key for key in set(settings) | set(self.settings)
-                         if settings.get(key) != self.settings.get(key))
-        if changed:
-            differences = "; ".join(f"{key} {settings.get(key)!r} then, {self.settings.get(key)!r} now"
-                                    for key in changed)
+        differences = "; ".join(_differences(settings, self.settings))
+        if differences:
             raise InputError(f"cannot resume {self.output} with other settings ({differences}): rerun with the "
-                             "interrupted run's options, or delete its .partial to start over")
+                             "interrupted run's model and options, or delete its .partial to start over")
         self.rows, self.bytes, self.digest, self.format.state = rows, size, digest, state
 
     def _write_progress(self):
@@ -263,11 +328,11 @@ class PartialOutput:
         header = b""
         if self.format.state is None:
             fields = list(fields) if fields is not None else list(dict.fromkeys(k for r in records for k in r))
-            header = self.format.start(fields, records, embeddings.shape[1], arrow_schema)
+            header = self.format.start(fields, records, embeddings.shape[1], first_number, arrow_schema)
         elif embeddings.shape[1] != self.format.state["dim"]:
             raise InputError(f"the model gives {embeddings.shape[1]} dimensions, the partial output holds "
                              f"{self.format.state['dim']}")
-        data = header + self.format.rows(records, embeddings)
+        data = header + self.format.rows(records, embeddings, first_number)
         _digest_update(self._hasher, records)
         with self._guard.deferred():
             self._commit(data, len(records))
@@ -281,6 +346,7 @@ class PartialOutput:
             self.append(data)
             self.file.flush()
             os.fsync(self.file.fileno())
+            self._check_held()  # before the progress record, which would then be another run's
             self.bytes += len(data)
             self.rows += rows
             self.digest = self._hasher.hexdigest()
@@ -288,15 +354,24 @@ class PartialOutput:
         except OSError as err:
             raise _write_error(err, self.output) from err
 
+    def _check_held(self):
+        if not _same_file(self.file, self.partial):
+            self.owned = False  # whatever the path names now is not this run's to remove
+            raise InputError(f"{self.partial} was deleted or replaced while this run wrote it: {self.output} "
+                             "is not written (is another fastbert encode writing it?)")
+
     def finish(self):
-        """Make the output final: the format's last pass, then one atomic rename (never cut by a signal)."""
+        """Make the output final: the format's last pass over the file this run holds, then one atomic
+        rename (never cut by a signal), still under the lock, and only while the path names that file."""
         with self._guard.deferred():
             try:
-                self.file.close()
-                final = self.format.finish(self.partial, self.rows, self.temporary)
+                final = self.format.finish(self.file, self.rows, self.temporary)
+                self._check_held()
                 os.replace(final, self.output)
-                for path in (self.partial, self.progress):
-                    path.unlink(missing_ok=True)
+                if final != self.partial:
+                    self.partial.unlink()  # still this run's: under its name and locked until the close
+                self.progress.unlink(missing_ok=True)
+                self.file.close()
             except OSError as err:
                 raise _write_error(err, self.output) from err
 
@@ -304,11 +379,11 @@ class PartialOutput:
         """After a failure or a signal: keep the partial files (resumable) or remove every trace."""
         if self.file is not None and not self.file.closed:
             self.file.close()
-        if not self.owned:
-            return
-        paths = [self.temporary, self.progress.with_name(self.progress.name + ".tmp")]
-        if not keep:
-            paths += [self.partial, self.progress]
+        paths = [self.temporary]  # this process's own name
+        if self.owned:
+            paths.append(self.progress.with_name(self.progress.name + ".tmp"))
+            if not keep:
+                paths += [self.partial, self.progress]
         for path in paths:
             try:
                 path.unlink(missing_ok=True)

@@ -116,7 +116,8 @@ class RecordReader:
         if self.text_field not in schema.names:
             raise InputError(f"{self.name}: no column {self.text_field!r} in {schema.names} (see --text-field)")
         field_type = schema.field(self.text_field).type
-        if not (pa.types.is_string(field_type) or pa.types.is_large_string(field_type)):
+        text_type = field_type.value_type if pa.types.is_dictionary(field_type) else field_type  # categorical
+        if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
             raise InputError(f"{self.name}: column {self.text_field!r} holds {field_type}, not strings")
         self.fields, self.total = schema.names, parquet.metadata.num_rows
         self.arrow_schema = schema

@@ -114,10 +114,12 @@ def encode_records(reader, model, options, text_field, chunk_size, sink=None, on
 
 
 def write_corpus(output, suffix, settings, resume, reader, load_model, options, text_field,
-                 embedding_field, chunk_size, progress_bar=None):
+                 embedding_field, chunk_size, progress_bar=None, overwrite=False, model_folder=None):
     """The whole --output run: open (or continue) the partial output, load the model, encode, rename.
-    Returns (rows, dim, model). Any failure or signal abandons the partial files (kept with --resume)."""
-    sink = PartialOutput(output, OUTPUT_FORMATS[suffix], settings, text_field, embedding_field, resume)
+    Returns (rows, dim, model). Any failure or signal abandons the partial files (kept with --resume).
+    `model_folder`: the folder whose file digests the progress record keeps beside `settings`."""
+    sink = PartialOutput(output, OUTPUT_FORMATS[suffix], settings, text_field, embedding_field, resume,
+                         overwrite=overwrite, model_folder=model_folder)
     if sink.format.carries_fields and embedding_field in (reader.fields or ()):
         raise InputError(f"{reader.name} already has a column {embedding_field!r}; name the embedding column with "
                          "--embedding-field")

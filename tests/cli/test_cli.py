@@ -233,6 +233,9 @@ IN_PROCESS = {
     "output_folder_missing": (["encode", "x", "-o", "no/such/out.npy"], 2, "does not exist", {}),
     "output_no_extension": (["encode", "x", "-o", "out"], 2, "unknown extension '(none)'", {}),
     "model_is_file": (["encode", "--model", "blank.txt", "x"], 2, "is a file", {}),
+    "overwrite_without_output": (["encode", "x", "--overwrite"], 2, "--overwrite applies to an --output file", {}),
+    "overwrite_with_ray": (["encode", "--ray", "-i", "blank.txt", "-o", "out", "--overwrite"], 2,
+                           "--overwrite does not apply to --ray", {}),
     "bad_backend": (["encode", "x", "--backend", "cuda"], 2, "argument --backend: invalid choice", {}),
     "bad_device": (["encode", "x", "--device", "tpu"], 2, "--device must be cpu, cuda or cuda:N", {}),
     # Triton's interpreter computes bf16 wrongly (mean cosine ~0 against the reference): refused.

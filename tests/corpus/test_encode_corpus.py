@@ -1,6 +1,6 @@
 """`fastbert encode` over a corpus: streaming, alignment, field pass-through, refusals, resume, signals, disk full.
 
-In-process runs (cli.main) reuse one loaded model through a patched loader; the cases that need a real
+In-process runs (cli.main, the in_process fixture of conftest.py) reuse one loaded model; the cases that need a real
 process (a kill, a signal, a pipe kept open) launch the console script on short inputs with small chunks."""
 
 import csv
@@ -34,27 +34,6 @@ def corpus_lines(count):
     """Short, distinct lines with a blank one now and then."""
     return ["" if i % 11 == 5 else " ".join(WORDS[(i + k) % len(WORDS)] for k in range(3 + i % 5)) + f" {i}"
             for i in range(count)]
-
-
-@pytest.fixture(scope="module")
-def api_model(minilm_path):
-    from fastbert import FastBertModel
-
-    return FastBertModel.from_pretrained(minilm_path, backend="torch", device="cpu")
-
-
-@pytest.fixture
-def in_process(api_model, monkeypatch, tmp_path, capsys):
-    """cli.main in tmp_path with the module's model: returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(cli_encode, "load_pretrained", lambda *args, **kwargs: api_model)
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args):
-        code = cli.main(["encode", *TORCH_CPU, *args])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
 
 
 def expected(api_model, texts):
