@@ -1,7 +1,7 @@
 """Drop-in acceleration of transformers / sentence-transformers BERT-family models.
 
 `optimize(model)` finds the model's base encoder (BertModel, RobertaModel, XLMRobertaModel, CamembertModel,
-DistilBertModel, ElectraModel) through the family table (fastbert/families.py, keyed on the config's
+DistilBertModel, ElectraModel) through the family table (fastbert/checkpoint/families.py, keyed on the config's
 model_type) and sets that module's `forward` (on the instance only) to a `FastForward`, which runs
 fastbert's padding-free encoder; the model's own heads (classification, token classification, question
 answering, masked LM, pre-training, next-sentence prediction, multiple choice, ...), its `forward` and
@@ -24,7 +24,7 @@ from fastbert.engine.model import Encoder
 from fastbert.errors import bounded
 
 # Models that hold their transformers model below the top, as an attribute path. A transformers model
-# itself needs no entry: its config's model_type names its family (fastbert/families.py), and the family
+# itself needs no entry: its config's model_type names its family (fastbert/checkpoint/families.py), and the family
 # says where task models keep the encoder (`prefix`) and which class that encoder is (`base_class`).
 WRAPPERS = {
     "SentenceTransformer": "0.auto_model",
