@@ -244,7 +244,7 @@ def _corpus_encoder(impl, model, folder, dtype, device):
     notes = {"attn_implementation": getattr(transformer.config, "_attn_implementation", None)}
     graphs = None
     if impl == "st_optimized":
-        fast = transformer._fastbert_encoder
+        fast = transformer.forward.fastbert_encoder
         notes.update(backend=fast.backend, cuda_graphs=fast._graphs is not None)
         graphs = fast._graphs
     encode = lambda texts: loaded.encode(  # noqa: E731

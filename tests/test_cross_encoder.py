@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastbert
-from fastbert.patch import is_optimized
+from fastbert.patch import fastbert_encoder, is_optimized
 from tests.st_factory import PAIRS, reranker_folder
 from tests.tolerances import ENCODER_TOLERANCES, assert_close
 
@@ -27,7 +27,7 @@ def test_cross_encoder_scores_equal_the_unpatched_model(tmp_path, minilm_path, b
     bert, original_forward = model.model.bert, model.model.bert.forward
 
     assert fastbert.optimize(model, backend=backend) is model and is_optimized(model)
-    fast, calls = bert._fastbert_encoder, []
+    fast, calls = fastbert_encoder(model), []
     fast_forward = fast.forward
     fast.forward = lambda *args, **kwargs: calls.append(1) or fast_forward(*args, **kwargs)
     patched_logits = model.predict(PAIRS, activation_fn=torch.nn.Identity(), convert_to_tensor=True)

@@ -9,10 +9,12 @@ distilbert, electra). Each family's config.json keys and defaults are mapped ont
 here (DistilBERT's "dim" is our hidden_size); a new family is a row there plus a parity test.
 """
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from fastbert.errors import bounded
+from fastbert.jsonio import read_json
 
 from .activations import ACTIVATIONS
 from .families import FAMILIES, family_of, position_offset
@@ -51,46 +53,46 @@ class BertConfig:
         for name in _POSITIVE_INT_FIELDS:
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise _invalid(f"{name} must be a positive integer, got {value!r}")
         if not _is_int(self.type_vocab_size) or self.type_vocab_size < 0:
-            raise ValueError(f"type_vocab_size must be a non-negative integer, got {self.type_vocab_size!r}")
+            raise _invalid(f"type_vocab_size must be a non-negative integer, got {self.type_vocab_size!r}")
         if self.pad_token_id is not None and (
             not _is_int(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size
         ):
-            raise ValueError(
+            raise _invalid(
                 f"pad_token_id must be None or an integer in [0, vocab_size={self.vocab_size}), "
                 f"got {self.pad_token_id!r}"
             )
         eps = self.layer_norm_eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-            raise ValueError(f"layer_norm_eps must be a positive finite number, got {eps!r}")
+            raise _invalid(f"layer_norm_eps must be a positive finite number, got {eps!r}")
         self.layer_norm_eps = float(eps)
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(
+            raise _invalid(
                 f"hidden_act={self.hidden_act!r} is not supported; expected one of {sorted(ACTIVATIONS)}"
             )
         if self.position_embedding_type != "absolute":
-            raise ValueError(
+            raise _invalid(
                 f"position_embedding_type={self.position_embedding_type!r} is not supported; "
                 "only 'absolute' position embeddings are implemented"
             )
         family = family_of(self.model_type)
         if self.embedding_size is not None:
             if not _is_int(self.embedding_size) or self.embedding_size <= 0:
-                raise ValueError(f"embedding_size must be None or a positive integer, got {self.embedding_size!r}")
+                raise _invalid(f"embedding_size must be None or a positive integer, got {self.embedding_size!r}")
             if family.projection is None and self.embedding_size != self.hidden_size:
-                raise ValueError(f"embedding_size={self.embedding_size} differs from hidden_size={self.hidden_size}, "
+                raise _invalid(f"embedding_size={self.embedding_size} differs from hidden_size={self.hidden_size}, "
                                  f"but model_type={self.model_type!r} has no embedding projection")
         if family.positions == "after_padding":
             if self.pad_token_id is None:
-                raise ValueError(f"model_type={self.model_type!r} needs a pad_token_id: its position ids count "
+                raise _invalid(f"model_type={self.model_type!r} needs a pad_token_id: its position ids count "
                                  "from pad_token_id + 1")
             if self.max_position_embeddings <= position_offset(self):
-                raise ValueError(f"max_position_embeddings={self.max_position_embeddings} leaves no position for a "
+                raise _invalid(f"max_position_embeddings={self.max_position_embeddings} leaves no position for a "
                                  f"token: model_type={self.model_type!r} positions start at pad_token_id + 1 = "
                                  f"{position_offset(self)}")
         if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
+            raise _invalid(
                 f"hidden_size={self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_attention_heads}"
             )
@@ -125,7 +127,7 @@ class BertConfig:
         # A BERT decoder uses causal self-attention (and maybe cross-attention): not an encoder we compute.
         for flag in ("is_decoder", "add_cross_attention"):
             if d.get(flag):
-                raise ValueError(f"{flag}={d[flag]!r} is not supported: fastbert runs bidirectional encoders")
+                raise _invalid(f"{flag}={d[flag]!r} is not supported: fastbert runs bidirectional encoders")
         model_type = d.get("model_type") or "bert"
         family = family_of(model_type)
         kwargs = {"model_type": model_type}
@@ -144,13 +146,12 @@ class BertConfig:
         file = path if path.is_file() else path / "config.json"
         if not file.is_file():
             raise FileNotFoundError(f"no config.json found at {path}")
-        try:
-            d = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{file} is not valid JSON: {err}") from err
-        if not isinstance(d, dict):
-            raise ValueError(f"{file} must hold a JSON object, got {type(d).__name__}")
-        return cls.from_dict(d)
+        return cls.from_dict(read_json(file))
+
+
+def _invalid(message) -> ValueError:
+    # Bounded: a config.json value may be a string of megabytes or an integer of thousands of digits.
+    return ValueError(bounded(message))
 
 
 def _is_int(value) -> bool:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fastbert.errors import bounded
+
 _BERT_CONFIG_KEYS = {name: name for name in (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
     "layer_norm_eps", "max_position_embeddings", "type_vocab_size", "pad_token_id", "position_embedding_type")}
@@ -123,7 +125,7 @@ FAMILIES = {
 def family_of(model_type) -> Family:
     """The row for a model_type, or a ValueError naming the supported ones."""
     if not isinstance(model_type, str) or model_type not in FAMILIES:
-        raise ValueError(f"model_type={model_type!r} is not supported; expected one of {list(FAMILIES)}")
+        raise ValueError(bounded(f"model_type={model_type!r} is not supported; expected one of {list(FAMILIES)}"))
     return FAMILIES[model_type]
 
 

@@ -18,7 +18,6 @@ Tokenizer._encode_bert. A call sets the wrapped tokenizer's truncation only for 
 so one Tokenizer should not be called from several threads at once.
 """
 
-import json
 import re
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import torch
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
+
+from fastbert.jsonio import read_json
 
 # transformers writes int(1e30) as model_max_length when a tokenizer has no limit of its own.
 _NO_LIMIT = int(1e20)
@@ -311,13 +312,8 @@ def _wordpiece_from_vocab(vocab_file: Path, tok_config: dict) -> _HFTokenizer:
 
 
 def _read_json(file: Path) -> dict:
-    if not file.is_file():
-        return {}
-    try:
-        d = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{file} is not valid JSON: {err}") from err
-    return d if isinstance(d, dict) else {}
+    """The JSON object in `file`, {} when there is no such file."""
+    return read_json(file, default={})
 
 
 def _as_batch(name: str, texts) -> list[str]:

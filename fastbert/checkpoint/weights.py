@@ -2,10 +2,12 @@
 fastbert.checkpoint.families.FAMILIES) onto EncoderWeights (fastbert/checkpoint/encoder_weights.py): every
 tensor taken is checked for presence and shape, and Q, K and V are fused into one projection, once."""
 
-import json
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
+
+from fastbert.errors import bounded
+from fastbert.jsonio import read_json
 
 from .config import BertConfig
 from .encoder_weights import EmbeddingWeights, EncoderWeights, LayerWeights, Linear, Norm
@@ -18,6 +20,8 @@ TORCH_INDEX_FILE = "pytorch_model.bin.index.json"
 # Read in this order: the first present wins (safetensors need no unpickling).
 CHECKPOINT_FILES = (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, TORCH_FILE, TORCH_INDEX_FILE)
 _FINITE_CHECK_SLICE = 1 << 24
+# How many names an error lists of each kind (missing, mis-shaped, ...) before it counts the rest.
+_NAMES_SHOWN = 6
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
@@ -64,19 +68,21 @@ def _read_file(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_sharded(index_file: Path) -> dict[str, torch.Tensor]:
-    try:
-        weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{index_file} is not a valid checkpoint index (needs a 'weight_map' object)") from err
+    weight_map = read_json(index_file).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index_file} is not a valid checkpoint index (needs a 'weight_map' object)")
+    not_names = [shard for shard in weight_map.values() if not isinstance(shard, str) or not shard]
+    if not_names:
+        raise ValueError(bounded(f"{index_file} names a shard {not_names[0]!r} that is not a file name"))
+    shards = sorted(set(weight_map.values()))
     state_dict, origin = {}, {}
     for shard in shards:
         shard_file = _shard_path(index_file, shard)
         if not shard_file.is_file():
-            raise FileNotFoundError(f"shard {shard_file} listed in {index_file} does not exist")
+            raise FileNotFoundError(bounded(f"shard {shard_file} listed in {index_file} does not exist"))
         for name, tensor in _read_file(shard_file).items():
             if name in state_dict:
-                raise ValueError(f"{index_file}: tensor {name!r} is in both {origin[name]} and {shard}")
+                raise ValueError(bounded(f"{index_file}: tensor {name!r} is in both {origin[name]} and {shard}"))
             state_dict[name], origin[name] = tensor, shard
     return state_dict
 
@@ -86,16 +92,13 @@ def _shard_path(index_file: Path, shard) -> Path:
 
     Checked on the name, not the resolved path: the Hugging Face cache links each file of a snapshot
     folder to a blob outside it, and those links are the checkpoint's own."""
-    if not isinstance(shard, str) or not shard:
-        raise ValueError(f"{index_file} names a shard {shard!r} that is not a file name")
     parts = PurePosixPath(shard.replace("\\", "/")).parts
     if PurePosixPath(shard).is_absolute() or PureWindowsPath(shard).is_absolute() or ".." in parts:
-        raise ValueError(
+        raise ValueError(bounded(
             f"{index_file} names the shard {shard!r} outside the checkpoint folder: shards must be relative "
-            "paths inside the folder that holds the index"
-        )
+            "paths inside the folder that holds the index"))
     if not shard.endswith((".safetensors", ".bin")):
-        raise ValueError(f"{index_file} names the shard {shard!r}, which is not a .safetensors or .bin file")
+        raise ValueError(bounded(f"{index_file} names the shard {shard!r}, which is not a .safetensors or .bin file"))
     return index_file.parent.joinpath(*parts)
 
 
@@ -118,8 +121,7 @@ def check_finite(state_dict: dict[str, torch.Tensor], source) -> None:
             counts = ", ".join(f"{n} {kind}" for n, kind in ((nans, "NaN"), (infs, "inf")) if n)
             bad.append(f"{name} ({counts})")
     if bad:
-        shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
-        raise ValueError(f"checkpoint {source} holds non-finite values in {len(bad)} tensor(s): {shown}")
+        raise ValueError(bounded(f"checkpoint {source} holds non-finite values in {len(bad)} tensor(s): {_few(bad)}"))
 
 
 def convert_state_dict(
@@ -152,12 +154,15 @@ def convert_state_dict(
         if name in family.buffers:
             continue
         if name in encoder:
-            raise ValueError(
-                f"checkpoint holds {source_name[name]!r} and {key!r}, which name the same tensor"
-            )
+            raise ValueError(bounded(f"checkpoint holds {source_name[name]!r} and {key!r}, which name the same tensor"))
         encoder[name], source_name[name] = tensor, key
 
     take = _Taker(encoder, lambda name: source_name.get(name, prefix + name if prefixed else name))
+    # Before anything is built: a config asking for more layers or other widths than the tensors have
+    # (num_hidden_layers=10**7) is one short error, not a table of ten million missing names.
+    contradictions = _size_contradictions(encoder, config, family, take.shown)
+    if contradictions:
+        raise _mismatch(config, head, [("contradicted by the checkpoint", contradictions)], separator="; ")
     H, E, I = config.hidden_size, config.embedding_dim, config.intermediate_size
     their_names = family.embeddings  # our field -> the checkpoint name
     embeddings = EmbeddingWeights(
@@ -194,15 +199,60 @@ def convert_state_dict(
     unexpected = [take.shown(name) for name in encoder]
 
     if take.missing or take.misshaped or unexpected:
-        lines = [f"checkpoint does not match the config ({_describe(config)}):"]
-        for title, found in (("missing", take.missing), ("mis-shaped", take.misshaped), ("unexpected", unexpected)):
-            if found:
-                lines.append(f"  {title} ({len(found)}): " + ", ".join(found))
-        if head:
-            shown_head = ", ".join(list(head)[:5]) + (", ..." if len(head) > 5 else "")
-            lines.append(f"  ({len(head)} tensor(s) outside the encoder were set aside: {shown_head})")
-        raise ValueError("\n".join(lines))
+        raise _mismatch(config, head, [("missing", take.missing), ("mis-shaped", take.misshaped),
+                                       ("unexpected", unexpected)])
     return weights, head
+
+
+def _size_contradictions(tensors, config, family, shown) -> list[str]:
+    """Each config size the checkpoint's tensors contradict, as "field=value, but NAME is [shape]": the
+    layer count (more layers than the checkpoint holds) and the widths read off the embedding tables and
+    layer 0. Sizes of tensors that are absent are left to the missing-tensor check."""
+    root = family.layer_root + "."
+    indices = {int(index) for name in tensors if name.startswith(root)
+               for index in [name[len(root):].split(".", 1)[0]] if index.isdigit()}
+    found = []
+    layers_held = max(indices) + 1 if indices else 0
+    if config.num_hidden_layers > layers_held:
+        holds = (f"its layers stop at {shown(f'{root}{layers_held - 1}')}.* ({layers_held} layers)" if indices
+                 else f"it holds no {shown(root + '0')}.* tensors")
+        found.append(f"{_config_key(family, 'num_hidden_layers')}={config.num_hidden_layers}, but {holds}")
+    width_field = "embedding_size" if config.embedding_size is not None else "hidden_size"
+    first_layer = f"{root}0."
+    sizes = [("vocab_size", family.embeddings["word"], 0), (width_field, family.embeddings["word"], 1),
+             ("max_position_embeddings", family.embeddings["position"], 0),
+             ("hidden_size", first_layer + family.layer["q"] + ".weight", 0),
+             ("intermediate_size", first_layer + family.layer["ffn_in"] + ".weight", 0)]
+    if config.type_vocab_size and "token_type" in family.embeddings:
+        sizes.append(("type_vocab_size", family.embeddings["token_type"], 0))
+    for field, name, dim in sizes:
+        tensor, value = tensors.get(name), getattr(config, field)
+        if tensor is not None and tensor.dim() > dim and tensor.shape[dim] != value:
+            found.append(f"{_config_key(family, field)}={value}, but {shown(name)} is {list(tensor.shape)}")
+    return found
+
+
+def _config_key(family, field) -> str:
+    """The family's config.json name for our config field (DistilBERT's hidden_size is "dim")."""
+    return family.config_keys.get(field, field)
+
+
+def _mismatch(config, head, sections, separator=", ") -> ValueError:
+    """One error for a checkpoint that does not fit its config: each (title, problems) section with its count
+    and at most a few of its problems (joined by `separator`: "; " between sentences with commas of their
+    own), and what was set aside as task heads."""
+    lines = [f"checkpoint does not match the config ({_describe(config)}):"]
+    for title, found in sections:
+        if found:
+            lines.append(f"  {title} ({len(found)}): {_few(found, separator)}")
+    if head:
+        lines.append(f"  ({len(head)} tensor(s) outside the encoder were set aside: {_few(list(head))})")
+    return ValueError(bounded("\n".join(lines)))
+
+
+def _few(names, separator=", ", shown=_NAMES_SHOWN) -> str:
+    more = f"{separator}... ({len(names) - shown} more)" if len(names) > shown else ""
+    return separator.join(names[:shown]) + more
 
 
 class _Taker:

@@ -172,3 +172,12 @@ def test_every_family_matches_transformers_defaults():
         assert (ours.num_attention_heads, ours.pad_token_id, ours.max_position_embeddings) == (
             hf.num_attention_heads, hf.pad_token_id, hf.max_position_embeddings), model_type
         assert ours.embedding_dim == getattr(hf, "embedding_size", hf.hidden_size), model_type
+
+
+@pytest.mark.parametrize("field", ["hidden_act", "model_type", "position_embedding_type", "vocab_size"])
+def test_huge_values_give_bounded_messages(field):
+    from fastbert.errors import MAX_MESSAGE_CHARS
+
+    with pytest.raises(ValueError) as err:
+        BertConfig.from_dict({field: "x" * 10**6})
+    assert len(str(err.value)) <= MAX_MESSAGE_CHARS and "more characters" in str(err.value)

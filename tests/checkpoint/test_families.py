@@ -114,7 +114,7 @@ def outputs_before_and_after_optimize(model, inputs, backend):
 def _count_fast_calls(model):
     """Record each call of the model's fastbert encoder; returns the list calls append to."""
     encoder = model if type(model).__name__.endswith("Model") else model.base_model
-    fast, calls = encoder._fastbert_encoder, []
+    fast, calls = encoder.forward.fastbert_encoder, []
     fast_forward = fast.forward
     fast.forward = lambda *args, **kwargs: calls.append(1) or fast_forward(*args, **kwargs)
     return calls
