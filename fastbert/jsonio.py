@@ -25,6 +25,8 @@ def parse_json(text, source, expect=None):
         raise InputError(f"{source} is not valid JSON ({where}): {err.msg}") from None
     except RecursionError:
         raise InputError(f"{source} is not readable JSON: nested too deeply") from None
+    except ValueError as err:  # a number past Python's int-digit limit, not a syntax error
+        raise InputError(f"{source} is not readable JSON: {err}") from None
     if expect is not None and not isinstance(value, expect):
         raise InputError(f"{source} must hold a JSON {_KIND.get(expect, expect.__name__)}, "
                          f"found {_KIND.get(type(value), type(value).__name__)}")
