@@ -8,7 +8,7 @@ from fastbert.jsonio import parse_json, read_json
 
 @pytest.mark.parametrize("text, message", [
     ('{"a": ', r"x.json is not valid JSON \(column 7\)"),
-    ('{\n"a": ]', r"x.json is not valid JSON \(line 2, column 7\)"),
+    ('{\n"a": ]', r"x.json is not valid JSON \(line 2, column 6\)"),
     ("[" * 100_000, "nested too deeply"),
     ('{"n": 1' + "0" * 5000 + "}", "not readable JSON"),  # past Python's int-digit limit
     ("[1, 2]", "must hold a JSON object, found array"),
