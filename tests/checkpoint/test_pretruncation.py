@@ -11,6 +11,7 @@ import copy
 import time
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Regex, normalizers, pre_tokenizers, processors, trainers
@@ -191,3 +192,51 @@ def test_bundled_minilm_long_text_matches_and_costs_what_is_kept(minilm_path):
     kept = fast([big])
     assert time.perf_counter() - start < 1.0
     assert kept["input_ids"].tolist() == fast([text])["input_ids"].tolist()
+
+
+def _assert_same_embedding(ours, reference):
+    from tests.tolerances import SENTENCE_COSINE
+
+    cosine = torch.nn.functional.cosine_similarity(ours.float(), torch.as_tensor(reference).float(), dim=-1)
+    assert cosine.min().item() >= SENTENCE_COSINE, cosine
+
+
+MEGABYTE_TEXT = "Crème brûlée, 東京 and e\u0301 words\u3000again, the quick brown fox. " * 40_000  # ~2.4 MB
+
+
+@pytest.mark.slow
+def test_a_multi_megabyte_text_embeds_as_sentence_transformers_does_minilm(minilm_path):
+    import fastbert
+
+    st = pytest.importorskip("sentence_transformers")
+    ours = fastbert.from_pretrained(minilm_path, device="cpu", dtype=torch.float32, backend="torch")
+    reference = st.SentenceTransformer(str(minilm_path), device="cpu")
+    texts = [MEGABYTE_TEXT, "short one"]
+    _assert_same_embedding(ours.encode(texts), reference.encode(texts))
+
+
+@pytest.mark.slow
+def test_a_multi_megabyte_text_embeds_as_sentence_transformers_does_xlm_roberta(tmp_path):
+    """A random XLM-RoBERTa with the Unigram/Metaspace tokenizer above, in a sentence-transformers
+    pipeline that sentence-transformers itself saves."""
+    import json
+
+    import fastbert
+    from tests.bert_factory import random_bert
+    from tests.st_factory import save_pipeline
+
+    st = pytest.importorskip("sentence_transformers")
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    raw, pad = _unigram_metaspace()
+    random_bert(encoder, model_class="XLMRobertaModel", vocab_size=raw.get_vocab_size(), pad_token_id=1,
+                type_vocab_size=1)
+    raw.save(str(encoder / "tokenizer.json"))
+    (encoder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "pad_token": pad, "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "model_max_length": 78}))
+    folder = save_pipeline(tmp_path / "pipeline", encoder)
+    ours = fastbert.from_pretrained(folder, device="cpu", dtype=torch.float32, backend="torch")
+    reference = st.SentenceTransformer(str(folder), device="cpu")
+    texts = [MEGABYTE_TEXT, "short one", "word " * 100_000 + "x" * 1000]
+    _assert_same_embedding(ours.encode(texts), reference.encode(texts))
