@@ -13,6 +13,10 @@ sentence_bert_config.json); that value is exposed as `Tokenizer.max_seq_length` 
 A max_length above the model's maximum is clamped to it (transformers would only warn, then fail in the
 model's position embedding).
 
+A long text costs what is kept: when a call truncates, only a prefix of each text that provably yields the
+same tokens is tokenized (fastbert.checkpoint.pretruncate); without a length limit every text is tokenized
+whole.
+
 Pairs are truncated longest-first, by the same rule as `tokenizers`, but in our own code: see
 Tokenizer._encode_bert. A call sets the wrapped tokenizer's truncation only for non-BERT post-processors,
 so one Tokenizer should not be called from several threads at once.
@@ -27,6 +31,8 @@ from tokenizers import normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
 from fastbert.jsonio import read_json
+
+from .pretruncate import Prefixer
 
 # transformers writes int(1e30) as model_max_length when a tokenizer has no limit of its own.
 _NO_LIMIT = int(1e20)
@@ -68,6 +74,7 @@ class Tokenizer:
         tokenizer.no_padding()
         self._tok = tokenizer
         self._special = _bert_special_ids(tokenizer)  # (cls, sep), or None: not BERT's template
+        self._prefixer = Prefixer(tokenizer)
         self.pad_token, self.pad_token_id = pad_token, pad_id
         self.model_max_length = model_max_length
         self.max_seq_length = max_seq_length
@@ -170,12 +177,17 @@ class Tokenizer:
         library also builds every overflow window and, for pairs, their cross product, which takes
         seconds to minutes once both segments run to thousands of tokens. Same result, linear time."""
         cls_id, sep_id = self._special
-        firsts = [e.ids for e in _encode_batch(self._tok, "texts", texts)]
         if text_pairs is None:
+            if limit is not None:
+                texts = self._prefixer.prefixes(texts, limit + 1)
+            firsts = [e.ids for e in _encode_batch(self._tok, "texts", texts)]
             budget = None if limit is None else limit - 2
             return [([cls_id, *a[:budget], sep_id], [0] * (len(a[:budget]) + 2)) for a in firsts]
         if limit is not None and limit < 3:
             raise ValueError(f"max_length={limit} leaves no room for a pair's [CLS] A [SEP] B [SEP]")
+        if limit is not None:
+            texts, text_pairs = self._prefixer.pair_prefixes(texts, text_pairs, limit + 1, limit - 3)
+        firsts = [e.ids for e in _encode_batch(self._tok, "texts", texts)]
         seconds = [e.ids for e in _encode_batch(self._tok, "text_pairs", text_pairs)]
         rows = []
         for a, b in zip(firsts, seconds, strict=True):
@@ -188,7 +200,12 @@ class Tokenizer:
         """Any other post-processor: let `tokenizers` apply it and truncate."""
         if limit is None:
             self._tok.no_truncation()
+        elif text_pairs is None:
+            texts = self._prefixer.prefixes(texts, limit + 1)
         else:
+            budget = limit - self._tok.num_special_tokens_to_add(is_pair=True)
+            texts, text_pairs = self._prefixer.pair_prefixes(texts, text_pairs, limit + 1, budget)
+        if limit is not None:
             self._tok.enable_truncation(max_length=limit, strategy="longest_first")
         inputs = texts if text_pairs is None else list(zip(texts, text_pairs, strict=True))
         try:
