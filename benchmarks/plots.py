@@ -12,6 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.container import BarContainer  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
 from benchmarks.flops import peak_tflops  # noqa: E402
@@ -90,6 +92,15 @@ def _speedup_rows(records: list[dict], baseline: str) -> list[dict]:
                  or r.get("op") in ENCODE_OPS)]
 
 
+def _legend_unhatched(ax, **kw) -> None:
+    """A legend whose bar entries show each series' colour without the hatch of whichever bar came first
+    (hatching marks a noisy case, not a series)."""
+    handles, labels = ax.get_legend_handles_labels()
+    plain = [Patch(facecolor=h.patches[0].get_facecolor(), edgecolor="black", linewidth=0.5)
+             if isinstance(h, BarContainer) else h for h in handles]
+    ax.legend(plain, labels, fontsize=7, **kw)
+
+
 def speedup_plot(records: list[dict], path: Path) -> Path | None:
     """fastbert's speedup over each baseline (HF eager, HF SDPA forwards; sentence-transformers' encode), one
     panel per baseline with data, one bar per case and model/dtype with its IQR as an error bar (the
@@ -125,7 +136,7 @@ def speedup_plot(records: list[dict], path: Path) -> Path | None:
         ax.set_xlabel("case (batch x seq, or texts x words per text)")
         ax.set_ylabel(f"median {baseline} / median fastbert, {scale}")
         ax.set_title(f"fastbert vs {baseline} (bars: IQR; hatched: noisy)", fontsize=10)
-        ax.legend(fontsize=7)
+        _legend_unhatched(ax)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -198,7 +209,7 @@ def tflops_plot(records: list[dict], path: Path) -> Path | None:
             ax.axvline(peak * 1e12 / scale, color="red", linestyle="--", linewidth=0.8, label=f"{dtype} peak")
     ax.set_xlabel(f"achieved {unit} (useful FLOPs / median time); bars: IQR; hatched: noisy")
     ax.set_title("Achieved throughput vs device peak" if drawn else "Achieved throughput")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
+    _legend_unhatched(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     return _save(fig, path)
 
