@@ -12,9 +12,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.container import BarContainer  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
 from benchmarks.flops import peak_tflops  # noqa: E402
+from benchmarks.report_context import flops_unit  # noqa: E402
+from benchmarks.targets import TARGETS  # noqa: E402
 
 # Whole-encoder forward passes: on the GPU suite, and on the CPU suite (torch backend).
 ENCODER_OPS = ("encoder", "encoder_cpu")
@@ -51,39 +55,88 @@ def _ratio_axis(ax, values: list[float]) -> str:
 LOG_SPAN = 4.0
 
 
+ENCODE_OPS = ("encode_cpu", "encode_corpus")  # whole encode() calls, texts in, against sentence-transformers
+BASELINES = ("hf_eager", "hf_sdpa", "st_encode")
+
+
+def _label(r: dict) -> str:
+    """A short tick label for a record's case, on two lines where it is long."""
+    p = r["params"]
+    if r.get("op") == "encode_cpu":
+        return f"{p.get('batch')} texts\n{p.get('words')} words"
+    if r.get("op") == "encode_corpus":
+        return f"corpus\n{p.get('texts')} texts"
+    if r.get("op") in ENCODER_OPS:
+        pad = p.get("padding_target") or 0
+        return f"{p.get('batch')}x{p.get('seq')}" + (f"\n{pad:.0%} padding" if pad else "")
+    return r["case"]
+
+
+def _case_label(r: dict) -> str:
+    """_label with the model and dtype in front, for plots whose cases span models."""
+    if r.get("op") in ENCODER_OPS + ENCODE_OPS:
+        kind = "encode" if r.get("op") in ENCODE_OPS else "forward"
+        return f"{r['params'].get('model', '-')} {r.get('dtype', '-')}\n{kind} " + _label(r).replace("\n", ", ")
+    return r["case"]
+
+
+def _targets_for(baseline: str, rows: list[dict]) -> list[float]:
+    """The thresholds of the speedup targets against `baseline` that some of these rows are judged by."""
+    return sorted({t.threshold for t in TARGETS if t.metric == "speedup" and t.baseline == baseline
+                   and any(t.matches(r) for r in rows)})
+
+
+def _speedup_rows(records: list[dict], baseline: str) -> list[dict]:
+    return [r for r in records if r["impl"] == baseline and r.get("ours_x")
+            and ((r.get("op") in ENCODER_OPS and r["params"].get("padding_target") == 0.0)
+                 or r.get("op") in ENCODE_OPS)]
+
+
+def _legend_unhatched(ax, **kw) -> None:
+    """A legend whose bar entries show each series' colour without the hatch of whichever bar came first
+    (hatching marks a noisy case, not a series)."""
+    handles, labels = ax.get_legend_handles_labels()
+    plain = [Patch(facecolor=h.patches[0].get_facecolor(), edgecolor="black", linewidth=0.5)
+             if isinstance(h, BarContainer) else h for h in handles]
+    ax.legend(plain, labels, fontsize=7, **kw)
+
+
 def speedup_plot(records: list[dict], path: Path) -> Path | None:
-    """fastbert's speedup over HF eager and HF SDPA across batch x seq (unpadded grid), per model/dtype, each
-    bar labelled with its value (a log axis when the values span a wide range: _ratio_axis)."""
-    grid = [r for r in records if r.get("op") in ENCODER_OPS and r["params"].get("padding_target") == 0.0]
-    panels = [(baseline, target, [r for r in grid if r["impl"] == baseline and r.get("ours_x")])
-              for baseline, target in (("hf_eager", 3.0), ("hf_sdpa", 2.5))]
-    if not any(rows for _, _, rows in panels):
+    """fastbert's speedup over each baseline (HF eager, HF SDPA forwards; sentence-transformers' encode), one
+    panel per baseline with data, one bar per case and model/dtype with its IQR as an error bar (the
+    baseline's quartiles over fastbert's opposite ones), noisy cases hatched, the targets as dashed lines."""
+    panels = [(baseline, rows) for baseline in BASELINES if (rows := _speedup_rows(records, baseline))]
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, (baseline, target, rows) in zip(axes, panels, strict=True):
-        if not rows:
-            _no_data(ax, f"fastbert vs {baseline} pairs")
-            continue
-        shapes = sorted({(r["params"]["seq"], r["params"]["batch"]) for r in rows})
-        series = sorted({(r["params"]["model"], r["dtype"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8), squeeze=False)
+    for ax, (baseline, rows) in zip(axes[0], panels, strict=True):
+        rows.sort(key=lambda r: (r.get("op", ""), r["params"].get("seq") or 0, r["params"].get("batch") or 0,
+                                 r["params"].get("words") or 0))
+        labels = list(dict.fromkeys(_label(r) for r in rows))
+        series = sorted({(r["params"].get("model", "-"), r.get("dtype", "-")) for r in rows})
         width = 0.8 / len(series)
         for i, (model, dtype) in enumerate(series):
-            values = {(r["params"]["seq"], r["params"]["batch"]): r["ours_x"] for r in rows
-                      if (r["params"]["model"], r["dtype"]) == (model, dtype)}
-            xs = [j + i * width for j, s in enumerate(shapes) if s in values]
-            bars = ax.bar(xs, [values[s] for s in shapes if s in values], width, label=f"{model} {dtype}")
-            ax.bar_label(bars, fmt="%.2g", fontsize=6)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], [f"{b}x{s}" for s, b in shapes],
-                      rotation=45)
+            mine = [r for r in rows if (r["params"].get("model", "-"), r.get("dtype", "-")) == (model, dtype)]
+            xs = [labels.index(_label(r)) + (i - (len(series) - 1) / 2) * width for r in mine]
+            values = [r["ours_x"] for r in mine]
+            spread = [[v - (r.get("ours_x_low") or v) for v, r in zip(values, mine, strict=True)],
+                      [(r.get("ours_x_high") or v) - v for v, r in zip(values, mine, strict=True)]]
+            noisy = [r["noisy"] or r["ours_noisy"] for r in mine]
+            bars = ax.bar(xs, values, width, yerr=spread, capsize=3, label=f"{model} {dtype}",
+                          hatch=["//" if n else None for n in noisy], edgecolor="black", linewidth=0.5)
+            ax.bar_label(bars, [f"{v:.2f}x" + ("\nnoisy" if n else "") for v, n in zip(values, noisy, strict=True)],
+                         fontsize=7, padding=2)
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
         ax.axhline(1.0, color="black", linewidth=0.8)
-        gpu = any(r["op"] == "encoder" for r in rows)  # the targets are the GPU suite's
-        if gpu:
-            ax.axhline(target, color="red", linestyle="--", linewidth=0.8, label=f"target {target:g}x")
-        scale = _ratio_axis(ax, [r["ours_x"] for r in rows] + ([target] if gpu else []))
-        ax.set_xlabel("batch x seq")
-        ax.set_ylabel(f"speedup (median {baseline} / median fastbert), {scale}")
-        ax.set_title(f"fastbert vs {baseline}")
-        ax.legend(fontsize=8)
+        thresholds = _targets_for(baseline, rows)
+        for threshold in thresholds:
+            ax.axhline(threshold, color="red", linestyle="--", linewidth=0.8, label=f"target {threshold:g}x")
+        ends = [r.get("ours_x_high") or r["ours_x"] for r in rows] + [r.get("ours_x_low") or r["ours_x"] for r in rows]
+        scale = _ratio_axis(ax, [v for v in ends if v > 0] + thresholds)
+        ax.set_xlabel("case (batch x seq, or texts x words per text)")
+        ax.set_ylabel(f"median {baseline} / median fastbert, {scale}")
+        ax.set_title(f"fastbert vs {baseline} (bars: IQR; hatched: noisy)", fontsize=10)
+        _legend_unhatched(ax)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -120,26 +173,43 @@ def padding_plot(records: list[dict], path: Path) -> Path | None:
 
 
 def tflops_plot(records: list[dict], path: Path) -> Path | None:
-    """Achieved TFLOP/s of the GEMM, attention and unpadded encoder cases, with the device's dtype peaks."""
+    """Achieved FLOP/s of the GEMM, attention, unpadded encoder and encode cases: one group of bars per case
+    (labelled once), one bar per implementation with its IQR as an error bar, in GFLOP/s or TFLOP/s as the
+    values need, with the device's dtype peaks only where the device has them."""
     rows = [r for r in records if r.get("tflops") and r.get("bound") == "compute"
-            and (r.get("op") in ("linear", "attention")
+            and (r.get("op") in ("linear", "attention") or r.get("op") in ENCODE_OPS
                  or (r.get("op") in ENCODER_OPS and r["params"].get("padding_target") == 0.0))]
-    rows.sort(key=lambda r: (r["op"], r["case"], not r.get("ours"), r["impl"]))
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(10, 0.28 * max(len(rows), 8) + 1.5))
-    labels = [f"{r['case']} | {r['impl']}" for r in rows]
-    colors = ["tab:green" if r.get("ours") else "tab:gray" for r in rows]
-    ax.barh(range(len(rows)), [r["tflops"] for r in rows], color=colors)
-    ax.set_yticks(range(len(rows)), labels, fontsize=6)
+    rows.sort(key=lambda r: (r["op"], r["case"], not r.get("ours"), r["impl"]))
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in sorted(rows, key=lambda r: (not r.get("ours"), r["impl"]))))
+    scale, unit = flops_unit([r["tflops"] * 1e12 for r in rows])
+    # Each case's bars share its 0.8-wide slot among the implementations it has, in the legend's order.
+    present = {c: [i for i in impls if any(r["case"] == c and r["impl"] == i for r in rows)] for c in cases}
+    fig, ax = plt.subplots(figsize=(10, 0.3 * len(rows) + 0.4 * len(cases) + 1.5))
+    for impl in impls:
+        mine = [r for r in rows if r["impl"] == impl]
+        heights = [0.8 / len(present[r["case"]]) for r in mine]
+        ys = [cases.index(r["case"]) + (present[r["case"]].index(impl) - (len(present[r["case"]]) - 1) / 2) * h
+              for r, h in zip(mine, heights, strict=True)]
+        rates = [r["tflops"] * 1e12 / scale for r in mine]
+        spread = [[v - r["flops"] / r["q3"] / scale if r["q3"] > 0 else 0 for v, r in zip(rates, mine, strict=True)],
+                  [r["flops"] / r["q1"] / scale - v if r["q1"] > 0 else 0 for v, r in zip(rates, mine, strict=True)]]
+        ax.barh(ys, rates, heights, xerr=spread, capsize=2, label=impl,
+                hatch=["//" if r["noisy"] else None for r in mine], edgecolor="black", linewidth=0.4)
+    ax.set_yticks(range(len(cases)), [_case_label(next(r for r in rows if r["case"] == c)) for c in cases],
+                  fontsize=8)
     ax.invert_yaxis()
-    peaks = {(r["device_name"], r["dtype"]): peak_tflops(r["device_name"], r["dtype"]) for r in rows}
-    for (_device, dtype), peak in sorted(peaks.items(), key=str):
+    peaks = {r["dtype"]: peak_tflops(r["device_name"], r["dtype"]) for r in rows}
+    drawn = False
+    for dtype, peak in sorted(peaks.items()):
         if peak:
-            ax.axvline(peak, color="red", linestyle="--", linewidth=0.8)
-            ax.text(peak, -0.8, f"{dtype} peak {peak:g}", color="red", fontsize=7, ha="right")
-    ax.set_xlabel("achieved TFLOP/s (useful FLOPs / median time); green = fastbert")
-    ax.set_title("Achieved throughput vs device peak")
+            drawn = True
+            ax.axvline(peak * 1e12 / scale, color="red", linestyle="--", linewidth=0.8, label=f"{dtype} peak")
+    ax.set_xlabel(f"achieved {unit} (useful FLOPs / median time); bars: IQR; hatched: noisy")
+    ax.set_title("Achieved throughput vs device peak" if drawn else "Achieved throughput")
+    _legend_unhatched(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     return _save(fig, path)
 

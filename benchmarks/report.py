@@ -16,7 +16,18 @@ import sys
 from pathlib import Path
 
 from benchmarks.flops import peak_gbps, peak_tflops
-from benchmarks.targets import TARGETS, device_kinds, evaluate, failures, fmt_threshold, fmt_value, worst
+from benchmarks.report_context import column_notes, environment_section, flops_unit, measured_on
+from benchmarks.targets import (
+    NOISY_IQR_SHARE,
+    TARGETS,
+    device_kinds,
+    evaluate,
+    failures,
+    fmt_threshold,
+    fmt_value,
+    noisy,
+    worst,
+)
 
 
 def load(paths: list[Path]) -> tuple[list[dict], list[dict]]:
@@ -25,7 +36,8 @@ def load(paths: list[Path]) -> tuple[list[dict], list[dict]]:
     for index, path in enumerate(paths):
         data = json.loads(Path(path).read_text())
         env = dict(data.get("machine_info", {}).get("fastbert", {}))
-        env.update(file=Path(path).name, datetime=data.get("datetime"), partial=bool(data.get("partial")))
+        env.update(file=Path(path).name, datetime=data.get("datetime"), partial=bool(data.get("partial")),
+                   cpu=data.get("machine_info", {}).get("cpu", {}).get("brand_raw"))
         envs.append(env)
         for bench in data.get("benchmarks", []):
             info, stats = bench.get("extra_info", {}), bench["stats"]
@@ -42,6 +54,7 @@ def load(paths: list[Path]) -> tuple[list[dict], list[dict]]:
             calls = info.get("calls_per_call", 1)  # a timed call replaying a graph of `calls` calls
             rec.update({k: rec[k] / calls for k in ("median", "q1", "q3", "iqr")})
             rec.setdefault("params", {})
+            rec["noisy"] = noisy(rec)
             _derive(rec)
             records.append(rec)
     _speedups(records)
@@ -63,17 +76,21 @@ def _derive(rec: dict) -> None:
 
 
 def _speedups(records: list[dict]) -> None:
-    """rec["ours_x"]: how many times faster fastbert is than this record's implementation, same case.
-    Where fastbert has several implementations of a case (the GEMM's two kernels), its fastest counts:
-    that is the one its GEMM picker runs."""
+    """rec["ours_x"]: how many times faster fastbert is than this record's implementation, same case, with
+    its spread (ours_x_low, ours_x_high: this record's quartiles over fastbert's opposite ones) and whether
+    fastbert's timing is noisy (ours_noisy). Where fastbert has several implementations of a case (the
+    GEMM's two kernels), its fastest counts: that is the one its GEMM picker runs."""
     ours = {}
     for r in records:
         key = (r["device_name"], r["case"])
-        if r.get("ours") and r["median"] < ours.get(key, float("inf")):
-            ours[key] = r["median"]
+        if r.get("ours") and r["median"] < ours.get(key, {"median": float("inf")})["median"]:
+            ours[key] = r
     for r in records:
         mine = ours.get((r["device_name"], r["case"]))
-        r["ours_x"] = r["median"] / mine if mine else None
+        r["ours_x"] = r["median"] / mine["median"] if mine else None
+        r["ours_x_low"] = r["q1"] / mine["q3"] if mine and mine["q3"] > 0 else None
+        r["ours_x_high"] = r["q3"] / mine["q1"] if mine and mine["q1"] > 0 else None
+        r["ours_noisy"] = bool(mine and mine["noisy"])
 
 
 def fmt_time(seconds: float | None) -> str:
@@ -104,6 +121,11 @@ def fmt_rate(value: float | None) -> str:
     return f"{value:.1f}"
 
 
+def fmt_iqr(rec: dict) -> str:
+    """The IQR, marked when it makes the case noisy (benchmarks/targets.py NOISY_IQR_SHARE)."""
+    return fmt_time(rec["iqr"]) + (" (noisy)" if rec.get("noisy") else "")
+
+
 def fmt_ratio(rec: dict) -> str:
     if rec.get("ours"):
         return "(ours)"
@@ -120,31 +142,18 @@ def _ordered(records: list[dict]) -> list[dict]:
     return sorted(records, key=lambda r: (r["case"], not r.get("ours"), r["median"]))
 
 
-def environment_section(envs: list[dict]) -> list[str]:
-    keys = ["device", "compute_capability", "sm_count", "memory_gib", "torch", "cuda", "triton",
-            "transformers", "sentence_transformers", "pytest_benchmark", "python", "os", "cpu_threads",
-            "triton_interpret", "tf32_matmul", "git_commit", "git_dirty", "bench_size", "bench_models",
-            "bench_dtypes", "datetime", "partial"]
-    rows = [[k] + [str(env.get(k, "-")) for env in envs] for k in keys if any(k in env for env in envs)]
-    peak = envs[0].get("peak", {}) if envs else {}
-    lines = ["## Environment", ""] + _table(["", *[env["file"] for env in envs]], rows)
-    lines += ["", f"Device peak used for % of peak: {peak.get('name', 'unknown')} - fp16 "
-              f"{peak.get('fp16_tflops')} / bf16 {peak.get('bf16_tflops')} / fp32 {peak.get('fp32_tflops')} "
-              f"TFLOP/s dense, HBM {peak.get('hbm_gbps')} GB/s (benchmarks/flops.py DEVICE_PEAKS).", ""]
-    if any(env.get("partial") for env in envs):
-        lines += ["**Partial results**: a stage ended at its time budget; only finished cases are shown.", ""]
-    return lines
-
-
 def targets_section(results: list[dict]) -> list[str]:
     rows = []
     for res in results:
         target, values = res["target"], res["values"]
-        detail = "; ".join(f"{case}: {fmt_value(target, v)}" for case, v in values)
+        detail = "; ".join(f"{case}: {fmt_value(target, v)}" + (" (noisy, not deciding)" if is_noisy else "")
+                           for case, v, is_noisy in values)
         rows.append([target.name, fmt_threshold(target), fmt_value(target, worst(target, values)), res["status"],
                      detail or "-"])
-    return ["## Targets", "", "Worst case over every matching case; all must pass. Only the targets the "
-            "devices of these results can measure are listed.", ""] + \
+    return ["## Targets", "", "Worst case over every matching case that is not noisy; all must pass. A case "
+            f"whose IQR exceeds {NOISY_IQR_SHARE:.0%} of its median (either side of a speedup) is noisy: it "
+            "is listed but decides nothing, and a target whose every case is noisy is undecided. Only the "
+            "targets the devices of these results can measure are listed.", ""] + \
         _table(["target", "threshold", "measured (worst)", "status", "cases"], rows) + [""]
 
 
@@ -152,7 +161,7 @@ def kernels_section(records: list[dict]) -> list[str]:
     kernels = [r for r in records if r.get("op") in ("linear", "attention", "layer_norm", "embeddings")]
     if not kernels:
         return []
-    rows = [[r["case"], r["impl"], fmt_time(r["median"]), fmt_time(r["iqr"]), fmt_num(r["tflops"]),
+    rows = [[r["case"], r["impl"], fmt_time(r["median"]), fmt_iqr(r), fmt_num(r["tflops"]),
              fmt_num(r["gbps"]), fmt(r["pct_peak"] and r["pct_peak"] * 100, ".0f", "%"), fmt_ratio(r)]
             for r in _ordered(kernels)]
     return ["## Kernels", ""] + _table(
@@ -160,34 +169,44 @@ def kernels_section(records: list[dict]) -> list[str]:
 
 
 def encoder_section(records: list[dict], title: str, ops: tuple[str, ...]) -> list[str]:
+    """One row per forward (or encode) case and implementation. FLOP rates in the unit that fits the
+    section's values (report_context.flops_unit); the % peak column only where some device has a peak."""
     enc = [r for r in records if r.get("op") in ops]
     if not enc:
         return []
     enc.sort(key=lambda r: (r["params"].get("model", ""), r.get("dtype", ""),
                             r["params"].get("padding_target") or 0, r["params"].get("seq", 0),
                             r["params"].get("batch", 0), not r.get("ours"), r["median"]))
+    scale, unit = flops_unit([r["tflops"] * 1e12 for r in enc if r.get("tflops")])
+    with_peak = any(r.get("pct_peak") is not None for r in enc)
     rows = []
     for r in enc:
         p = r["params"]
         pad = "-" if p.get("padding_ratio") is None else f"{p['padding_ratio'] * 100:.0f}%"
-        extra = f" (compile {r['compile_s']:.0f} s)" if r.get("compile_s") is not None else ""
-        extra += " (CUDA graphs)" if r.get("cuda_graphs") else ""
-        if r.get("max_abs_err_vs_hf32") is not None:
-            sdpa = r.get("hf_sdpa_max_abs_err_vs_hf32")
-            extra += f" (max err {r['max_abs_err_vs_hf32']:.1e}" + (f", SDPA {sdpa:.1e}" if sdpa is not None else "")
-            extra += ")"
-        elif r.get("max_abs_err_vs_hf") is not None:  # results written before errors were taken against fp32
-            extra += f" (max err vs SDPA {r['max_abs_err_vs_hf']:.1e})"
-        if r.get("gemm_choices"):
-            picks = list(r["gemm_choices"].values())
-            extra += f" (cuBLAS GEMMs {picks.count('cublas')}/{len(picks)})"
+        rate = fmt_num(r["tflops"] and r["tflops"] * 1e12 / scale)
+        peak = [fmt(r["pct_peak"] and r["pct_peak"] * 100, ".0f", "%")] if with_peak else []
         rows.append([p.get("model", "-"), r.get("dtype", "-"), f"{p.get('batch')}x{p.get('seq')}", pad,
-                     r["impl"] + extra, fmt_time(r["median"]), fmt_time(r["iqr"]), fmt_rate(r["tokens_s"]),
-                     fmt_rate(r["seqs_s"]), fmt_num(r["tflops"]),
-                     fmt(r["pct_peak"] and r["pct_peak"] * 100, ".0f", "%"), fmt_ratio(r)])
+                     r["impl"] + _encoder_notes(r), fmt_time(r["median"]), fmt_iqr(r), fmt_rate(r["tokens_s"]),
+                     fmt_rate(r["seqs_s"]), rate, *peak, fmt_ratio(r)])
     return [f"## {title}", ""] + _table(
-        ["model", "dtype", "batch x seq", "padding", "impl", "median", "IQR", "tokens/s", "seq/s", "TFLOP/s",
-         "% peak", "fastbert x"], rows) + [""]
+        ["model", "dtype", "batch x seq", "padding", "impl", "median", "IQR", "tokens/s", "seq/s", unit,
+         *(["% peak"] if with_peak else []), "fastbert x"], rows) + [""]
+
+
+def _encoder_notes(r: dict) -> str:
+    """What the impl column says beside the name: compile time, CUDA graphs, errors, GEMM picks."""
+    extra = f" (compile {r['compile_s']:.0f} s)" if r.get("compile_s") is not None else ""
+    extra += " (CUDA graphs)" if r.get("cuda_graphs") else ""
+    if r.get("max_abs_err_vs_hf32") is not None:
+        sdpa = r.get("hf_sdpa_max_abs_err_vs_hf32")
+        extra += f" (max err {r['max_abs_err_vs_hf32']:.1e}" + (f", SDPA {sdpa:.1e}" if sdpa is not None else "")
+        extra += ")"
+    elif r.get("max_abs_err_vs_hf") is not None:  # results written before errors were taken against fp32
+        extra += f" (max err vs SDPA {r['max_abs_err_vs_hf']:.1e})"
+    if r.get("gemm_choices"):
+        picks = list(r["gemm_choices"].values())
+        extra += f" (cuBLAS GEMMs {picks.count('cublas')}/{len(picks)})"
+    return extra
 
 
 CORPUS_ORDER = ("fastbert_encode", "fastbert_encode_nographs", "st_optimized", "st_encode")
@@ -209,7 +228,7 @@ def corpus_section(records: list[dict]) -> list[str]:
                 extra += f" ({r['graphs_cached']} graphs cached)"
             cosine = r.get("min_cosine_vs_st")
             rows.append([p.get("model", "-"), r.get("dtype", "-"), r["impl"] + extra, fmt_time(r["median"]),
-                         fmt_time(r["iqr"]), fmt_rate(r["seqs_s"]), fmt_rate(r["tokens_s"]),
+                         fmt_iqr(r), fmt_rate(r["seqs_s"]), fmt_rate(r["tokens_s"]),
                          fmt(baseline and baseline / r["median"], ".2f", "x"), fmt_time(r.get("first_pass_s")),
                          "-" if cosine is None else f"{cosine:.6f}"])
         p = recs[0]["params"]
@@ -295,33 +314,6 @@ def profile_section(profile_path: Path | None) -> list[str]:
     return ["## Where the time goes (encoder profile)", "", *table[2:], ""]
 
 
-COLUMNS = """## Columns and work model
-
-- **median / IQR**: seconds per call over the timed rounds (each round many back-to-back calls, the
-  clock read only after the device is idle); IQR = spread between the 25th and 75th percentiles. GPU
-  kernel cases replay a CUDA graph of 20 calls per timed call (divided back out), so they show device
-  time; encoder cases are timed as a user calls them (host work, and fastbert's own graph replay, included).
-- **TFLOP/s**: useful FLOPs / median. Matrix products only, 2 FLOPs per multiply-accumulate: GEMM 2MNK;
-  attention 4 L^2 x hidden per sequence of length L (QK^T and PV); encoder per layer
-  8 T H^2 + 4 T H I + 4 H sum(L_i^2) over real tokens T only (padding never counts). Excluded: softmax,
-  GELU, biases, residual adds, LayerNorm, embeddings, pooler.
-- **GB/s**: minimum bytes (each input read once, output written once) / median; embeddings count every
-  gathered table row per token.
-- **% peak**: TFLOP/s against the datasheet dense tensor-core peak of the dtype (compute-bound cases), GB/s
-  against HBM bandwidth (memory-bound cases); "-" when the device is not in the table.
-- **max err**: largest |fastbert - transformers in fp32| over the real tokens of the timed batch (fp64
-  for fp32 runs); **SDPA**: the same for transformers SDPA in fastbert's dtype on the same input. The
-  accuracy target compares the two.
-- **cuBLAS GEMMs n/m**: of the m GEMM shapes of this batch, n ran on cuBLAS because it timed faster than
-  fastbert's Triton GEMM on first use (fastbert/gemm.py); the rest ran the Triton kernel.
-- **ours x / fastbert x**: this row's median / fastbert's median on the same case: > 1 means fastbert is
-  faster. **padding**: realised fraction of the [batch, seq] grid that is padding.
-- **Encoding a corpus**: texts/s and tokens/s count the corpus's texts and real tokens per pass;
-  "graphs cached" is how many CUDA graphs fastbert held after the timed passes (its cache is keyed on the
-  exact batch shape, so a corpus with more distinct batch shapes than the cache holds captures again).
-"""
-
-
 def write_report(paths: list[Path], out: Path, profile: Path | None = None) -> tuple[list[str], list[dict]]:
     """Write REPORT.md and the plots into `out`; returns (headline lines, target results)."""
     from benchmarks.plots import write_plots
@@ -334,15 +326,16 @@ def write_report(paths: list[Path], out: Path, profile: Path | None = None) -> t
     sources = ", ".join(f"`{Path(p).name}`" for p in [*paths, *([profile] if profile and profile.is_file() else [])])
     lines = ["# fastbert benchmark report", "",
              f"Generated by `python -m benchmarks.report` from {sources}; do not edit by hand.", "",
+             *measured_on(envs),
              "```", *summary, "```", ""]
-    lines += environment_section(envs) + targets_section(results)
+    lines += environment_section(envs, records) + targets_section(results)
     lines += encoder_section(records, "Encoder", ("encoder",))
     lines += picker_section(records) + profile_section(profile) + kernels_section(records)
     lines += corpus_section(records)
     lines += encoder_section(records, "CPU (real all-MiniLM-L6-v2, fp32)", ("encoder_cpu", "encode_cpu"))
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    lines += [COLUMNS]
+    lines += column_notes(records)
     (out / "REPORT.md").write_text("\n".join(lines))
     return summary, results
 

@@ -47,6 +47,26 @@ class Target:
         return value >= self.threshold if self.higher_is_better else value <= self.threshold
 
 
+    def noisy(self, rec: dict) -> bool:
+        """Whether this record's value rests on a noisy timing (NOISY_IQR_SHARE): a speedup on either of
+        its two medians, a time or % of peak on its own; an error ratio never (it is not a timing)."""
+        if self.metric == "speedup":
+            return bool(rec.get("noisy") or rec.get("ours_noisy"))
+        return self.metric != "error_ratio" and bool(rec.get("noisy"))
+
+
+# A timing whose inter-quartile range exceeds this share of its median is noisy: the middle half of its
+# rounds then spans more than +-12.5% around the median, wider than the margins these targets decide on
+# (the CPU target is "no slower", 1.0x), so its median can land on either side of a threshold from one
+# run to the next. Such a case is reported, marked, and never decides a verdict alone.
+NOISY_IQR_SHARE = 0.25
+
+
+def noisy(rec: dict) -> bool:
+    """A record (median and IQR in seconds) whose spread is too wide for its median to decide anything."""
+    return rec["iqr"] > NOISY_IQR_SHARE * rec["median"]
+
+
 def _headline(model: str, batch: int, padding: float = 0.0) -> dict:
     return {"model": model, "batch": batch, "seq": 128, "padding_target": padding, "dtype": "float16"}
 
@@ -80,26 +100,35 @@ def device_kinds(envs: list[dict]) -> set[str]:
             for env in envs}
 
 
+UNDECIDED = "undecided: noisy"
+
+
 def evaluate(targets: list[Target], records: list[dict], devices: set[str] | None = None) -> list[dict]:
-    """Per target a device of these results can measure: every matching case's value and met / NOT MET /
-    not measured (worst case over the cases decides)."""
+    """Per target a device of these results can measure: every matching case as (case, value, noisy) and
+    met / NOT MET / undecided: noisy / not measured. The worst of the cases that are not noisy decides;
+    when every case is noisy nothing does."""
     results = []
     for target in targets:
         if devices is not None and target.device not in devices:
             continue
-        values = [(rec["case"], value) for rec in records
+        values = [(rec["case"], value, target.noisy(rec)) for rec in records
                   if target.matches(rec) and (value := target.value(rec)) is not None]
-        if values:
-            status = "met" if all(target.met(v) for _, v in values) else "NOT MET"
-        else:
+        deciding = [v for _, v, is_noisy in values if not is_noisy]
+        if not values:
             status = "not measured"
+        elif not deciding:
+            status = UNDECIDED
+        else:
+            status = "met" if all(target.met(v) for v in deciding) else "NOT MET"
         results.append({"target": target, "values": values, "status": status})
     return results
 
 
 def worst(target: Target, values: list) -> float | None:
+    """The worst value of the deciding (not noisy) cases, or of all cases when every one is noisy."""
     pick = min if target.higher_is_better else max
-    return pick((v for _, v in values), default=None)
+    deciding = [v for _, v, is_noisy in values if not is_noisy] or [v for _, v, _ in values]
+    return pick(deciding, default=None)
 
 
 def fmt_value(target, value: float | None) -> str:
@@ -121,5 +150,6 @@ def fmt_threshold(target) -> str:
 
 
 def failures(results: list[dict]) -> list[str]:
-    """The targets a --check fails on: not met, or not measured although the devices could measure them."""
+    """The targets a --check fails on: not met, undecided (every case noisy), or not measured although the
+    devices could measure them."""
     return [f"{res['status']}: {res['target'].name}" for res in results if res["status"] != "met"]

@@ -369,6 +369,7 @@ def test_cpu_encode(measure, settings, minilm_path, shape, impl):
     if impl == "fastbert_encode":
         fb = _load("fastbert", "minilm-real", minilm_path, torch.float32, torch.device("cpu"), "torch")
         fn = lambda: fb.encode(texts, batch_size=32)  # noqa: E731
+        notes = {"backend": fb.backend}
     else:
         from sentence_transformers import SentenceTransformer
 
@@ -377,10 +378,11 @@ def test_cpu_encode(measure, settings, minilm_path, shape, impl):
             _LOADED[key] = SentenceTransformer(str(minilm_path), device="cpu")
         st = _LOADED[key]
         fn = lambda: st.encode(texts, batch_size=32, convert_to_tensor=True)  # noqa: E731
+        notes = {}
     from transformers import AutoTokenizer
 
     lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(minilm_path)(texts)["input_ids"]]
-    info = _info("minilm", torch.float32, count, max(lengths), lengths, 0.0, impl, "cpu")
+    info = notes | _info("minilm", torch.float32, count, max(lengths), lengths, 0.0, impl, "cpu")
     info.update(case=f"cpu encode minilm-real texts={count} words={words}", op="encode_cpu",
                 ours=impl == "fastbert_encode", threads=torch.get_num_threads())
     info["params"].update(model="all-MiniLM-L6-v2", padding_target=None, padding_ratio=None, words=words)
