@@ -58,7 +58,7 @@ def in_process(api_model, monkeypatch, tmp_path, capsys):
 
 
 def expected(api_model, texts):
-    return api_model.encode(list(texts)).numpy()
+    return api_model.encode(list(texts))
 
 
 def assert_rows_equal(actual, reference):
