@@ -3,7 +3,7 @@ CamemBERT, DistilBERT, ELECTRA).
 
     import fastbert
     model = fastbert.from_pretrained("path/to/bert")      # FastBertModel (or a hub id, "org/name")
-    embeddings = model.encode(["a sentence", "another"])  # [2, hidden] float32
+    embeddings = model.encode(["a sentence", "another"])  # NumPy [2, hidden] float32
     fastbert.optimize(hf_model)                           # transformers / sentence-transformers, in place
 
 The public names load on first use, so `import fastbert` (and the `fastbert` command's start-up) costs

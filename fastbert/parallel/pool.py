@@ -29,6 +29,7 @@ import torch
 from fastbert.checkpoint.tokenizer import UntokenizableTextError
 from fastbert.defaults import CHUNK_TEXTS
 from fastbert.engine.runtime import check_device
+from fastbert.sentence.output import split_return_options
 
 from .worker import from_transport, unpack_exception, worker_main
 
@@ -243,9 +244,14 @@ class EncodePool:
         a sized one must yield as many texts as its len() says."""
         if "stats" in kwargs:
             raise ValueError("stats= is not collected across worker processes: encode on one device to measure")
-        kwargs = {**self.encode_defaults, **kwargs}
+        if "device" in kwargs:
+            raise ValueError("device= does not apply to a pool: each worker encodes on its own device "
+                             f"({', '.join(map(str, self.devices))})")
+        # Workers return float tensors; precision and the return type apply once, to the joined result.
+        kwargs, returned = split_return_options({**self.encode_defaults, **kwargs})
         if isinstance(texts, str):
-            return list(self._run(iter([texts]), args, kwargs, lambda chunk: ("the text", 0)))[0]
+            return returned.finish(list(self._run(iter([[texts]]), args, kwargs, lambda chunk: ("the text", 0)))[0],
+                                   single=True)
         if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
             raise TypeError(f"texts must be a string or an iterable of strings, got {type(texts).__name__}")
         total = len(texts) if isinstance(texts, Sized) else None
@@ -287,15 +293,20 @@ class EncodePool:
             # (or extra) is unknowable, so no result rather than a wrong one
             raise ValueError(f"texts has len() {total} but its iteration gave {read} texts: a sized input must "
                              "give as many texts as its len() says")
-        return _concatenate(parts)
+        return returned.finish(_concatenate(parts), single=False)
 
     def encode_chunks(self, chunks, *args, **kwargs):
         """Yield model.encode(chunk, *args, **kwargs) for each chunk of an iterable, in order, with
         IN_FLIGHT_PER_WORKER chunks per worker in flight: for streams too large to hold at once.
-        Stopping the iteration early abandons the chunks in flight; the pool stays usable."""
+        Stopping the iteration early abandons the chunks in flight; the pool stays usable. As in iter_encode,
+        precision "int8" / "uint8" is refused: each chunk's ranges would be its own."""
+        kwargs = {**self.encode_defaults, **kwargs}
+        if split_return_options(kwargs)[1].per_call_ranges:
+            raise ValueError(f"encode_chunks cannot quantize to precision={kwargs['precision']!r}: its ranges "
+                             "would come from each chunk alone; encode in float32 and quantize with fixed ranges=")
         copies = (chunk if isinstance(chunk, str) else _checked_texts(list(chunk), f"chunk {number}: texts", 0)
                   for number, chunk in enumerate(chunks))
-        return self._run(copies, args, {**self.encode_defaults, **kwargs}, lambda chunk: (f"chunk {chunk}", 0))
+        return self._run(copies, args, kwargs, lambda chunk: (f"chunk {chunk}", 0))
 
     def _run(self, chunks, args, kwargs, locate):
         """Generator: send chunks (a bounded number ahead), yield their results in order. An error, the

@@ -5,8 +5,10 @@ chunk while the model encodes the current one (the `tokenizers` library releases
 chunk, texts are sorted by length and cut into batches under a token budget, so one long text never
 pads a batch of short ones; the encoder's packed output is pooled directly (fastbert.sentence.pooling), and the
 results come back in input order. Memory is bounded by a chunk, never by the corpus: `iter_encode` yields
-each chunk's embeddings as soon as they are ready, `encode` gathers them into one tensor."""
+each chunk's embeddings as soon as they are ready, `encode` gathers them into one result. Both return what
+sentence-transformers' SentenceTransformer.encode returns (fastbert.sentence.output: NumPy by default)."""
 
+import contextlib
 import itertools
 import queue
 import threading
@@ -19,105 +21,37 @@ import torch
 from fastbert.checkpoint.tokenizer import UntokenizableTextError
 from fastbert.defaults import CHUNK_TEXTS, MAX_BATCH_TOKENS
 from fastbert.engine.packing import pack_inputs
+from fastbert.engine.runtime import check_device
 
-from .modules import int_option
-from .pipeline import load_pipeline
-from .pooling import check_modes
-
-
-@dataclass
-class EncodeStats:
-    """Where an encode's time went; pass one as `stats=` and read it afterwards (calls accumulate).
-
-    tokenize_seconds: the background thread's time tokenizing (overlapped with the model's work);
-    stall_seconds: the time the model sat waiting for tokens, i.e. tokenization that was not hidden;
-    wall_seconds: the whole call, from the first text read to the last embedding returned."""
-
-    texts: int = 0
-    tokens: int = 0
-    batches: int = 0
-    chunks: int = 0
-    tokenize_seconds: float = 0.0
-    stall_seconds: float = 0.0
-    wall_seconds: float = 0.0
-
-    @property
-    def tokenize_share(self):
-        """Tokenizing time as a share of wall time (it runs alongside the model, so it can be hidden)."""
-        return self.tokenize_seconds / self.wall_seconds if self.wall_seconds else 0.0
-
-    @property
-    def stall_share(self):
-        """The share of wall time lost waiting for the tokenizer: above ~0 it is the bottleneck."""
-        return self.stall_seconds / self.wall_seconds if self.wall_seconds else 0.0
+from .options import EncodeOptions, EncodeStats, sentence_pipeline
+from .output import ReturnOptions
 
 
-@dataclass(frozen=True)
-class EncodeOptions:
-    """encode()'s keyword arguments, checked once and resolved against the model's pipeline (plain values:
-    they can be sent to worker processes)."""
-
-    prompt: str | None = None
-    batch_size: int | None = None
-    max_tokens: int = MAX_BATCH_TOKENS
-    chunk_size: int = CHUNK_TEXTS
-    pooling: tuple | None = None
-    normalize: bool | None = None
-    truncate_dim: int | None = None
-    max_length: int | None = None
-    show_progress_bar: bool = False
-
-    @classmethod
-    def resolve(cls, model, *, prompt_name=None, prompt=None, batch_size=None, max_tokens=MAX_BATCH_TOKENS,
-                chunk_size=CHUNK_TEXTS, pooling=None, normalize=None, truncate_dim=None, max_length=None,
-                show_progress_bar=False):
-        """Check encode()'s keyword arguments and resolve them against `model`'s pipeline."""
-        pipeline = sentence_pipeline(model)
-        if pooling is not None:
-            pooling = check_modes(pooling, "pooling")
-        if normalize not in (None, True, False):
-            raise TypeError(f"normalize must be None, True or False, got {normalize!r}")
-        truncate_dim = int_option(truncate_dim, "truncate_dim")
-        truncate_dim = pipeline.truncate_dim if truncate_dim is None else truncate_dim
-        dim = pipeline.output_dim(pooling)
-        if truncate_dim is not None and truncate_dim > dim:
-            raise ValueError(f"truncate_dim={truncate_dim} exceeds the embedding size {dim}")
-        max_length = int_option(max_length, "max_length", minimum=2)
-        return cls(
-            # "" is no prompt, as in sentence-transformers
-            prompt=pipeline.resolve_prompt(prompt, prompt_name) or None,
-            batch_size=int_option(batch_size, "batch_size"), max_tokens=_required("max_tokens", max_tokens),
-            chunk_size=_required("chunk_size", chunk_size), pooling=pooling, normalize=normalize,
-            truncate_dim=truncate_dim, max_length=pipeline.max_seq_length if max_length is None else max_length,
-            show_progress_bar=bool(show_progress_bar))
-
-
-def _required(name, value):
-    """A count that has no 'unset' value: int_option's check, None included."""
-    if value is None:
-        raise ValueError(f"{name} must be an integer >= 1, got None")
-    return int_option(value, name)
-
-
-def sentence_pipeline(model):
-    """The model's SentencePipeline on its device: set by fastbert.from_pretrained, else read from the
-    model's folder on first use (a model without a folder: mean pooling, nothing after it)."""
-    pipeline = getattr(model, "sentence_pipeline", None)
-    if pipeline is None:
-        pipeline = load_pipeline(model.path, model.config.hidden_size).to(model.device)
-        model.sentence_pipeline = pipeline
-    return pipeline
-
-
-def encode(model, texts, *, stats=None, **options):
-    """Embed `texts` with `model` (a FastBertModel with a tokenizer) -> float32 [N, D] on the CPU, in input
-    order; a single string gives [D].
+def encode(model, texts, *, prompt_name=None, prompt=None, batch_size=None, show_progress_bar=None,
+           output_value="sentence_embedding", precision="float32", convert_to_numpy=True, convert_to_tensor=False,
+           device=None, normalize_embeddings=False, truncate_dim=None, max_tokens=MAX_BATCH_TOKENS,
+           chunk_size=CHUNK_TEXTS, pooling=None, normalize=None, max_length=None, stats=None):
+    """Embed `texts` with `model` (a FastBertModel with a tokenizer), in input order, returned as
+    sentence-transformers' SentenceTransformer.encode returns them (fastbert.sentence.output): by default a
+    float32 NumPy array [N, D], [D] for a single string.
 
     texts: a string, or any iterable of strings (a list, a generator, a file's lines...).
-    prompt / prompt_name: as sentence-transformers: `prompt` is prepended to every text; else
-      prompts[prompt_name] from config_sentence_transformers.json; else its default_prompt_name's prompt.
-    batch_size: an upper bound on sequences per batch (sentence-transformers compatibility); None, the
-      default, lets the token budget alone decide.
+    sentence-transformers' options, with its meaning:
+    prompt / prompt_name: `prompt` is prepended to every text; else prompts[prompt_name] from
+      config_sentence_transformers.json; else its default_prompt_name's prompt.
+    batch_size: an upper bound on sequences per batch; None, the default, lets the token budget alone decide.
+    show_progress_bar: None shows one when the `fastbert` logger's level is INFO or DEBUG.
+    output_value: "sentence_embedding"; "token_embeddings" (a list of [len_i, H] tensors of each text's real
+      tokens, in the model's dtype); None (a list of dicts of every output).
+    precision: "float32", "int8", "uint8", "binary", "ubinary" (fastbert.sentence.quantize; int8 / uint8
+      ranges from this call's embeddings, so a single text cannot be quantized to them).
+    convert_to_numpy / convert_to_tensor: a NumPy array, a tensor (on the model's device), or with both
+      False a list of 1-D tensors.
+    device: the model's device or None (a loaded model stays where it is: load it elsewhere with
+      from_pretrained(device=...), or spread the work with FastBertModel.encode(devices=...)).
+    normalize_embeddings: L2-normalize the returned sentence embeddings (after truncate_dim).
+    truncate_dim: keep the first D dimensions (Matryoshka), after the pipeline; default: the model's.
+    fastbert's own options:
     max_tokens: the token budget of a batch (sequences x longest sequence), default
       fastbert.defaults.MAX_BATCH_TOKENS.
     chunk_size: texts read and tokenized at a time (memory is bounded by a chunk), default
@@ -125,14 +59,21 @@ def encode(model, texts, *, stats=None, **options):
     pooling: a mode or list of modes replacing the folder's Pooling (fastbert.sentence.pooling.POOLING_MODES).
     normalize: None follows the folder (its Normalize module); True L2-normalizes the final vectors; False
       leaves out the folder's final Normalize.
-    truncate_dim: keep the first D dimensions (Matryoshka), after the pipeline; default: the model's.
     max_length: truncation in tokens; None follows the folder's max_seq_length, else the model's maximum.
     stats: an EncodeStats to fill with the time spent tokenizing and waiting for tokens.
     A model encodes from one thread at a time (its tokenizer is shared with the background thread)."""
     single = isinstance(texts, str)
-    opts = EncodeOptions.resolve(model, **options)
+    opts = EncodeOptions.resolve(
+        model, prompt_name=prompt_name, prompt=prompt, batch_size=batch_size, max_tokens=max_tokens,
+        chunk_size=chunk_size, pooling=pooling, normalize=normalize, normalize_embeddings=normalize_embeddings,
+        truncate_dim=truncate_dim, max_length=max_length, show_progress_bar=show_progress_bar,
+        output_value=output_value)
+    returned = ReturnOptions.resolve(output_value, precision, convert_to_numpy, convert_to_tensor)
+    _check_device(model, device)
     texts = [texts] if single else texts
     chunks = encode_stream(model, texts, opts, stats)
+    if opts.output_value != "sentence_embedding":  # one item per text
+        return returned.finish([item for chunk in chunks for item in chunk], single, model.device)
     dim = opts.truncate_dim or sentence_pipeline(model).output_dim(opts.pooling)
     if isinstance(texts, (list, tuple)):
         # The size is known: fill one tensor rather than hold every chunk and a concatenated copy. A list
@@ -147,7 +88,7 @@ def encode(model, texts, *, stats=None, **options):
             _wrong_length(texts, filled)
     else:
         embeddings = torch.cat([torch.zeros(0, dim), *chunks])
-    return embeddings[0] if single else embeddings
+    return returned.finish(embeddings, single, model.device)
 
 
 def _wrong_length(texts, given):
@@ -155,15 +96,50 @@ def _wrong_length(texts, given):
                      "give as many texts as its len() says")
 
 
-def iter_encode(model, texts, *, stats=None, **options):
-    """encode() as a generator: yields float32 [n, D] CPU tensors, one per chunk of `chunk_size` texts (the
-    last may be shorter), in input order. Reads `texts` lazily, so a stream of any length is encoded in
-    bounded memory; the options are encode()'s, checked before the first text is read. The reader runs a few
-    chunks ahead of what has been yielded (at most four): a stream closed early may have read that much more."""
+def _check_device(model, device):
+    if device is None:
+        return
+    if isinstance(device, (list, tuple)):
+        raise ValueError("device= with a list of devices runs worker processes: call FastBertModel.encode "
+                         "(model.encode(texts, devices=[...]))")
+    if check_device(device, "device") != model.device:
+        raise ValueError(f"device={str(device)!r}, but this model is loaded on {model.device} and fastbert does "
+                         "not move a loaded model: load it there (from_pretrained(..., device=...)), or encode "
+                         "with devices=[...] (worker processes)")
+
+
+def iter_encode(model, texts, *, prompt_name=None, prompt=None, batch_size=None, show_progress_bar=None,
+                output_value="sentence_embedding", precision="float32", convert_to_numpy=True,
+                convert_to_tensor=False, device=None, normalize_embeddings=False, truncate_dim=None,
+                max_tokens=MAX_BATCH_TOKENS, chunk_size=CHUNK_TEXTS, pooling=None, normalize=None,
+                max_length=None, stats=None):
+    """encode() as a generator: yields what encode() returns for each chunk of `chunk_size` texts (the last
+    may be shorter), in input order: by default float32 NumPy arrays [n, D]. Reads `texts` lazily, so a
+    stream of any length is encoded in bounded memory; the options are encode()'s, checked before the first
+    text is read, except precision "int8" / "uint8", refused: their ranges would differ from chunk to chunk
+    (quantize the float chunks with fastbert.sentence.quantize.quantize_embeddings and fixed ranges=).
+    The reader runs a few chunks ahead of what has been yielded (at most four): a stream closed early may
+    have read that much more."""
     if isinstance(texts, str):
         raise TypeError("iter_encode needs an iterable of strings, got a single string: use encode(text)")
-    opts = EncodeOptions.resolve(model, **options)
-    return encode_stream(model, texts, opts, stats)
+    opts = EncodeOptions.resolve(
+        model, prompt_name=prompt_name, prompt=prompt, batch_size=batch_size, max_tokens=max_tokens,
+        chunk_size=chunk_size, pooling=pooling, normalize=normalize, normalize_embeddings=normalize_embeddings,
+        truncate_dim=truncate_dim, max_length=max_length, show_progress_bar=show_progress_bar,
+        output_value=output_value)
+    returned = ReturnOptions.resolve(output_value, precision, convert_to_numpy, convert_to_tensor)
+    if returned.per_call_ranges:
+        raise ValueError(f"iter_encode cannot quantize to precision={precision!r}: its ranges would come from "
+                         "each chunk alone; encode in float32 and quantize every chunk with the same ranges= "
+                         "(fastbert.sentence.quantize.quantize_embeddings)")
+    _check_device(model, device)
+    return _finished(encode_stream(model, texts, opts, stats), returned, model.device)
+
+
+def _finished(chunks, returned, device):
+    with contextlib.closing(chunks):  # closing this generator stops the stream's background thread too
+        for chunk in chunks:
+            yield returned.finish(chunk, False, device)
 
 
 def encode_stream(model, texts, opts, stats=None, chunk_sizes=None):
@@ -180,8 +156,8 @@ def encode_stream(model, texts, opts, stats=None, chunk_sizes=None):
 def _stream(model, texts, opts, stats, sizes):
     pipeline = sentence_pipeline(model)
     tokenizer = model.get_tokenizer()
-    prompt_tokens = 0
-    if opts.prompt and not pipeline.pooling.include_prompt:
+    prompt_tokens = 0  # sentence-transformers' prompt_length: tokens of the prompt in every sequence
+    if opts.prompt:
         prompt_tokens = _prompt_length(tokenizer, _lower(opts.prompt, pipeline.do_lower_case), opts.max_length)
     progress = _progress_bar(texts) if opts.show_progress_bar else None
     clock = _WallClock(stats)
@@ -320,9 +296,28 @@ def length_sorted_batches(lengths, batch_size, max_tokens):
     return batches
 
 
+def _per_text(opts, rows, lengths, hidden, embeddings, ids, types, prompt_tokens):
+    """A batch's outputs per text, for output_value "token_embeddings" (each text's real tokens [len_i, H])
+    or None (a dict of every output, as sentence-transformers gives, without the batch's padding)."""
+    # Copied, not viewed: the encoder may hand out a buffer that the next batch overwrites (CUDA graphs).
+    tokens = _start_copy_to_host(hidden) if hidden.device.type == "cuda" else hidden.clone()
+    tokens = tokens.split(lengths)
+    if opts.output_value == "token_embeddings":
+        return list(tokens)
+    embeddings = _start_copy_to_host(embeddings)
+    items = []
+    for number, (row, length) in enumerate(zip(rows.tolist(), lengths)):
+        item = {"input_ids": ids[row, :length], "token_type_ids": types[row, :length],
+                "attention_mask": torch.ones(length, dtype=torch.int64), "modality": "text"}
+        if prompt_tokens:
+            item["prompt_length"] = prompt_tokens
+        items.append({**item, "token_embeddings": tokens[number], "sentence_embedding": embeddings[number]})
+    return items
+
+
 @dataclass
 class _Chunk:
-    pooled: list  # per batch [b, D], on the host (pinned, copies in flight on a GPU)
+    pooled: list  # per batch [b, D] (or a list of b per-text outputs), on the host (pinned on a GPU)
     order: list  # input positions of the pooled rows, batch after batch
     ready: object  # a CUDA event recorded after the copies, or None
 
@@ -341,7 +336,11 @@ def _encode_chunk(model, pipeline, opts, prompt_tokens, ids, mask, types, stats)
         hidden = model.forward_tokens(packing, *packed)
         embeddings = pipeline.embed(hidden, packing.cu_seqlens, modes=opts.pooling, prompt_tokens=prompt_tokens,
                                     normalize=opts.normalize, truncate_dim=opts.truncate_dim)
-        pooled.append(_start_copy_to_host(embeddings))
+        if opts.output_value == "sentence_embedding":
+            pooled.append(_start_copy_to_host(embeddings))
+        else:
+            pooled.append(_per_text(opts, rows, [lengths[i] for i in indices], hidden, embeddings, ids, types,
+                                    prompt_tokens))
         stats.tokens += packing.num_tokens
     stats.batches += len(batches)
     ready = None
@@ -355,9 +354,14 @@ def _finish(chunk, progress, stats, clock):
     """A chunk's embeddings [n, D] in input order, once its copies to the host have landed."""
     if chunk.ready is not None:
         chunk.ready.synchronize()
-    pooled = torch.cat(chunk.pooled)
-    embeddings = torch.empty_like(pooled)
-    embeddings[torch.tensor(chunk.order)] = pooled
+    if isinstance(chunk.pooled[0], list):  # per-text outputs
+        embeddings = [None] * len(chunk.order)
+        for position, item in zip(chunk.order, itertools.chain.from_iterable(chunk.pooled)):
+            embeddings[position] = item
+    else:
+        pooled = torch.cat(chunk.pooled)
+        embeddings = torch.empty_like(pooled)
+        embeddings[torch.tensor(chunk.order)] = pooled
     stats.texts += len(chunk.order)
     stats.chunks += 1
     if progress is not None:
