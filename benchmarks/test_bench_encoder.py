@@ -295,9 +295,10 @@ def test_encode_corpus(measure, benchmark, settings, checkpoint, model, impl):
     if impl == "st_encode":
         return
     # The timed path's own output (graph replays or captures, after warm-up) against sentence-transformers.
-    ours = run().float().cpu()
+    # Both return what sentence-transformers returns (NumPy by default, a tensor where an encoder says so).
+    ours = torch.as_tensor(run()).float().cpu()
     st_encode, _, _ = _corpus_encoder("st_encode", model, folder, dtype, device)
-    cosine = torch.nn.functional.cosine_similarity(ours, st_encode(texts).float().cpu(), dim=-1)
+    cosine = torch.nn.functional.cosine_similarity(ours, torch.as_tensor(st_encode(texts)).float().cpu(), dim=-1)
     benchmark.extra_info["min_cosine_vs_st"] = round(float(cosine.min()), 6)
     assert float(cosine.min()) >= MIN_COSINE, f"{impl}: min cosine {float(cosine.min()):.6f} vs sentence-transformers"
 
