@@ -197,7 +197,8 @@ def test_bundled_minilm_long_text_matches_and_costs_what_is_kept(minilm_path):
 def _assert_same_embedding(ours, reference):
     from tests.tolerances import SENTENCE_COSINE
 
-    cosine = torch.nn.functional.cosine_similarity(torch.as_tensor(ours).float(), torch.as_tensor(reference).float(), dim=-1)
+    ours, reference = (torch.as_tensor(side).float() for side in (ours, reference))
+    cosine = torch.nn.functional.cosine_similarity(ours, reference, dim=-1)
     assert cosine.min().item() >= SENTENCE_COSINE, cosine
 
 
