@@ -32,7 +32,48 @@ HAS_CUDA = torch.cuda.is_available()
 BACKEND = "cuda" if HAS_CUDA else "interpreter"
 
 
+# The quick tier (`pytest -m "not slow"`, a few minutes on 2 cores) leaves these to the full run: each takes
+# 5-65 s on a 2-core CPU (pytest --durations, December 2026). Tests that are slow by nature carry
+# @pytest.mark.slow where they are written; these are fast tests' costly siblings, listed by node-id prefix.
+SLOW_TESTS = (
+    # every config compiled for sm_75/80/90 in a subprocess (triton.compile, cuobjdump)
+    "tests/kernels/test_attention.py::test_attention_compiles_for_gpus",
+    "tests/kernels/test_layer_norm.py::test_layer_norm_compiles_for_gpus",
+    "tests/kernels/test_embeddings.py::test_embeddings_compile_for_gpus",
+    "tests/kernels/test_linear.py::test_gpu_configs_compile_without_spills",
+    "tests/kernels/test_linear_persistent.py::test_gpu_configs_compile_without_spills",
+    "tests/engine/test_pre_ampere.py::test_every_kernel_compiles_for_sm75_in_fp16_and_fp32",
+    # whole benchmark suites and reports, run tiny
+    "tests/benchmarks/test_corpus_benchmark.py::test_tiny_corpus_benchmark_and_report",
+    "tests/benchmarks/test_benchmarks_smoke.py::test_tiny_suites_and_report",
+    "tests/benchmarks/test_benchmarks_smoke.py::test_tiny_profile",
+    "tests/cli/test_cli.py::test_bench_",
+    # the real MiniLM (or many configs) through Triton's interpreter; the torch backend's twins stay quick
+    "tests/cli/test_cli.py::test_verify_triton_passes",
+    "tests/engine/test_graphs.py::test_bucketed_replay_matches_eager_for_batches_of_every_shape",
+    "tests/sentence/test_encode.py::test_triton_backend_matches_sentence_transformers",
+    "tests/sentence/test_encode.py::test_packed_output_equals_the_padded_output_on_real_tokens",
+    "tests/engine/test_backends.py::test_triton_backend_on_cpu_works_whatever_was_imported_first",
+    "tests/engine/test_backends.py::test_the_real_minilm_runs_on_the_triton_backend_after_triton_was_imported",
+    "tests/engine/test_model.py::test_minilm_fp16_within_table[triton]",
+    "tests/engine/test_model.py::test_minilm_matches_transformers_fp32[triton]",
+    "tests/engine/test_model.py::test_random_configs_match_transformers[triton-",
+    "tests/test_cross_encoder.py::test_cross_encoder_scores_equal_the_unpatched_model[triton-",
+    "tests/kernels/test_linear_split.py::test_split_k_shapes",
+    "tests/kernels/test_linear_split.py::test_deterministic_and_reads_nothing_outside",
+    # Ray clusters, killed runs, timeouts and Hub retries
+    "tests/parallel/test_ray.py::",
+    "tests/corpus/test_encode_corpus.py::test_resume_after_kill_equals_an_uninterrupted_run",
+    "tests/parallel/test_workers.py::test_silent_worker_times_out_and_is_stopped",
+    "tests/cli/test_cli.py::test_error_is_one_line_exit_2[unknown_model]",
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    slow = pytest.mark.slow
+    for item in items:
+        if item.nodeid.startswith(SLOW_TESTS):
+            item.add_marker(slow)
     if HAS_CUDA:
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
