@@ -3,6 +3,7 @@ the choice fastbert/kernels/_runtime.py would make itself, but made before any t
 triton (transformers and sentence-transformers do), so Triton's library functions are decorated for the
 interpreter at Triton's import and never need decorating again."""
 
+import fnmatch
 import importlib.util
 import os
 
@@ -34,7 +35,8 @@ BACKEND = "cuda" if HAS_CUDA else "interpreter"
 
 # The quick tier (`pytest -m "not slow"`, a few minutes on 2 cores) leaves these to the full run: each takes
 # 5-65 s on a 2-core CPU (pytest --durations, December 2026). Tests that are slow by nature carry
-# @pytest.mark.slow where they are written; these are fast tests' costly siblings, listed by node-id prefix.
+# @pytest.mark.slow where they are written; these are fast tests' costly siblings, listed by node-id prefix
+# (or an fnmatch pattern, where a parameter decides).
 SLOW_TESTS = (
     # every config compiled for sm_75/80/90 in a subprocess (triton.compile, cuobjdump)
     "tests/kernels/test_attention.py::test_attention_compiles_for_gpus",
@@ -60,6 +62,10 @@ SLOW_TESTS = (
     "tests/engine/test_model.py::test_random_configs_match_transformers[triton-",
     "tests/test_cross_encoder.py::test_cross_encoder_scores_equal_the_unpatched_model[triton-",
     "tests/kernels/test_linear_split.py::test_split_k_shapes",
+    # each family and head through the interpreter: the torch-backend cases keep the quick tier's coverage
+    "tests/checkpoint/test_families.py::test_optimize_matches_transformers[*-triton]",
+    "tests/checkpoint/test_families.py::test_from_pretrained_matches_transformers[*-triton]",
+    "tests/checkpoint/test_families.py::test_bert_activations[*triton*]",
     "tests/kernels/test_linear_split.py::test_deterministic_and_reads_nothing_outside",
     # Ray clusters, killed runs, timeouts and Hub retries
     "tests/parallel/test_ray.py::",
@@ -70,10 +76,12 @@ SLOW_TESTS = (
 
 
 def pytest_collection_modifyitems(config, items):
-    slow = pytest.mark.slow
+    prefixes = tuple(entry for entry in SLOW_TESTS if "*" not in entry)
+    # "*" is the only wildcard: a parameter's "[" is literal, not fnmatch's character class.
+    patterns = [entry.replace("[", "[[]") for entry in SLOW_TESTS if "*" in entry]
     for item in items:
-        if item.nodeid.startswith(SLOW_TESTS):
-            item.add_marker(slow)
+        if item.nodeid.startswith(prefixes) or any(fnmatch.fnmatchcase(item.nodeid, p) for p in patterns):
+            item.add_marker(pytest.mark.slow)
     if HAS_CUDA:
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
