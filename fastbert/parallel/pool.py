@@ -28,9 +28,9 @@ import torch
 
 from fastbert.checkpoint.tokenizer import UntokenizableTextError
 from fastbert.defaults import CHUNK_TEXTS
-from fastbert.engine.runtime import check_device
 from fastbert.sentence.output import split_return_options
 
+from .devices import cpu_threads, describe_runtimes, parse_devices
 from .worker import from_transport, unpack_exception, worker_main
 
 # How often the parent checks that its workers live while it waits for a reply.
@@ -63,38 +63,6 @@ class RemoteTraceback(Exception):
 
     def __str__(self):
         return self.text
-
-
-def parse_devices(devices):
-    """A non-empty list of 'cpu', 'cuda' or 'cuda:N' (strings or torch.device) -> [torch.device].
-    The same device may repeat: two workers on one GPU overlap one's tokenization with the other's model."""
-    if isinstance(devices, (str, torch.device)):
-        raise TypeError(f"devices must be a list of devices such as ['cuda:0', 'cuda:1'], got the single "
-                        f"device {str(devices)!r}: use device= for one device, or devices=[{str(devices)!r}]")
-    if not isinstance(devices, (list, tuple)):
-        raise TypeError(f"devices must be a list of devices such as ['cuda:0', 'cuda:1'], got {type(devices).__name__}")
-    if not devices:
-        raise ValueError("devices is empty: name at least one device, such as ['cuda:0']")
-    return [check_device(device, f"devices[{position}]") for position, device in enumerate(devices)]
-
-
-def describe_runtimes(runtimes):
-    """Workers' (device, backend, dtype) in one line, each thing said once: 'cpu x2, torch, float32',
-    'cuda:0+cuda:1, triton, float16'; workers of different backends or dtypes in groups,
-    'cuda:0, triton, float16 / cpu, torch, float32'."""
-    groups = {}  # (backend, dtype) -> {device: workers}, in the workers' order
-    for device, backend, dtype in runtimes:
-        devices = groups.setdefault((backend, dtype), {})
-        devices[device] = devices.get(device, 0) + 1
-    return " / ".join(
-        "+".join(device if count == 1 else f"{device} x{count}" for device, count in devices.items())
-        + f", {backend}, {dtype}" for (backend, dtype), devices in groups.items())
-
-
-def _cpu_threads(devices):
-    """Torch threads for each CPU worker: the parent's threads shared out, so workers do not oversubscribe."""
-    cpu_workers = sum(device.type == "cpu" for device in devices)
-    return max(1, torch.get_num_threads() // max(1, cpu_workers))
 
 
 def _concatenate(parts):
@@ -174,7 +142,7 @@ class EncodePool:
         self._closed = False
         self.workers = []  # each worker's "device, backend, dtype", once all have loaded the model
         self._runtimes = []  # the same as (device, backend, dtype)
-        threads = _cpu_threads(self.devices)
+        threads = cpu_threads(self.devices)
         # Linux's parent-death signal follows the thread that starts a worker: only the main thread lives
         # as long as the process (a pool started from another thread relies on the workers' watch thread).
         watch_kernel = threading.current_thread() is threading.main_thread()

@@ -13,7 +13,8 @@ import torch
 
 import fastbert
 from fastbert.checkpoint.tokenizer import UntokenizableTextError
-from fastbert.parallel.pool import EncodePool, RemoteTraceback, WorkerError, describe_runtimes, parse_devices
+from fastbert.parallel.devices import describe_runtimes, parse_devices
+from fastbert.parallel.pool import EncodePool, RemoteTraceback, WorkerError
 from fastbert.parallel.worker import pack_exception, unpack_exception
 from tests.tolerances import BATCHING_ATOL, ENCODER_TOLERANCES, batching_error
 
