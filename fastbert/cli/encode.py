@@ -112,7 +112,8 @@ def _encode_with_ray(args, model):
                                actors=args.ray_actors, device=args.device, text_column=args.text_field,
                                embedding_column=args.embedding_field, dtype=args.dtype, backend=args.backend,
                                gemm=args.gemm, pooling=args.pooling, normalize=args.normalize,
-                               max_length=args.max_length, batch_size=args.batch_size, max_tokens=args.max_tokens)
+                               max_length=args.max_length, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                               chunk_size=args.chunk_size)
     finally:
         if started:
             ray.shutdown()

@@ -186,15 +186,19 @@ def start_ray(address=None):
 
 
 def encode_files(source, destination, model, *, source_format=None, actors=None, device=None, dtype=None,
-                 backend="auto", gemm="auto", text_column="text", embedding_column="embedding", **encode_options):
+                 backend="auto", gemm="auto", text_column="text", embedding_column="embedding",
+                 chunk_size=CHUNK_TEXTS, **encode_options):
     """Read `source` (Parquet or JSONL file or folder), embed its text column with Embedder actors, write
     folder `destination` (Parquet or JSONL, one file per block) in input order -> the output format.
     source_format: 'parquet' or 'json' (default: from the names of the input's files).
     Needs Ray initialised (start_ray). actors: default one per GPU of the cluster; on a cluster without
-    GPUs (or device='cpu'), one per CPU but one, each CPU actor taking one CPU."""
+    GPUs (or device='cpu'), one per CPU but one, each CPU actor taking one CPU. chunk_size: texts per Ray
+    Data batch handed to an actor (`fastbert encode --chunk-size`)."""
     import ray
     import ray.data
 
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if source_format not in (None, "parquet", "json"):
         raise ValueError(f"source_format must be 'parquet' or 'json', got {source_format!r}")
     # A named format reads every file given; a detected one, only the files named as that format.
@@ -220,7 +224,7 @@ def encode_files(source, destination, model, *, source_format=None, actors=None,
     constructor = dict(model=str(model), text_column=text_column, embedding_column=embedding_column,
                        device=device, dtype=dtype, backend=backend, gemm=gemm, **encode_options)
     dataset = dataset.map_batches(Embedder, fn_constructor_kwargs=constructor, concurrency=actors,
-                                  batch_size=CHUNK_TEXTS, **placement)
+                                  batch_size=chunk_size, **placement)
     out = _absolute(destination)
     options = ray.data.DataContext.get_current().execution_options
     preserve_order = options.preserve_order

@@ -146,6 +146,12 @@ def test_bad_embedder_options(minilm_path, kwargs, error, match):
         fastbert.parallel.ray.Embedder(minilm_path, **{"device": "cpu", "backend": "torch", **kwargs})
 
 
+def test_bad_chunk_size(tmp_path):
+    for chunk_size in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+            fastbert.parallel.ray.encode_files(tmp_path / "in.jsonl", tmp_path / "out", "model", chunk_size=chunk_size)
+
+
 def test_bad_model_argument():
     with pytest.raises(TypeError, match="checkpoint folder or a Hub id"):
         fastbert.parallel.ray.Embedder(object())
@@ -160,10 +166,18 @@ def test_cli_parquet_to_jsonl_in_input_order(cluster, tmp_path, minilm_path, exp
     assert_same([row["embedding"] for row in lines], expected)
 
 
-def test_cli_jsonl_to_parquet(cluster, tmp_path, minilm_path, expected):
+def test_cli_jsonl_to_parquet(cluster, tmp_path, minilm_path, expected, monkeypatch):
     source = tmp_path / "corpus.jsonl"
     source.write_text("".join(json.dumps({"id": i, "text": text}) + "\n" for i, text in enumerate(TEXTS)))
-    assert _cli(minilm_path, source, tmp_path / "out.parquet", "--no-normalize") == 0
+    batch_sizes, map_batches = [], ray.data.Dataset.map_batches
+
+    def recording_map_batches(self, fn, **kwargs):
+        batch_sizes.append(kwargs["batch_size"])
+        return map_batches(self, fn, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", recording_map_batches)
+    assert _cli(minilm_path, source, tmp_path / "out.parquet", "--no-normalize", "--chunk-size", "3") == 0
+    assert batch_sizes == [3]  # --chunk-size sizes the batches Ray Data hands each actor
     table = pq.read_table(tmp_path / "out.parquet").to_pandas().sort_values("id")
     assert table["text"].tolist() == TEXTS
     embeddings = np.stack(table["embedding"].to_list())
