@@ -63,12 +63,12 @@ def encode(model, texts, *, prompt_name=None, prompt=None, batch_size=None, show
     stats: an EncodeStats to fill with the time spent tokenizing and waiting for tokens.
     A model encodes from one thread at a time (its tokenizer is shared with the background thread)."""
     single = isinstance(texts, str)
-    opts = EncodeOptions.resolve(
+    opts, returned = _resolve_options(
         model, prompt_name=prompt_name, prompt=prompt, batch_size=batch_size, max_tokens=max_tokens,
         chunk_size=chunk_size, pooling=pooling, normalize=normalize, normalize_embeddings=normalize_embeddings,
         truncate_dim=truncate_dim, max_length=max_length, show_progress_bar=show_progress_bar,
-        output_value=output_value)
-    returned = ReturnOptions.resolve(output_value, precision, convert_to_numpy, convert_to_tensor)
+        output_value=output_value, precision=precision, convert_to_numpy=convert_to_numpy,
+        convert_to_tensor=convert_to_tensor)
     _check_device(model, device)
     texts = [texts] if single else texts
     chunks = encode_stream(model, texts, opts, stats)
@@ -89,6 +89,12 @@ def encode(model, texts, *, prompt_name=None, prompt=None, batch_size=None, show
     else:
         embeddings = torch.cat([torch.zeros(0, dim), *chunks])
     return returned.finish(embeddings, single, model.device)
+
+
+def _resolve_options(model, *, output_value, precision, convert_to_numpy, convert_to_tensor, **encode_options):
+    """encode()'s and iter_encode()'s keywords checked -> (EncodeOptions, ReturnOptions)."""
+    opts = EncodeOptions.resolve(model, output_value=output_value, **encode_options)
+    return opts, ReturnOptions.resolve(output_value, precision, convert_to_numpy, convert_to_tensor)
 
 
 def _wrong_length(texts, given):
@@ -122,12 +128,12 @@ def iter_encode(model, texts, *, prompt_name=None, prompt=None, batch_size=None,
     have read that much more."""
     if isinstance(texts, str):
         raise TypeError("iter_encode needs an iterable of strings, got a single string: use encode(text)")
-    opts = EncodeOptions.resolve(
+    opts, returned = _resolve_options(
         model, prompt_name=prompt_name, prompt=prompt, batch_size=batch_size, max_tokens=max_tokens,
         chunk_size=chunk_size, pooling=pooling, normalize=normalize, normalize_embeddings=normalize_embeddings,
         truncate_dim=truncate_dim, max_length=max_length, show_progress_bar=show_progress_bar,
-        output_value=output_value)
-    returned = ReturnOptions.resolve(output_value, precision, convert_to_numpy, convert_to_tensor)
+        output_value=output_value, precision=precision, convert_to_numpy=convert_to_numpy,
+        convert_to_tensor=convert_to_tensor)
     if returned.per_call_ranges:
         raise ValueError(f"iter_encode cannot quantize to precision={precision!r}: its ranges would come from "
                          "each chunk alone; encode in float32 and quantize every chunk with the same ranges= "
