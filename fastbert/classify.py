@@ -73,8 +73,9 @@ class Classifier:
     Load with `Classifier.from_pretrained(folder or hub id)`."""
 
     def __init__(self, encoder, head, head_tensors, *, id2label, tokenizer, max_length, default_activation,
-                 do_lower_case=False):
+                 do_lower_case=False, token_types=True):
         self.encoder = encoder
+        self.token_types = token_types
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.default_activation = default_activation
@@ -121,7 +122,8 @@ class Classifier:
             limit = tokenizer._resolve_max_length(max_length, "max_length")
         settings = read_json(path / "sentence_bert_config.json", default={})
         model = cls(encoder, head, head_tensors, id2label=raw_config.get("id2label"), tokenizer=tokenizer,
-                    max_length=limit, default_activation=None, do_lower_case=settings.get("do_lower_case") is True)
+                    max_length=limit, default_activation=None, do_lower_case=settings.get("do_lower_case") is True,
+                    token_types=_uses_token_types(path, config.model_type))
         model.default_activation = _default_activation(path, raw_config, model.num_labels)
         return model
 
@@ -187,10 +189,29 @@ class Classifier:
         firsts = [lower(first) for first, _ in items]
         seconds = [lower(second) for _, second in items] if pairs else None
         batch = self.tokenizer(firsts, seconds, max_length=self.max_length)
-        # Token types only where the family has them: transformers' RoBERTa and DistilBERT tokenizers return
-        # none (the model then uses type 0), and their tables hold one type or none.
-        types = batch["token_type_ids"] if self.config.type_vocab_size > 1 else None
+        types = batch["token_type_ids"] if self.token_types else None
         return self.forward(batch["input_ids"], batch["attention_mask"], types)
+
+
+# The tokenizer classes whose model_input_names hold token_type_ids (transformers' own class attribute): a
+# pair's second segment gets type 1 only through them. RoBERTa's, DistilBERT's and the generic
+# PreTrainedTokenizerFast return no types, and the model then sees type 0 everywhere.
+_TOKEN_TYPE_TOKENIZERS = {"BertTokenizer", "ElectraTokenizer"}
+# A folder whose tokenizer_config.json names no class gets AutoTokenizer's class for its model_type.
+_TOKEN_TYPE_MODEL_TYPES = {"bert", "electra"}
+
+
+def _uses_token_types(path, model_type):
+    """Whether transformers' tokenizer for this folder returns token_type_ids, which CrossEncoder then
+    passes to the model: tokenizer_config.json's model_input_names, else its tokenizer_class's."""
+    settings = read_json(path / "tokenizer_config.json", default={})
+    names = settings.get("model_input_names")
+    if isinstance(names, list):
+        return "token_type_ids" in names
+    tokenizer_class = settings.get("tokenizer_class")
+    if isinstance(tokenizer_class, str):
+        return tokenizer_class.removesuffix("Fast") in _TOKEN_TYPE_TOKENIZERS
+    return model_type in _TOKEN_TYPE_MODEL_TYPES
 
 
 def _load_head(encoder, head, tensors):
@@ -264,9 +285,8 @@ def _check_modules(path):
     file = path / "modules.json"
     if not file.is_file():
         return
-    modules = read_json(file)
-    kinds = [str(m.get("type", "?")).rsplit(".", 1)[-1] if isinstance(m, dict) else repr(m) for m in modules] \
-        if isinstance(modules, list) else [repr(modules)]
+    modules = read_json(file, expect=list)
+    kinds = [str(m.get("type", "?")).rsplit(".", 1)[-1] if isinstance(m, dict) else _shown(m) for m in modules]
     if kinds != ["Transformer"] or modules[0].get("path", "") not in ("", "."):
         raise ValueError(bounded(
             f"{path}: modules.json lists {kinds}, not a CrossEncoder (one Transformer module at the folder's "
