@@ -72,17 +72,21 @@ class Classifier:
     """A sequence-classification model: `forward` gives logits, `predict` CrossEncoder.predict's scores.
     Load with `Classifier.from_pretrained(folder or hub id)`."""
 
-    def __init__(self, encoder, head, head_tensors, *, id2label, tokenizer, max_length, default_activation,
-                 do_lower_case=False, token_types=True):
+    def __init__(self, encoder, head, head_tensors, *, id2label=None, tokenizer=None, max_length=None,
+                 default_activation=None, do_lower_case=False, token_types=True):
+        """encoder: an engine Encoder; head: its HEADS row; head_tensors: the checkpoint's tensors outside the
+        encoder (load_weights' second value); default_activation None: CrossEncoder's default."""
         self.encoder = encoder
         self.token_types = token_types
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.default_activation = default_activation
         self.do_lower_case = do_lower_case
-        self._head = head
         self._layers, self.num_labels = _load_head(encoder, head, head_tensors)
         self.id2label = _labels(id2label, self.num_labels, encoder.path)
+        # CrossEncoder's default where the folder configures none.
+        if default_activation is None:
+            default_activation = torch.nn.Sigmoid() if self.num_labels == 1 else torch.nn.Identity()
+        self.default_activation = default_activation
 
     @property
     def path(self):
@@ -114,18 +118,15 @@ class Classifier:
                              f"expected one of {list(HEADS)}")
         weights, head_tensors = load_weights(path, config)
         encoder = Encoder(config, weights, device=device, dtype=dtype, backend=backend, path=path)
-        tokenizer = Tokenizer.from_pretrained(path)
-        limit = tokenizer.max_length  # tokenizer_config's model_max_length, capped by the positions
-        if tokenizer.max_seq_length is not None:  # a CrossEncoder folder's sentence_bert_config.json
+        tokenizer = Tokenizer.from_pretrained(path, max_length=max_length)
+        limit = tokenizer.max_length  # max_length, else tokenizer_config's model_max_length; capped by the positions
+        if max_length is None and tokenizer.max_seq_length is not None:  # a CrossEncoder's sentence_bert_config.json
             limit = min(limit, tokenizer.max_seq_length) if limit is not None else tokenizer.max_seq_length
-        if max_length is not None:
-            limit = tokenizer._resolve_max_length(max_length, "max_length")
         settings = read_json(path / "sentence_bert_config.json", default={})
-        model = cls(encoder, head, head_tensors, id2label=raw_config.get("id2label"), tokenizer=tokenizer,
-                    max_length=limit, default_activation=None, do_lower_case=settings.get("do_lower_case") is True,
-                    token_types=_uses_token_types(path, config.model_type))
-        model.default_activation = _default_activation(path, raw_config, model.num_labels)
-        return model
+        return cls(encoder, head, head_tensors, id2label=raw_config.get("id2label"), tokenizer=tokenizer,
+                   max_length=limit, default_activation=_configured_activation(path, raw_config),
+                   do_lower_case=settings.get("do_lower_case") is True,
+                   token_types=_uses_token_types(path, config.model_type))
 
     def __repr__(self):
         return (f"{type(self).__name__}(model_type={self.config.model_type!r}, num_labels={self.num_labels}, "
@@ -296,14 +297,19 @@ def _check_modules(path):
         raise ValueError(f"{path}: transformer_task={task!r}, not 'sequence-classification': no classification head")
 
 
-def _default_activation(path, config, num_labels):
-    """What CrossEncoder.predict applies by default: the activation_fn of config_sentence_transformers.json
-    (read by sentence-transformers for folders with modules.json), else config.json's
-    sentence_transformers.activation_fn or its older sbert_ce_default_activation_function, else Sigmoid for
-    one label, else Identity. Like CrossEncoder without trust_remote_code, only torch classes are built."""
+def _configured_activation(path, config):
+    """The activation CrossEncoder.predict applies by default when the folder names one: the activation_fn
+    of config_sentence_transformers.json (read by sentence-transformers for folders with modules.json), else
+    config.json's sentence_transformers.activation_fn or its older sbert_ce_default_activation_function; None
+    where it names none. Like CrossEncoder without trust_remote_code, only torch classes are built."""
     names = []
     if (path / "modules.json").is_file():
-        names.append(read_json(path / "config_sentence_transformers.json", default={}).get("activation_fn"))
+        settings = read_json(path / "config_sentence_transformers.json", default={})
+        if settings.get("default_prompt_name") is not None:
+            # CrossEncoder would prepend that prompt to every input; predict here takes none.
+            raise ValueError(bounded(f"{path}: default_prompt_name={settings['default_prompt_name']!r} is not "
+                                     "supported: Classifier.predict applies no prompts"))
+        names.append(settings.get("activation_fn"))
     settings = config.get("sentence_transformers")
     if isinstance(settings, dict) and "activation_fn" in settings:
         names.append(settings["activation_fn"])
@@ -315,7 +321,7 @@ def _default_activation(path, config, num_labels):
         activation = _torch_activation(name, path)
         if activation is not None:
             return activation
-    return torch.nn.Sigmoid() if num_labels == 1 else torch.nn.Identity()
+    return None
 
 
 def _torch_activation(name, path):

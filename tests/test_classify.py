@@ -234,3 +234,13 @@ def test_import_fastbert_stays_torch_free():
 
     code = "import sys, fastbert; assert 'torch' not in sys.modules; assert 'Classifier' in dir(fastbert)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_max_length_truncates_as_cross_encoder(tmp_path, minilm_path):
+    folder = reranker_folder(tmp_path, minilm_path, 1)
+    cross_encoder = st.CrossEncoder(str(folder), device="cpu", max_length=16)
+    model = Classifier.from_pretrained(folder, device="cpu", backend="torch", max_length=16)
+    assert model.max_length == cross_encoder.max_seq_length == 16
+    np.testing.assert_allclose(model.predict(PAIRS), cross_encoder.predict(PAIRS), atol=1e-5, rtol=1e-5)
+    # Never past the position table (64 positions), where transformers would fail.
+    assert Classifier.from_pretrained(folder, device="cpu", backend="torch", max_length=1000).max_length == 64
