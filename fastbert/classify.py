@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fastbert.checkpoint.config import BertConfig
+from fastbert.checkpoint.families import family_of
 from fastbert.checkpoint.hub import resolve_model_path
 from fastbert.checkpoint.tokenizer import Tokenizer
 from fastbert.checkpoint.weights import load_weights
@@ -226,7 +227,8 @@ def _load_head(encoder, head, tensors):
     missing, misshaped, layers = [], [], []
     if head.pooling == "pooler":
         if encoder.weights.pooler is None:
-            missing.append(f"{encoder.config.model_type}.pooler.dense.weight/.bias [{hidden}, {hidden}]")
+            family = family_of(encoder.config.model_type)
+            missing.append(f"{family.prefix}.{family.pooler}.weight/.bias [{hidden}, {hidden}] (the pooler)")
         else:
             pooler = _fp32(encoder.weights.pooler.weight), _fp32(encoder.weights.pooler.bias)
             layers.append(lambda x, w=pooler[0], b=pooler[1]: torch.tanh(F.linear(x, w, b)))

@@ -244,3 +244,10 @@ def test_max_length_truncates_as_cross_encoder(tmp_path, minilm_path):
     np.testing.assert_allclose(model.predict(PAIRS), cross_encoder.predict(PAIRS), atol=1e-5, rtol=1e-5)
     # Never past the position table (64 positions), where transformers would fail.
     assert Classifier.from_pretrained(folder, device="cpu", backend="torch", max_length=1000).max_length == 64
+
+
+def test_bert_without_its_pooler_is_refused(tmp_path):
+    random_bert(tmp_path, model_class="BertModel", add_pooling_layer=False, vocab_size=99)
+    save_tokenizer(tmp_path, "bert", 99)
+    with pytest.raises(ValueError, match=r"missing.*bert\.pooler\.dense\.weight/\.bias \[64, 64\] \(the pooler\)"):
+        Classifier.from_pretrained(tmp_path, device="cpu", backend="torch")
