@@ -5,6 +5,8 @@ CamemBERT, DistilBERT, ELECTRA).
     model = fastbert.from_pretrained("path/to/bert")      # FastBertModel (or a hub id, "org/name")
     embeddings = model.encode(["a sentence", "another"])  # NumPy [2, hidden] float32
     fastbert.optimize(hf_model)                           # transformers / sentence-transformers, in place
+    reranker = fastbert.Classifier.from_pretrained("path/to/cross-encoder")
+    scores = reranker.predict([("query", "passage")])     # as CrossEncoder.predict
 
 The public names load on first use, so `import fastbert` (and the `fastbert` command's start-up) costs
 no torch import until a name that needs it is read."""
@@ -20,6 +22,7 @@ _EXPORTS = {
     "from_pretrained": "fastbert.api",
     "FastBertModel": "fastbert.api",
     "BertConfig": "fastbert.checkpoint.config",
+    "Classifier": "fastbert.classify",
     "EncodeStats": "fastbert.sentence.stream",
     "iter_encode": "fastbert.sentence.stream",
     "optimize": "fastbert.patch",
