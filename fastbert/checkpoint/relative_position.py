@@ -5,7 +5,11 @@ contract), so no layer computes buckets.
 The buckets are T5's bidirectional log-spaced ones with the arithmetic of transformers'
 MPNetEncoder.relative_position_bucket (fp32 logarithm, truncation toward zero), so a distance lands in the
 bucket transformers gives it on the same device. Every distance of magnitude >= max_distance falls in the
-last bucket of its direction, so R = max_distance columns on each side cover all of them exactly."""
+last bucket of its direction, so R = max_distance columns on each side cover all of them exactly.
+
+The engine counts distances between tokens of one packed sequence; transformers counts columns of the padded
+batch. The two agree wherever a row's real tokens are contiguous (right- or left-padded, as tokenizers pad);
+a mask with holes inside a row would shift transformers' distances and not ours."""
 
 import math
 

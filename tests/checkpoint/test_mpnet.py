@@ -154,3 +154,24 @@ def test_triton_backend_follows_the_float64_rule(tmp_path, lengths):
     backend = "cuda" if ours.model.device.type == "cuda" else "interpreter"
     float64_rule(ours(ids, mask).last_hidden_state, model, {"input_ids": ids, "attention_mask": mask},
                  backend=backend)
+
+
+def test_tokenizer_json_of_transformers_mpnet_tokenizer(tmp_path):
+    """MPNetTokenizerFast's own tokenizer.json (WordPiece, BERT normalizer, <s> A </s></s> B </s>): the same
+    ids and mask as transformers, truncation (and so pre-truncation) included."""
+    from fastbert.checkpoint.tokenizer import Tokenizer
+    from tests.st_factory import CHARACTERS, WORDS
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    vocab = [*specials, *WORDS, *CHARACTERS, *(f"##{c}" for c in CHARACTERS), "<mask>"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.MPNetTokenizerFast(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = Tokenizer.from_pretrained(tmp_path)
+    texts = ["The man is playing guitar!", "hello", "search for the guitar " * 20]
+    pairs = ["a query", "world " * 30, "x"]
+    for args in ((texts,), (texts, pairs)):
+        expected = theirs(*args, truncation=True, max_length=24, padding=True, return_tensors="pt")
+        got = ours(*args, max_length=24)
+        for key in ("input_ids", "attention_mask"):
+            assert torch.equal(got[key], expected[key]), (key, len(args))
