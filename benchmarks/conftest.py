@@ -3,7 +3,7 @@
 Options (command line, or the environment variable in brackets):
   --bench-size tiny|headline|quick|full [FASTBERT_BENCH_SIZE, default quick]  tiny = CPU smoke sizes;
                                                   headline = the encoder rows that decide the next step
-  --bench-models bert-base,minilm [FASTBERT_BENCH_MODELS]            tiny defaults to the 'tiny' model,
+  --bench-models bert-base,minilm,mpnet-base [FASTBERT_BENCH_MODELS]            tiny defaults to the 'tiny' model,
                                                                      headline to bert-base
   --bench-dtypes float16,bfloat16 [FASTBERT_BENCH_DTYPES]            quick: float16; full: both
   --bench-budget SECONDS [FASTBERT_BENCH_BUDGET]  tests starting after the budget are skipped, so a
@@ -73,7 +73,7 @@ def bench_settings(config) -> Settings:
         return config._fastbert_settings
     size = config.getoption("--bench-size")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    default_models = {"tiny": "tiny", "headline": "bert-base"}.get(size, "bert-base,minilm")
+    default_models = {"tiny": "tiny", "headline": "bert-base"}.get(size, "bert-base,minilm,mpnet-base")
     models = config.getoption("--bench-models") or default_models
     default_dtypes = {"tiny": "float32", "headline": "float16", "quick": "float16", "full": "float16,bfloat16"}[size]
     dtypes = config.getoption("--bench-dtypes") or default_dtypes

@@ -32,22 +32,28 @@ MODELS = {
     "bert-base": (BERT_BASE, 30522, 512),
     "minilm": (MINILM_L6, 30522, 512),
     "tiny": (EncoderShape(layers=2, hidden=64, heads=2, intermediate=128), 128, 64),
+    # all-mpnet-base-v2's shapes: BERT-base plus the relative-position bias; 514 positions serve 512 tokens.
+    "mpnet-base": (BERT_BASE, 30527, 514),
 }
+# The transformers class stem of each model (default "Bert"): {stem}Config, {stem}Model.
+MODEL_STEMS = {"mpnet-base": "MPNet"}
 LENGTHS_DIST = "first = S; rest stratified uniform[mS - w, mS + w], m = ((1-p)B-1)/(B-1), w = min(m, 1-m)S"
 
 
 def random_checkpoint(name: str, root: Path) -> Path:
-    """A transformers BertModel with the named shapes and random weights, saved as a checkpoint folder."""
+    """A transformers BertModel (MPNetModel for mpnet-base) with the named shapes and random weights, saved
+    as a checkpoint folder."""
     import transformers
 
     shape, vocab, positions = MODELS[name]
-    config = transformers.BertConfig(
+    stem = MODEL_STEMS.get(name, "Bert")
+    config = getattr(transformers, f"{stem}Config")(
         vocab_size=vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
         num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
         max_position_embeddings=positions, hidden_act="gelu")
     torch.manual_seed(0)
     folder = Path(root) / name
-    transformers.BertModel(config).eval().save_pretrained(folder)
+    getattr(transformers, f"{stem}Model")(config).eval().save_pretrained(folder)
     return folder
 
 
@@ -78,11 +84,21 @@ def load_fastbert(path: Path, dtype: torch.dtype, device: torch.device, backend:
 
 
 def load_hf(path: Path, dtype: torch.dtype, device: torch.device, attention: str):
-    """transformers BertModel with attn_implementation 'eager' or 'sdpa'."""
+    """The checkpoint's transformers model (BertModel, MPNetModel) with attn_implementation 'eager' or 'sdpa'."""
     import transformers
 
-    model = transformers.BertModel.from_pretrained(path, attn_implementation=attention, dtype=dtype)
+    model = transformers.AutoModel.from_pretrained(path, attn_implementation=attention, dtype=dtype)
     return model.to(device).eval()
+
+
+def best_attention(path: Path) -> str:
+    """'sdpa' where the checkpoint's transformers class has it, else 'eager' (MPNet's attention, with its
+    relative-position bias, is eager only)."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    model_class = transformers.MODEL_MAPPING[type(config)]
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
 # Single words that BERT's uncased WordPiece vocabulary keeps whole: n words ~ n tokens.

@@ -1,8 +1,8 @@
 """Drop-in acceleration of transformers / sentence-transformers BERT-family models.
 
 `optimize(model)` finds the model's base encoder (BertModel, RobertaModel, XLMRobertaModel, CamembertModel,
-DistilBertModel, ElectraModel) through the family table (fastbert/checkpoint/families.py, keyed on the config's
-model_type) and sets that module's `forward` (on the instance only) to a `FastForward`, which runs
+DistilBertModel, ElectraModel, MPNetModel) through the family table (fastbert/checkpoint/families.py, keyed on the
+config's model_type) and sets that module's `forward` (on the instance only) to a `FastForward`, which runs
 fastbert's padding-free encoder; the model's own heads (classification, token classification, question
 answering, masked LM, pre-training, next-sentence prediction, multiple choice, ...), its `forward` and
 sentence-transformers' `encode` run unchanged on top. `restore(model)` removes the instance attribute,
@@ -163,7 +163,7 @@ class FastForward:
 
 def optimize(model, backend="auto", dtype=None):
     """Accelerate `model` in place and return it. Supported: any transformers model of a supported
-    model_type (bert, roberta, xlm-roberta, camembert, distilbert, electra) that keeps its encoder as
+    model_type (bert, roberta, xlm-roberta, camembert, distilbert, electra, mpnet) that keeps its encoder as
     transformers' task models do: the base model itself, *ForSequenceClassification,
     *ForTokenClassification, *ForQuestionAnswering, *ForMaskedLM, *ForMultipleChoice,
     BertForPreTraining, BertForNextSentencePrediction, ...; and a sentence-transformers

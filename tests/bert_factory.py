@@ -10,7 +10,8 @@ BERT_BASE_SHAPES = dict(hidden_size=768, num_attention_heads=12, intermediate_si
 # The base model class of each model_type, and the config keys a family names differently from BERT,
 # written here independently of fastbert's own table (fastbert/families.py) so the tests check it.
 BASE_CLASSES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
-                "camembert": "CamembertModel", "distilbert": "DistilBertModel", "electra": "ElectraModel"}
+                "camembert": "CamembertModel", "distilbert": "DistilBertModel", "electra": "ElectraModel",
+                "mpnet": "MPNetModel"}
 _RENAMED_KEYS = {"distilbert": {"hidden_size": "dim", "num_attention_heads": "n_heads", "num_hidden_layers": "n_layers",
                                 "intermediate_size": "hidden_dim", "hidden_act": "activation"}}
 # A tiny model of odd sizes per family (head_dim 32, the smallest the Triton attention kernel serves).
@@ -19,7 +20,7 @@ FAMILY_SETTINGS = dict(vocab_size=99, hidden_size=96, num_attention_heads=3, num
 _ROBERTA_EXTRA = dict(type_vocab_size=1, pad_token_id=1)
 FAMILY_EXTRA = {"bert": dict(type_vocab_size=3), "roberta": _ROBERTA_EXTRA, "xlm-roberta": _ROBERTA_EXTRA,
                 "camembert": _ROBERTA_EXTRA, "distilbert": dict(pad_token_id=0),
-                "electra": dict(embedding_size=20, type_vocab_size=2)}
+                "electra": dict(embedding_size=20, type_vocab_size=2), "mpnet": dict(pad_token_id=1)}
 
 
 def family_settings(model_type, **overrides):
@@ -128,20 +129,25 @@ _ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 def save_tokenizer(folder, model_type, vocab_size, model_max_length=None):
     """A word-level tokenizer.json (+ tokenizer_config.json) of `vocab_size` ids with the family's
     special tokens and template: [CLS] A [SEP] for BERT, DistilBERT and ELECTRA, <s> A </s> for the
-    RoBERTa family. Words are "w5", "w6", ...; anything else is the unknown token."""
+    RoBERTa family and MPNet (whose pairs are <s> A </s></s> B </s>, as transformers' MPNet converter lays
+    them out). Words are "w5", "w6", ...; anything else is the unknown token."""
     from pathlib import Path
 
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
 
-    roberta = model_type in ("roberta", "xlm-roberta", "camembert")
+    roberta = model_type in ("roberta", "xlm-roberta", "camembert", "mpnet")
     specials = _ROBERTA_SPECIALS if roberta else _BERT_SPECIALS
     vocab = {token: index for index, token in enumerate(specials)}
     vocab.update({f"w{index}": index for index in range(len(specials), vocab_size)})
     tokenizer = Tokenizer(WordLevel(vocab, unk_token=specials[3] if roberta else specials[1]))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    if roberta:
+    if model_type == "mpnet":
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s>:0 $A:0 </s>:0", pair="<s>:0 $A:0 </s>:0 </s>:0 $B:1 </s>:1",
+            special_tokens=[("<s>", 0), ("</s>", 2)])
+    elif roberta:
         tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
     else:
         tokenizer.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))

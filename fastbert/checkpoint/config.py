@@ -5,7 +5,7 @@ architectures, ...) are ignored. Anything that would make our encoder compute so
 transformers' model is rejected here, at load, with a message naming the field and its value.
 
 Supported model types: the rows of fastbert.checkpoint.families.FAMILIES (bert, roberta, xlm-roberta, camembert,
-distilbert, electra). Each family's config.json keys and defaults are mapped onto the one BertConfig
+distilbert, electra, mpnet). Each family's config.json keys and defaults are mapped onto the one BertConfig
 here (DistilBERT's "dim" is our hidden_size); a new family is a row there plus a parity test.
 """
 
@@ -48,6 +48,7 @@ class BertConfig:
     position_embedding_type: str = "absolute"
     model_type: str = "bert"
     embedding_size: int | None = None  # ELECTRA: width of the embeddings before embeddings_project; None = hidden
+    relative_attention_num_buckets: int | None = None  # MPNet: rows of the relative-position bias; None: no bias
 
     def __post_init__(self):
         for name in _POSITIVE_INT_FIELDS:
@@ -83,6 +84,16 @@ class BertConfig:
             if family.projection is None and self.embedding_size != self.hidden_size:
                 raise _invalid(f"embedding_size={self.embedding_size} differs from hidden_size={self.hidden_size}, "
                                  f"but model_type={self.model_type!r} has no embedding projection")
+        buckets = self.relative_attention_num_buckets
+        if family.relative_bias is None and buckets is not None:
+            raise _invalid(f"relative_attention_num_buckets={buckets!r} is set, but model_type={self.model_type!r} "
+                           "has no relative position bias")
+        # transformers buckets distances into family.relative_buckets buckets whatever the config says, so a
+        # smaller embedding would be indexed past its end (an IndexError in transformers).
+        if family.relative_bias is not None and (not _is_int(buckets) or buckets < family.relative_buckets):
+            raise _invalid(f"relative_attention_num_buckets must be an integer >= {family.relative_buckets} for "
+                           f"model_type={self.model_type!r} (its bucket function uses {family.relative_buckets}), "
+                           f"got {buckets!r}")
         if family.positions == "after_padding":
             if self.pad_token_id is None:
                 raise _invalid(f"model_type={self.model_type!r} needs a pad_token_id: its position ids count "

@@ -50,6 +50,11 @@ class EncoderWeights:
     embeddings: EmbeddingWeights
     layers: tuple[LayerWeights, ...]
     pooler: Linear | None  # [H, H]; None when the checkpoint (or family) has no pooler
+    # MPNet: the relative-position bias embedding [buckets, heads] all layers share, as the checkpoint holds it.
+    relative_bias: torch.Tensor | None = None
+    # ...and the same per distance, float32 [heads, 2R+1] (fastbert/checkpoint/relative_position.py): built by
+    # the engine after its cast (fastbert.engine.model.prepare_weights), so it stays float32.
+    position_bias: torch.Tensor | None = None
 
     def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "EncoderWeights":
         """The same structure with fn applied to every tensor (a cast, a move)."""

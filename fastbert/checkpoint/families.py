@@ -1,5 +1,5 @@
 """The BERT family, one row per transformers `model_type`: everything that differs between BERT, RoBERTa,
-XLM-RoBERTa, CamemBERT, DistilBERT and ELECTRA is data in FAMILIES, and loading (config.py, weights.py),
+XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA and MPNet is data in FAMILIES, and loading (config.py, weights.py),
 the encoder (model.py, reference.py) and `optimize()` (patch.py) read it from here.
 
 What a row holds:
@@ -14,6 +14,9 @@ What a row holds:
 - positions: "column" (BERT: position = column index) or "after_padding" (RoBERTa: positions count
   the non-pad tokens of a row, starting at pad_token_id + 1; pad tokens sit at pad_token_id), exactly
   transformers' create_position_ids_from_input_ids.
+- relative_bias: MPNet's T5-style relative position bias, one embedding [buckets, heads] shared by all
+  layers (None: the family has none), and the bucket function's parameters, which transformers fixes
+  (MPNetEncoder.compute_position_bias passes neither the config's bucket count nor a distance).
 - prefix: the attribute (and checkpoint name prefix) under which task models keep the encoder;
   base_class: the transformers class of that encoder, the one `optimize()` patches;
   output: the transformers output class that encoder's forward returns.
@@ -51,6 +54,16 @@ _BERT_LAYER = {
     "ffn_out": "output.dense",
     "ffn_norm": "output.LayerNorm",
 }
+_MPNET_LAYER = {
+    "q": "attention.attn.q",
+    "k": "attention.attn.k",
+    "v": "attention.attn.v",
+    "attn_out": "attention.attn.o",
+    "attn_norm": "attention.LayerNorm",
+    "ffn_in": "intermediate.dense",
+    "ffn_out": "output.dense",
+    "ffn_norm": "output.LayerNorm",
+}
 _DISTILBERT_LAYER = {
     "q": "attention.q_lin",
     "k": "attention.k_lin",
@@ -80,12 +93,16 @@ class Family:
     # Buffers transformers may have saved alongside the parameters; they carry no learned values.
     buffers: tuple[str, ...] = ("embeddings.position_ids", "embeddings.token_type_ids")
     positions: str = "column"
+    relative_bias: str | None = None  # checkpoint name of the relative-position bias embedding
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
 
     @property
     def roots(self) -> tuple[str, ...]:
         """First components of every checkpoint name the encoder owns; in a checkpoint without the prefix,
         any other name belongs to a task head."""
-        names = [*self.embeddings.values(), self.layer_root, self.pooler or "", self.projection or ""]
+        names = [*self.embeddings.values(), self.layer_root, self.pooler or "", self.projection or "",
+                 self.relative_bias or ""]
         return tuple(sorted({name.split(".")[0] + "." for name in names if name}))
 
 
@@ -117,6 +134,17 @@ FAMILIES = {
             config_keys={**_BERT_CONFIG_KEYS, "embedding_size": "embedding_size"},
             defaults={"embedding_size": 128, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024},
             projection="embeddings_project", pooler=None,
+        ),
+        Family(
+            "mpnet", "MPNetModel", "mpnet", "BaseModelOutputWithPooling",
+            config_keys={**_BERT_CONFIG_KEYS, "relative_attention_num_buckets": "relative_attention_num_buckets"},
+            defaults={"vocab_size": 30527, "relative_attention_num_buckets": 32},
+            # MPNetEmbeddings hard-codes padding_idx=1 for its positions, whatever pad_token_id says; it has
+            # no token-type embedding.
+            fixed={"pad_token_id": 1, "type_vocab_size": 0},
+            embeddings={k: v for k, v in _BERT_EMBEDDINGS.items() if k != "token_type"},
+            layer=dict(_MPNET_LAYER), buffers=("embeddings.position_ids",), positions="after_padding",
+            relative_bias="encoder.relative_attention_bias.weight",
         ),
     )
 }

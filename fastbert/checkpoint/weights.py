@@ -189,7 +189,11 @@ def convert_state_dict(
     # The pooler is optional (BertModel(add_pooling_layer=False)) but all-or-nothing.
     pooler = family.pooler
     has_pooler = pooler is not None and any(f"{pooler}.{kind}" in encoder for kind in ("weight", "bias"))
-    weights = EncoderWeights(embeddings, tuple(layers), take.linear(pooler, H, H) if has_pooler else None)
+    relative_bias = (take.tensor(family.relative_bias, (config.relative_attention_num_buckets,
+                                                       config.num_attention_heads))
+                     if family.relative_bias is not None else None)
+    weights = EncoderWeights(embeddings, tuple(layers), take.linear(pooler, H, H) if has_pooler else None,
+                             relative_bias=relative_bias)
 
     # A model built with type_vocab_size=0 still saves an empty [0, H] table: nothing to take from it.
     token_type_name = family.embeddings.get("token_type")

@@ -5,6 +5,7 @@ interpreter; on CUDA each GEMM shape runs on the faster of the Triton kernel and
 `TorchOps` runs the same packed algorithm in plain PyTorch, for CPU users. The encoder in model.py
 is written once against this interface, so both backends share one data path."""
 
+import torch
 import torch.nn.functional as F
 
 from fastbert.defaults import GEMMS
@@ -25,17 +26,20 @@ class TorchOps:
     def linear(self, x, linear, activation=None, residual=None):
         return torch_linear(x, linear.weight, linear.bias, activation, residual)
 
-    def attention(self, q, k, v, packing):
+    def attention(self, q, k, v, packing, *, position_bias=None):
         # Attention alone runs on a [B, max_seqlen] grid, so that one batched SDPA call serves every
         # sequence; the GEMMs around it stay padding-free. scale=1.0: the softmax scale is folded into
-        # the Q projection at load.
+        # the Q projection at load. position_bias [heads, 2R+1] (MPNet) becomes an additive float mask.
         batch, longest = packing.batch_size, packing.max_seqlen
         tokens, heads, head_dim = q.shape
+        bias = None if position_bias is None else _bias_grid(position_bias, longest, q.dtype)
         if packing.num_tokens == batch * longest:  # equal lengths: the packed tokens already form the grid
             grid = [t.reshape(batch, longest, heads, head_dim).transpose(1, 2) for t in (q, k, v)]
-            out = F.scaled_dot_product_attention(*grid, scale=1.0)
+            out = F.scaled_dot_product_attention(*grid, attn_mask=bias, scale=1.0)
             return out.transpose(1, 2).reshape(tokens, heads, head_dim)
         positions, key_mask = packing.padded_layout
+        if bias is not None:
+            key_mask = bias.masked_fill(~key_mask, float("-inf"))  # every row has a real key: no NaN
         grid = []
         for t in (q, k, v):
             padded = t.new_zeros(batch * longest, heads, head_dim)
@@ -49,6 +53,14 @@ class TorchOps:
             x = x + residual
         # Statistics in fp32: BERT's eps of 1e-12 vanishes next to fp16 variances.
         return F.layer_norm(x.float(), (x.shape[-1],), norm.weight.float(), norm.bias.float(), eps).to(x.dtype)
+
+
+def _bias_grid(table, length, dtype):
+    """position_bias [heads, 2R+1] -> [1, heads, length, length]: query i, key j read column clamp(j - i) + R."""
+    reach = (table.shape[1] - 1) // 2
+    index = torch.arange(length, device=table.device)
+    distance = (index[None, :] - index[:, None]).clamp_(-reach, reach) + reach
+    return table[:, distance].to(dtype)[None]
 
 
 def _triton_ops(device, config, gemm):

@@ -1,4 +1,4 @@
-"""Encoder: a padding-free BERT-family encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA:
+"""Encoder: a padding-free BERT-family encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA, MPNet:
 fastbert/checkpoint/families.py).
 
 The data path of one forward pass, top to bottom in `forward`:
@@ -6,7 +6,8 @@ tokens -> validate and pack the real tokens once (positions by the family's rule
 tokens only (ELECTRA: then widened by its projection GEMM) -> layers on packed [T, H] tokens (7 kernel
 launches each, residual adds fused into the GEMMs; more where a GEMM splits K at small token counts or
 cuBLAS serves it, see triton_ops.TritonOps; nothing else) -> scatter back to [B, S, H] once (padded
-positions are zero) -> pooler on each sequence's first real token."""
+positions are zero) -> pooler on each sequence's first real token. MPNet's relative-position bias is one
+table built at load (prepare_weights) that every layer's attention adds to its scores."""
 
 import dataclasses
 import math
@@ -16,7 +17,9 @@ import torch
 
 from fastbert.checkpoint.config import BertConfig
 from fastbert.checkpoint.encoder_weights import EncoderWeights, Linear
+from fastbert.checkpoint.families import family_of
 from fastbert.checkpoint.hub import resolve_model_path
+from fastbert.checkpoint.relative_position import position_bias_table
 from fastbert.checkpoint.weights import load_weights
 
 from .backends import make_ops
@@ -28,7 +31,9 @@ from .runtime import resolve_device_dtype_backend
 
 def prepare_weights(weights: EncoderWeights, config, dtype, device) -> EncoderWeights:
     """Fold the softmax scale 1/sqrt(head_dim) into the Q rows of every fused QKV projection, so attention
-    needs no scaling of its own; cast every tensor to the run dtype, contiguous on the device."""
+    needs no scaling of its own; cast every tensor to the run dtype, contiguous on the device. MPNet's
+    relative-position bias becomes its float32 [heads, 2R+1] table, from the weights as given (before the
+    cast), on the device whose logarithm transformers' buckets would use there."""
     scale = 1.0 / math.sqrt(config.head_dim)
     hidden = config.hidden_size
 
@@ -48,7 +53,13 @@ def prepare_weights(weights: EncoderWeights, config, dtype, device) -> EncoderWe
         return tensor.clone() if tensor.data_ptr() % 16 else tensor
 
     layers = tuple(dataclasses.replace(layer, qkv=fold_scale(layer.qkv)) for layer in weights.layers)
-    return dataclasses.replace(weights, layers=layers).map_tensors(place)
+    placed = dataclasses.replace(weights, layers=layers, position_bias=None).map_tensors(place)
+    if weights.relative_bias is None:
+        return placed
+    family = family_of(config.model_type)
+    table = position_bias_table(weights.relative_bias.to(device), family.relative_buckets,
+                                family.relative_max_distance)
+    return dataclasses.replace(placed, position_bias=table)
 
 
 class Encoder:
@@ -160,11 +171,13 @@ class Encoder:
         if weights.embeddings.project is not None:  # ELECTRA: narrower embeddings, widened after the norm
             hidden = ops.linear(hidden, weights.embeddings.project)
         packed_states = [hidden] if output_hidden_states else None
+        # MPNet's relative-position bias (the same table for every layer); other families pass nothing.
+        attention_options = {} if weights.position_bias is None else {"position_bias": weights.position_bias}
         for layer in weights.layers:
             qkv = ops.linear(hidden, layer.qkv)
             # Q, K and V are strided views of the one QKV output: no split, transpose or copy.
             q, k, v = qkv.view(tokens, 3, heads, head_dim).unbind(1)
-            context = ops.attention(q, k, v, packing).view(tokens, config.hidden_size)
+            context = ops.attention(q, k, v, packing, **attention_options).view(tokens, config.hidden_size)
             # The residual adds run in the GEMM epilogues, so each LayerNorm reads one tensor.
             attended = ops.linear(context, layer.attn_out, residual=hidden)
             hidden = ops.layer_norm(attended, layer.attn_norm, eps)

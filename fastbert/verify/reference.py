@@ -1,4 +1,4 @@
-"""The oracle: a BERT-family forward pass (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA) in plain
+"""The oracle: a BERT-family forward pass (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA, MPNet) in plain
 PyTorch over EncoderWeights (fastbert/checkpoint/encoder_weights.py).
 
 Readable first, fast never. It follows transformers.BertModel with attn_implementation="eager"
@@ -10,6 +10,10 @@ Default position ids follow transformers per family: arange(S) for every row for
 ELECTRA, even when a batch is left-padded (left-padded rows then see shifted positions); for the
 RoBERTa family pad_token_id + 1 onwards over the non-pad ids of each row (fastbert.checkpoint.families). Pass
 position_ids to do otherwise.
+
+MPNet follows transformers.MPNetModel: its relative-position bias is looked up per (query column, key
+column) pair of the padded batch from the bucket of each distance, as MPNetEncoder.compute_position_bias
+does, not from the engine's per-distance table.
 """
 
 import torch
@@ -18,7 +22,8 @@ import torch.nn.functional as F
 from fastbert.checkpoint.activations import ACTIVATIONS
 from fastbert.checkpoint.config import BertConfig
 from fastbert.checkpoint.encoder_weights import EncoderWeights, LayerWeights
-from fastbert.checkpoint.families import default_position_ids
+from fastbert.checkpoint.families import default_position_ids, family_of
+from fastbert.checkpoint.relative_position import relative_position_bucket
 from fastbert.checkpoint.weights import load_weights
 from fastbert.engine.outputs import EncoderOutput
 
@@ -68,9 +73,10 @@ class ReferenceBertModel:
         # Additive key mask [B, 1, 1, S]: padding keys get the dtype's lowest value, as in transformers.
         mask = (1.0 - attention_mask[:, None, None, :].to(self.dtype)) * torch.finfo(self.dtype).min
 
+        position_bias = self._position_bias(x.shape[1])
         hidden_states = [x]
         for layer in self.weights.layers:
-            x = self._layer(x, mask, layer)
+            x = self._layer(x, mask, layer, position_bias)
             hidden_states.append(x)
 
         pooled = None
@@ -82,14 +88,28 @@ class ReferenceBertModel:
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
         )
 
-    def _layer(self, x: torch.Tensor, mask: torch.Tensor, layer: LayerWeights) -> torch.Tensor:
+    def _position_bias(self, seq_len: int) -> torch.Tensor | None:
+        """MPNet: [1, heads, S, S], the bias embedding at the bucket of each key column - query column."""
+        if self.weights.relative_bias is None:
+            return None
+        family = family_of(self.config.model_type)
+        columns = torch.arange(seq_len, device=self.device)
+        buckets = relative_position_bucket(columns[None, :] - columns[:, None], family.relative_buckets,
+                                           family.relative_max_distance)
+        return self.weights.relative_bias[buckets].permute(2, 0, 1)[None]
+
+    def _layer(self, x: torch.Tensor, mask: torch.Tensor, layer: LayerWeights,
+               position_bias: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         B, S, H = x.shape
         nh, hd = cfg.num_attention_heads, cfg.head_dim
 
         qkv = F.linear(x, layer.qkv.weight, layer.qkv.bias)  # [B, S, 3H]: Q | K | V
         q, k, v = (t.view(B, S, nh, hd).transpose(1, 2) for t in qkv.split(H, dim=-1))  # [B, nh, S, hd]
-        scores = torch.matmul(q, k.transpose(-1, -2)) * hd**-0.5 + mask
+        scores = torch.matmul(q, k.transpose(-1, -2)) * hd**-0.5
+        if position_bias is not None:  # MPNet: after the scale, before the mask, as transformers adds it
+            scores = scores + position_bias
+        scores = scores + mask
         context = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, nh, S, hd]
         context = context.transpose(1, 2).reshape(B, S, H)
 

@@ -16,7 +16,7 @@ BACKENDS = ["torch", "triton"]
 MODEL_TYPES = list(BASE_CLASSES)
 # The transformers class-name stem of each family: {stem}ForSequenceClassification, ...
 STEMS = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta", "camembert": "Camembert",
-         "distilbert": "DistilBert", "electra": "Electra"}
+         "distilbert": "DistilBert", "electra": "Electra", "mpnet": "MPNet"}
 TASKS = ["ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM"]
 LENGTHS = [7, 13, 10]  # ragged, the longest fills the batch
 
@@ -282,7 +282,7 @@ def test_cli_encode_accepts_a_folder_of_each_family(tmp_path, model_type, monkey
     assert code == 0, capsys.readouterr().err
     embeddings = torch.from_numpy(np.load(tmp_path / "out.npy"))
 
-    offset = settings["pad_token_id"] + 1 if model_type in ("roberta", "xlm-roberta", "camembert") else 0
+    offset = settings["pad_token_id"] + 1 if model_type in ("roberta", "xlm-roberta", "camembert", "mpnet") else 0
     limit = settings["max_position_embeddings"] - offset
     tokens = Tokenizer.from_pretrained(tmp_path)(texts, max_length=limit)
     assert tokens["attention_mask"].sum(dim=1).max() == limit

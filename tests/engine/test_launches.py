@@ -92,3 +92,42 @@ def test_encoder_skips_the_launchers_data_checks(tmp_path):
     model(ids, mask, types)
     checked = [(name, check) for name, check in calls if name in ("embeddings", "attention")]
     assert checked == [("embeddings", False)] + [("attention", False)] * 2
+
+
+@pytest.mark.slow
+def test_mpnet_layers_launch_seven_kernels_with_the_one_bias_table(tmp_path):
+    """MPNet's relative-position bias costs no launch: every attention launch reads the table built at load
+    (needs the attention kernel's position_bias, issue #17)."""
+    from tests.bert_factory import random_hf_model
+
+    random_hf_model("MPNetModel", vocab_size=99, hidden_size=96, num_attention_heads=3, num_hidden_layers=2,
+                    intermediate_size=37, max_position_embeddings=40, pad_token_id=1).save_pretrained(tmp_path)
+    model = load_fastbert(tmp_path, "triton", cuda_graphs=False, gemm="triton")
+    recorder, kernels, biases = _Recorder(), model.model.ops.kernels, []
+
+    class CountingKernels:
+        pass
+
+    counting = CountingKernels()
+    for name in ("embeddings", "linear", "attention", "layer_norm"):
+        setattr(counting, name, counting_launcher(recorder, name, getattr(kernels, name)))
+    attention = counting.attention
+
+    def noting_bias(*args, **kwargs):
+        biases.append(kwargs.get("position_bias"))
+        return attention(*args, **kwargs)
+
+    counting.attention = noting_bias
+    model.model.ops.kernels = counting
+    model.model.ops.gemm.candidates["triton"].fn = counting.linear
+    ids, mask, _ = random_batch(99, [5, 9, 2], seq_len=9, pad_token_id=1)
+    with recorder:
+        model(ids, mask)
+    launches = [i for i, (kind, _) in enumerate(recorder.events) if kind == "launch"]
+    layer_events = recorder.events[launches[0] + 1: launches[-1] + 1]
+    assert [name for kind, name in layer_events if kind == "launch"] == [
+        "linear", "attention", "linear", "layer_norm", "linear", "linear", "layer_norm"] * 2
+    table = model.model.weights.position_bias
+    assert len(biases) == 2 and all(bias is table for bias in biases)
+    other_ops = {name for kind, name in layer_events if kind == "op"} - VIEW_OPS
+    assert not other_ops, f"the layer loop issued tensor ops besides kernel launches: {other_ops}"
