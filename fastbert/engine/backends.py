@@ -5,8 +5,11 @@ interpreter; on CUDA each GEMM shape runs on the faster of the Triton kernel and
 `TorchOps` runs the same packed algorithm in plain PyTorch, for CPU users. The encoder in model.py
 is written once against this interface, so both backends share one data path."""
 
+import torch
 import torch.nn.functional as F
 
+from fastbert.checkpoint.activations import EPILOGUE_FUNCTIONS
+from fastbert.checkpoint.rotary import rotate
 from fastbert.defaults import GEMMS
 
 from .gemm import torch_linear
@@ -17,20 +20,29 @@ class TorchOps:
     come as the pieces of fastbert.checkpoint.encoder_weights.EncoderWeights."""
 
     def embeddings(self, input_ids, position_ids, token_type_ids, embeddings, eps):
-        summed = embeddings.word[input_ids] + embeddings.position[position_ids]
+        summed = embeddings.word[input_ids]
+        if embeddings.position is not None:  # None: rotary families rotate q and k instead
+            summed = summed + embeddings.position[position_ids]
         if embeddings.token_type is not None:
             summed = summed + embeddings.token_type[token_type_ids]
         return self.layer_norm(summed, embeddings.norm, eps)
 
-    def linear(self, x, linear, activation=None, residual=None):
+    def linear(self, x, linear, activation=None, residual=None, glu=False):
+        if glu:  # GeGLU: act(x @ W_in) * (x @ W_gate), the two halves of one [2N, K] weight
+            if residual is not None:
+                raise ValueError("linear(glu=True) takes no residual")
+            value, gate = F.linear(x, linear.weight, linear.bias).chunk(2, dim=-1)
+            return EPILOGUE_FUNCTIONS[activation](value) * gate
         return torch_linear(x, linear.weight, linear.bias, activation, residual)
 
-    def attention(self, q, k, v, packing):
+    def attention(self, q, k, v, packing, *, window=None, rotary=None):
         # Attention alone runs on a [B, max_seqlen] grid, so that one batched SDPA call serves every
         # sequence; the GEMMs around it stay padding-free. scale=1.0: the softmax scale is folded into
         # the Q projection at load.
         batch, longest = packing.batch_size, packing.max_seqlen
         tokens, heads, head_dim = q.shape
+        if rotary is not None or window is not None:
+            return self._local_rotary_attention(q, k, v, packing, window, rotary)
         if packing.num_tokens == batch * longest:  # equal lengths: the packed tokens already form the grid
             grid = [t.reshape(batch, longest, heads, head_dim).transpose(1, 2) for t in (q, k, v)]
             out = F.scaled_dot_product_attention(*grid, scale=1.0)
@@ -44,11 +56,33 @@ class TorchOps:
         out = F.scaled_dot_product_attention(*grid, attn_mask=key_mask, scale=1.0)
         return out.transpose(1, 2).reshape(batch * longest, heads, head_dim)[positions]
 
+    def _local_rotary_attention(self, q, k, v, packing, window, rotary):
+        # ModernBERT: q and k rotated at each token's index in its sequence, keys beyond `window` masked.
+        batch, longest = packing.batch_size, packing.max_seqlen
+        tokens, heads, head_dim = q.shape
+        positions, key_mask = packing.padded_layout
+        if rotary is not None:
+            index = positions % longest  # the column in the [B, max_seqlen] grid: the index in the sequence
+            cos, sin = (table[index] for table in rotary)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        mask = key_mask
+        if window is not None:
+            columns = torch.arange(longest, device=q.device)
+            mask = mask & ((columns[:, None] - columns[None, :]).abs() <= window)
+        grid = []
+        for t in (q, k, v):
+            padded = t.new_zeros(batch * longest, heads, head_dim)
+            padded.index_copy_(0, positions, t)
+            grid.append(padded.view(batch, longest, heads, head_dim).transpose(1, 2))
+        out = F.scaled_dot_product_attention(*grid, attn_mask=mask, scale=1.0)
+        return out.transpose(1, 2).reshape(batch * longest, heads, head_dim)[positions]
+
     def layer_norm(self, x, norm, eps, residual=None):
         if residual is not None:
             x = x + residual
         # Statistics in fp32: BERT's eps of 1e-12 vanishes next to fp16 variances.
-        return F.layer_norm(x.float(), (x.shape[-1],), norm.weight.float(), norm.bias.float(), eps).to(x.dtype)
+        bias = norm.bias.float() if norm.bias is not None else None
+        return F.layer_norm(x.float(), (x.shape[-1],), norm.weight.float(), bias, eps).to(x.dtype)
 
 
 def _triton_ops(device, config, gemm):

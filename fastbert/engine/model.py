@@ -16,7 +16,9 @@ import torch
 
 from fastbert.checkpoint.config import BertConfig
 from fastbert.checkpoint.encoder_weights import EncoderWeights, Linear
+from fastbert.checkpoint.families import family_of
 from fastbert.checkpoint.hub import resolve_model_path
+from fastbert.checkpoint.rotary import rotary_tables
 from fastbert.checkpoint.weights import load_weights
 
 from .backends import make_ops
@@ -34,9 +36,11 @@ def prepare_weights(weights: EncoderWeights, config, dtype, device) -> EncoderWe
 
     def fold_scale(qkv: Linear) -> Linear:
         # Scaled in fp32, then cast with everything else: the Q rows round once.
-        weight, bias = (t.detach().to(device=device, dtype=torch.float32, copy=True) for t in (qkv.weight, qkv.bias))
+        weight, bias = (t.detach().to(device=device, dtype=torch.float32, copy=True) if t is not None else None
+                        for t in (qkv.weight, qkv.bias))
         weight[:hidden] *= scale
-        bias[:hidden] *= scale
+        if bias is not None:
+            bias[:hidden] *= scale
         return Linear(weight, bias)
 
     def place(tensor):
@@ -51,6 +55,16 @@ def prepare_weights(weights: EncoderWeights, config, dtype, device) -> EncoderWe
     return dataclasses.replace(weights, layers=layers).map_tensors(place)
 
 
+def _attention_args(config, device) -> list[dict]:
+    """Each layer's ops.attention keywords: {} for BERT's absolute positions; for rotary families the
+    layer type's window (None: global) and its (cos, sin) tables, shared by the layers of one type."""
+    if config.layer_types is None:
+        return [{} for _ in range(config.num_hidden_layers)]
+    tables = rotary_tables(config, device)
+    return [{"window": config.attention_window(i), "rotary": tables[layer_type]}
+            for i, layer_type in enumerate(config.layer_types)]
+
+
 class Encoder:
     """BERT-family encoder on packed variable-length tokens. See `from_pretrained`."""
 
@@ -61,6 +75,9 @@ class Encoder:
         self.weights = prepare_weights(weights, config, self.dtype, self.device)
         self.ops = make_ops(self.backend, self.device, config, gemm)
         self.activation = config.activation
+        self._pre_norm = family_of(config.model_type).layer_style == "pre_norm"
+        # Per layer: the keyword arguments of its attention (a window, rotary tables), built once.
+        self._attention_args = _attention_args(config, self.device)
         self.tokenizer = tokenizer
         self.path = Path(path) if path is not None else None
         # CUDA graphs remove the host's per-launch cost (tens of microseconds per Triton launch, which
@@ -160,7 +177,10 @@ class Encoder:
         if weights.embeddings.project is not None:  # ELECTRA: narrower embeddings, widened after the norm
             hidden = ops.linear(hidden, weights.embeddings.project)
         packed_states = [hidden] if output_hidden_states else None
-        for layer in weights.layers:
+        if self._pre_norm:  # ModernBERT
+            hidden = self._pre_norm_layers(hidden, packing, packed_states)
+        post_norm_layers = () if self._pre_norm else weights.layers
+        for layer in post_norm_layers:
             qkv = ops.linear(hidden, layer.qkv)
             # Q, K and V are strided views of the one QKV output: no split, transpose or copy.
             q, k, v = qkv.view(tokens, 3, heads, head_dim).unbind(1)
@@ -180,6 +200,27 @@ class Encoder:
             first = packing.first_tokens(hidden)
             pooled = torch.tanh(torch.nn.functional.linear(first, weights.pooler.weight, weights.pooler.bias))
         return hidden, pooled, tuple(packed_states) if output_hidden_states else None
+
+    def _pre_norm_layers(self, hidden, packing, packed_states):
+        """ModernBERT's layers on packed [T, H] tokens: LayerNorm before attention (none in layer 0) and
+        before the GeGLU FFN, each residual add fused into the GEMM closing its branch; then the final
+        LayerNorm. Each layer's attention is global or windowed, with its own rotary tables."""
+        config, weights, ops = self.config, self.weights, self.ops
+        eps, tokens = config.layer_norm_eps, packing.num_tokens
+        heads, head_dim = config.num_attention_heads, config.head_dim
+        for layer, attention_args in zip(weights.layers, self._attention_args):
+            normed = hidden if layer.attn_norm is None else ops.layer_norm(hidden, layer.attn_norm, eps)
+            q, k, v = ops.linear(normed, layer.qkv).view(tokens, 3, heads, head_dim).unbind(1)
+            context = ops.attention(q, k, v, packing, **attention_args).view(tokens, config.hidden_size)
+            hidden = ops.linear(context, layer.attn_out, residual=hidden)
+            gated = ops.linear(ops.layer_norm(hidden, layer.ffn_norm, eps), layer.ffn_in, self.activation, glu=True)
+            hidden = ops.linear(gated, layer.ffn_out, residual=hidden)
+            if packed_states is not None:
+                packed_states.append(hidden)
+        hidden = ops.layer_norm(hidden, weights.final_norm, eps)
+        if packed_states is not None:  # as transformers: the last hidden state is the normalised one
+            packed_states[-1] = hidden
+        return hidden
 
     def _empty_output(self, packing, output_hidden_states):
         hidden_size = self.config.hidden_size
