@@ -294,7 +294,8 @@ class _Taker:
                       self.tensor(module + ".bias", (out_features,)) if bias else None)
 
     def norm(self, module, width, bias=True):
-        return Norm(self.tensor(module + ".weight", (width,)), self.tensor(module + ".bias", (width,)) if bias else None)
+        return Norm(self.tensor(module + ".weight", (width,)),
+                    self.tensor(module + ".bias", (width,)) if bias else None)
 
 
 def _fuse(*projections: Linear) -> Linear | None:

@@ -135,6 +135,9 @@ class Encoder:
         """input_ids [B, S] (+ optional attention_mask, token_type_ids, position_ids [B, S]) ->
         EncoderOutput(last_hidden_state [B, S, H], pooler_output [B, H], hidden_states).
         Padded positions of every returned hidden state are zero."""
+        if position_ids is not None and self.config.layer_types is not None:
+            raise ValueError(f"model_type={self.config.model_type!r} takes no position_ids: its rotary embedding "
+                             "rotates each token by its index within its sequence")
         packing, ids, positions, types = pack_inputs(
             self.config, self.device, input_ids, attention_mask, token_type_ids, position_ids)
         return self.forward_packed(packing, ids, positions, types, output_hidden_states)
