@@ -1,9 +1,9 @@
 """Drop-in acceleration of transformers / sentence-transformers BERT-family models.
 
 `optimize(model)` finds the model's base encoder (BertModel, RobertaModel, XLMRobertaModel, CamembertModel,
-DistilBertModel, ElectraModel, ModernBertModel) through the family table (fastbert/checkpoint/families.py, keyed on the config's
-model_type) and sets that module's `forward` (on the instance only) to a `FastForward`, which runs
-fastbert's padding-free encoder; the model's own heads (classification, token classification, question
+DistilBertModel, ElectraModel, ModernBertModel) through the family table (fastbert/checkpoint/families.py,
+keyed on the config's model_type) and sets that module's `forward` (on the instance only) to a `FastForward`,
+which runs fastbert's padding-free encoder; the model's own heads (classification, token classification, question
 answering, masked LM, pre-training, next-sentence prediction, multiple choice, ...), its `forward` and
 sentence-transformers' `encode` run unchanged on top. `restore(model)` removes the instance attribute,
 which gives back the original method exactly: no module is rebuilt or moved.
