@@ -69,3 +69,21 @@ def test_cross_encoder_on_modernbert(tmp_path):
     expected = reranker.predict(PAIRS)
     fastbert.optimize(reranker, backend="torch")
     np.testing.assert_allclose(reranker.predict(PAIRS), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cli_encode_and_verify(tmp_path, capsys):
+    import json
+
+    from fastbert.cli import main as cli
+
+    encoder = modernbert_folder(tmp_path / "encoder")
+    folder = save_pipeline(tmp_path / "st", encoder, pooling="mean", normalize=True)
+    output = tmp_path / "out.jsonl"
+    assert cli.main(["encode", "--model", str(folder), "--backend", "torch", "--device", "cpu", "--output",
+                     str(output), *TEXTS[:3]]) == 0
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    model = fastbert.from_pretrained(folder, device="cpu", dtype=torch.float32, backend="torch")
+    np.testing.assert_allclose([row["embedding"] for row in rows], model.encode(TEXTS[:3]), atol=1e-6)
+    capsys.readouterr()
+    assert cli.main(["verify", "--model", str(encoder), "--backend", "torch", "--device", "cpu"]) == 0
+    assert "modernbert, 4 layers" in capsys.readouterr().out
