@@ -1,5 +1,5 @@
 """The BERT family, one row per transformers `model_type`: everything that differs between BERT, RoBERTa,
-XLM-RoBERTa, CamemBERT, DistilBERT and ELECTRA is data in FAMILIES, and loading (config.py, weights.py),
+XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA and ModernBERT is data in FAMILIES, and loading (config.py, weights.py),
 the encoder (model.py, reference.py) and `optimize()` (patch.py) read it from here.
 
 What a row holds:

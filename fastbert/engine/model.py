@@ -1,12 +1,14 @@
-"""Encoder: a padding-free BERT-family encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA:
-fastbert/checkpoint/families.py).
+"""Encoder: a padding-free BERT-family encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA,
+ModernBERT: fastbert/checkpoint/families.py).
 
 The data path of one forward pass, top to bottom in `forward`:
 tokens -> validate and pack the real tokens once (positions by the family's rule) -> embeddings of real
 tokens only (ELECTRA: then widened by its projection GEMM) -> layers on packed [T, H] tokens (7 kernel
 launches each, residual adds fused into the GEMMs; more where a GEMM splits K at small token counts or
 cuBLAS serves it, see triton_ops.TritonOps; nothing else) -> scatter back to [B, S, H] once (padded
-positions are zero) -> pooler on each sequence's first real token."""
+positions are zero) -> pooler on each sequence's first real token.
+Pre-norm families (ModernBERT) run their own layer loop, `_pre_norm_layers`: LayerNorm before attention and
+before the GeGLU FFN, rotary q/k and a window per layer type inside attention, a final LayerNorm, no pooler."""
 
 import dataclasses
 import math

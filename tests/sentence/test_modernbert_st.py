@@ -87,3 +87,21 @@ def test_cli_encode_and_verify(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["verify", "--model", str(encoder), "--backend", "torch", "--device", "cpu"]) == 0
     assert "modernbert, 4 layers" in capsys.readouterr().out
+
+
+def test_tokenizer_matches_transformers_on_byte_level_bpe(tmp_path):
+    """fastbert's Tokenizer (the library path: the template is not BERT's typed pair) and its pre-truncation of
+    long texts give transformers' ids, singles and pairs, on a ModernBERT-style tokenizer."""
+    from transformers import AutoTokenizer
+
+    from fastbert.checkpoint.tokenizer import Tokenizer
+
+    save_bpe_tokenizer(tmp_path)
+    ours, theirs = Tokenizer.from_pretrained(tmp_path, max_length=24), AutoTokenizer.from_pretrained(tmp_path)
+    texts = [*TEXTS, "the man is playing guitar " * 400, "héllo wörld 🍕 " * 300, "x" * 5000]
+    pairs = ([q for q, _ in PAIRS], [d for _, d in PAIRS])
+    for args in ((texts,), pairs):
+        expected = theirs(*args, padding=True, truncation=True, max_length=24, return_tensors="pt")
+        got = ours(*args)
+        assert torch.equal(got["input_ids"], expected["input_ids"])
+        assert torch.equal(got["attention_mask"], expected["attention_mask"])
