@@ -144,3 +144,19 @@ def test_config_keys_of_both_transformers_generations():
 def test_bad_config_values_are_named(bad, message):
     with pytest.raises(ValueError, match=message):
         BertConfig.from_dict({"model_type": "modernbert", "num_hidden_layers": 2, **bad})
+
+
+def test_checkpoint_mismatches_are_named():
+    from fastbert.checkpoint.weights import convert_state_dict
+
+    model = random_modernbert(biases=False)
+    state = model.state_dict()
+    config = BertConfig.from_dict(model.config.to_dict())
+    with pytest.raises(ValueError, match="intermediate_size=41, but layers.0.mlp.Wo.weight is"):
+        convert_state_dict(state, BertConfig.from_dict({**model.config.to_dict(), "intermediate_size": 41}))
+    with pytest.raises(ValueError, match=r"unexpected \(1\): layers.0.attn_norm.weight"):
+        convert_state_dict({**state, "layers.0.attn_norm.weight": torch.ones(64)}, config)
+    biased = random_modernbert(biases=True)
+    without_one = {k: v for k, v in biased.state_dict().items() if k != "layers.2.attn.Wqkv.bias"}
+    with pytest.raises(ValueError, match=r"missing \(1\): layers.2.attn.Wqkv.bias"):
+        convert_state_dict(without_one, BertConfig.from_dict(biased.config.to_dict()))
