@@ -25,6 +25,7 @@ class EncoderShape:
     hidden: int
     heads: int
     intermediate: int
+    glu: bool = False  # ModernBERT's GeGLU: the FFN's first GEMM computes 2I outputs (input and gate)
 
     @property
     def head_dim(self) -> int:
@@ -33,6 +34,7 @@ class EncoderShape:
 
 BERT_BASE = EncoderShape(layers=12, hidden=768, heads=12, intermediate=3072)
 MINILM_L6 = EncoderShape(layers=6, hidden=384, heads=12, intermediate=1536)
+MODERNBERT_BASE = EncoderShape(layers=22, hidden=768, heads=12, intermediate=1152, glu=True)
 
 
 def gemm_flops(m: int, n: int, k: int) -> int:
@@ -62,14 +64,16 @@ def encoder_flops_breakdown(shape: EncoderShape, seq_lens: Sequence[int]) -> dic
     """Per-forward FLOPs of each matrix product of the encoder, summed over layers.
 
     T = sum(seq_lens) real tokens, H = hidden, I = intermediate, per layer:
-    qkv 2*T*H*3H, attention sum_i 4*L_i^2*H, output projection 2*T*H*H, FFN 2*T*H*I twice."""
+    qkv 2*T*H*3H, attention sum_i 4*L_i^2*H, output projection 2*T*H*H, FFN 2*T*H*I twice (GeGLU: its first
+    GEMM 2*T*H*2I). Attention counts every key of every layer, windowed layers included (ModernBERT's
+    sliding layers skip keys beyond their window, so their useful work is smaller on long sequences)."""
     tokens = sum(seq_lens)
     h, i, layers = shape.hidden, shape.intermediate, shape.layers
     return {
         "qkv": layers * gemm_flops(tokens, 3 * h, h),
         "attention": layers * attention_flops(seq_lens, shape.heads, shape.head_dim),
         "out_proj": layers * gemm_flops(tokens, h, h),
-        "ffn": layers * (gemm_flops(tokens, i, h) + gemm_flops(tokens, h, i)),
+        "ffn": layers * (gemm_flops(tokens, 2 * i if shape.glu else i, h) + gemm_flops(tokens, h, i)),
     }
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.flops import BERT_BASE, MINILM_L6, EncoderShape
+from benchmarks.flops import BERT_BASE, MINILM_L6, MODERNBERT_BASE, EncoderShape
 
 # name: (shape, vocab size, max positions)
 MODELS = {
@@ -34,26 +34,31 @@ MODELS = {
     "tiny": (EncoderShape(layers=2, hidden=64, heads=2, intermediate=128), 128, 64),
     # all-mpnet-base-v2's shapes: BERT-base plus the relative-position bias; 514 positions serve 512 tokens.
     "mpnet-base": (BERT_BASE, 30527, 514),
+    "modernbert-base": (MODERNBERT_BASE, 50368, 8192),
 }
-# The transformers class stem of each model (default "Bert"): {stem}Config, {stem}Model.
-MODEL_STEMS = {"mpnet-base": "MPNet"}
+# The transformers config and model class of each benchmark model (default: BERT's), so a random checkpoint
+# of another family has that family's layers, and transformers runs it through its own classes.
+_TRANSFORMERS_CLASSES = {"mpnet-base": ("MPNetConfig", "MPNetModel"),
+                         "modernbert-base": ("ModernBertConfig", "ModernBertModel")}
 LENGTHS_DIST = "first = S; rest stratified uniform[mS - w, mS + w], m = ((1-p)B-1)/(B-1), w = min(m, 1-m)S"
 
 
 def random_checkpoint(name: str, root: Path) -> Path:
-    """A transformers BertModel (MPNetModel for mpnet-base) with the named shapes and random weights, saved
-    as a checkpoint folder."""
+    """A transformers BertModel (MPNetModel for mpnet-base, ModernBertModel for modernbert-base, in
+    ModernBERT-base's default config) with the named shapes and random weights, saved as a checkpoint folder."""
     import transformers
 
     shape, vocab, positions = MODELS[name]
-    stem = MODEL_STEMS.get(name, "Bert")
-    config = getattr(transformers, f"{stem}Config")(
+    config_class, model_class = (getattr(transformers, c) for c in
+                                 _TRANSFORMERS_CLASSES.get(name, ("BertConfig", "BertModel")))
+    activation = {"hidden_activation" if shape.glu else "hidden_act": "gelu"}
+    config = config_class(
         vocab_size=vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
         num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
-        max_position_embeddings=positions, hidden_act="gelu")
+        max_position_embeddings=positions, **activation)
     torch.manual_seed(0)
     folder = Path(root) / name
-    getattr(transformers, f"{stem}Model")(config).eval().save_pretrained(folder)
+    model_class(config).eval().save_pretrained(folder)
     return folder
 
 
@@ -84,7 +89,8 @@ def load_fastbert(path: Path, dtype: torch.dtype, device: torch.device, backend:
 
 
 def load_hf(path: Path, dtype: torch.dtype, device: torch.device, attention: str):
-    """The checkpoint's transformers model (BertModel, MPNetModel) with attn_implementation 'eager' or 'sdpa'."""
+    """The checkpoint's transformers base model (BertModel, MPNetModel, ModernBertModel) with attn_implementation
+    'eager' or 'sdpa'."""
     import transformers
 
     model = transformers.AutoModel.from_pretrained(path, attn_implementation=attention, dtype=dtype)

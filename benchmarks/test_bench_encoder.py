@@ -66,12 +66,19 @@ GRIDS = {  # uniform: (batch, seq); varlen: (batch, seq, target padding); compil
              "compile": [(32, 128), (1, 128)], "cpu_forward": [(b, s) for b in (1, 8, 32) for s in (32, 128)],
              "cpu_encode": [(n, s) for n in (32, 128) for s in (32, 128)], "corpus": True},
 }
+# Models whose GPU cases replace the grid's (same keys): ModernBERT-base's 22 layers at its long-context
+# shape and the latency shape, against transformers SDPA and torch.compile, and no padding grid.
+MODEL_GRIDS = {"modernbert-base": {"uniform": [(32, 512), (1, 128)], "varlen": [], "compile": [(32, 512), (1, 128)]}}
 GPU_SUITE = ("test_encode_corpus", "test_encoder", "test_encoder_varlen", "test_encoder_compile")
 CORPUS_TEXTS = {"tiny": 16, "headline": 0, "quick": 2048, "full": 8192}  # texts per pass
 CORPUS_BATCH = 32  # sentence-transformers' default batch size, used by every implementation
 CORPUS_IMPLS = ("st_encode", "fastbert_encode", "fastbert_encode_nographs", "st_optimized")
 MIN_COSINE = 0.999  # per text, fastbert's embedding against sentence-transformers' own
 _LOADED: dict = {}  # (kind, model, dtype, ...) -> loaded model, shared by the cases of one session
+
+
+def _shape_id(shape):
+    return "-".join(f"{prefix}{value:g}" for prefix, value in zip("bsp", shape))
 
 
 def _dtype_name(dtype):
@@ -99,18 +106,19 @@ def pytest_generate_tests(metafunc):
             models = [m for m in models if m in wanted] or list(models[:1])
         if name == "test_encode_corpus" and not grid["corpus"]:
             models = []
-        metafunc.parametrize("model", models)
+        if name in ("test_encoder", "test_encoder_varlen", "test_encoder_compile"):
+            key = {"test_encoder": "uniform", "test_encoder_varlen": "varlen", "test_encoder_compile": "compile"}[name]
+            pairs = [(m, shape) for m in models for shape in MODEL_GRIDS.get(m, grid)[key]]
+            metafunc.parametrize(("model", "shape"), pairs, ids=[f"{m}-{_shape_id(s)}" for m, s in pairs])
+        else:
+            metafunc.parametrize("model", models)
     if name == "test_encode_corpus":
         metafunc.parametrize("impl", CORPUS_IMPLS)
-    if name == "test_encoder_compile":
-        metafunc.parametrize("shape", grid["compile"], ids=[f"b{b}-s{s}" for b, s in grid["compile"]])
     if name in ("test_encoder", "test_encoder_varlen"):
         metafunc.parametrize("dtype", settings.dtypes, ids=[_dtype_name(d) for d in settings.dtypes])
     if name == "test_encoder":
-        metafunc.parametrize("shape", grid["uniform"], ids=[f"b{b}-s{s}" for b, s in grid["uniform"]])
         metafunc.parametrize("impl", ("fastbert", "hf_eager", "hf_sdpa"))
     elif name == "test_encoder_varlen":
-        metafunc.parametrize("shape", grid["varlen"], ids=[f"b{b}-s{s}-p{p:g}" for b, s, p in grid["varlen"]])
         metafunc.parametrize("impl", ("fastbert", "fastbert_padded", "hf_eager", "hf_sdpa"))
     elif name == "test_cpu_forward":
         metafunc.parametrize("shape", grid["cpu_forward"], ids=[f"b{b}-s{s}" for b, s in grid["cpu_forward"]])

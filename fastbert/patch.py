@@ -1,8 +1,8 @@
 """Drop-in acceleration of transformers / sentence-transformers BERT-family models.
 
 `optimize(model)` finds the model's base encoder (BertModel, RobertaModel, XLMRobertaModel, CamembertModel,
-DistilBertModel, ElectraModel, MPNetModel) through the family table (fastbert/checkpoint/families.py, keyed on the
-config's model_type) and sets that module's `forward` (on the instance only) to a `FastForward`, which runs
+DistilBertModel, ElectraModel, MPNetModel, ModernBertModel) through the family table (fastbert/checkpoint/families.py,
+keyed on the config's model_type) and sets that module's `forward` (on the instance only) to a `FastForward`, which runs
 fastbert's padding-free encoder; the model's own heads (classification, token classification, question
 answering, masked LM, pre-training, next-sentence prediction, multiple choice, ...), its `forward` and
 sentence-transformers' `encode` run unchanged on top. `restore(model)` removes the instance attribute,
@@ -142,7 +142,10 @@ class FastForward:
         if "token_type_ids" not in signature.parameters:
             arguments.pop("token_type_ids", None)  # DistilBERT takes none; transformers ignores them too
         mask = arguments.get("attention_mask")
-        if arguments.get("input_ids") is None or (mask is not None and mask.dim() != 2) or any(
+        # Rotary families rotate by each token's index in its sequence; other position ids go to transformers.
+        rotary_positions = FAMILIES[module.config.model_type].positions == "rotary" and (
+            arguments.get("position_ids") is not None)
+        if arguments.get("input_ids") is None or (mask is not None and mask.dim() != 2) or rotary_positions or any(
                 value is not None and value is not False for name, value in arguments.items() if name not in _HANDLED):
             return original_forward(*args, **kwargs)
         config = module.config
@@ -163,7 +166,8 @@ class FastForward:
 
 def optimize(model, backend="auto", dtype=None):
     """Accelerate `model` in place and return it. Supported: any transformers model of a supported
-    model_type (bert, roberta, xlm-roberta, camembert, distilbert, electra, mpnet) that keeps its encoder as
+    model_type (bert, roberta, xlm-roberta, camembert, distilbert, electra, mpnet, modernbert) that keeps its
+    encoder as
     transformers' task models do: the base model itself, *ForSequenceClassification,
     *ForTokenClassification, *ForQuestionAnswering, *ForMaskedLM, *ForMultipleChoice,
     BertForPreTraining, BertForNextSentencePrediction, ...; and a sentence-transformers

@@ -5,7 +5,7 @@ architectures, ...) are ignored. Anything that would make our encoder compute so
 transformers' model is rejected here, at load, with a message naming the field and its value.
 
 Supported model types: the rows of fastbert.checkpoint.families.FAMILIES (bert, roberta, xlm-roberta, camembert,
-distilbert, electra, mpnet). Each family's config.json keys and defaults are mapped onto the one BertConfig
+distilbert, electra, mpnet, modernbert). Each family's config.json keys and defaults are mapped onto the one BertConfig
 here (DistilBERT's "dim" is our hidden_size); a new family is a row there plus a parity test.
 """
 
@@ -20,6 +20,7 @@ from .activations import ACTIVATIONS
 from .families import FAMILIES, family_of, position_offset
 
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
+_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 _POSITIVE_INT_FIELDS = (
     "vocab_size",
@@ -49,6 +50,15 @@ class BertConfig:
     model_type: str = "bert"
     embedding_size: int | None = None  # ELECTRA: width of the embeddings before embeddings_project; None = hidden
     relative_attention_num_buckets: int | None = None  # MPNet: rows of the relative-position bias; None: no bias
+    # Rotary (ModernBERT) families: each layer's type, "full_attention" or "sliding_attention" (which sees
+    # keys within local_attention // 2 either side), and the rotary theta of each type. None elsewhere.
+    layer_types: tuple[str, ...] | None = None
+    local_attention: int | None = None
+    rope_theta: dict | None = None
+    # Whether the QKV/attention-output, FFN and LayerNorm modules carry biases (ModernBERT's may not).
+    attention_bias: bool = True
+    mlp_bias: bool = True
+    norm_bias: bool = True
 
     def __post_init__(self):
         for name in _POSITIVE_INT_FIELDS:
@@ -102,11 +112,39 @@ class BertConfig:
                 raise _invalid(f"max_position_embeddings={self.max_position_embeddings} leaves no position for a "
                                  f"token: model_type={self.model_type!r} positions start at pad_token_id + 1 = "
                                  f"{position_offset(self)}")
+        for name in ("attention_bias", "mlp_bias", "norm_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise _invalid(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if family.positions == "rotary":
+            self._check_rotary()
         if self.hidden_size % self.num_attention_heads != 0:
             raise _invalid(
                 f"hidden_size={self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_attention_heads}"
             )
+
+    def _check_rotary(self):
+        types = self.layer_types
+        if not isinstance(types, (tuple, list)) or len(types) != self.num_hidden_layers or any(
+                t not in _LAYER_TYPES for t in types):
+            raise _invalid(f"layer_types must list {_LAYER_TYPES} once per layer "
+                           f"(num_hidden_layers={self.num_hidden_layers}), got {types!r}")
+        self.layer_types = tuple(types)
+        if not _is_int(self.local_attention) or self.local_attention < 0:
+            raise _invalid(f"local_attention must be a non-negative integer, got {self.local_attention!r}")
+        thetas = self.rope_theta
+        if not isinstance(thetas, dict) or any(
+                isinstance(thetas.get(t), bool) or not isinstance(thetas.get(t), (int, float))
+                or not math.isfinite(thetas[t]) or thetas[t] <= 0 for t in _LAYER_TYPES):
+            raise _invalid(f"rope_theta must give a positive theta for each of {_LAYER_TYPES}, got {thetas!r}")
+        if self.head_dim % 2:
+            raise _invalid(f"head_dim={self.head_dim} must be even for rotary position embeddings")
+
+    def attention_window(self, layer: int) -> int | None:
+        """How far (in tokens, either side) layer `layer`'s queries see: None for global attention."""
+        if self.layer_types is None or self.layer_types[layer] == "full_attention":
+            return None
+        return self.local_attention // 2
 
     @property
     def head_dim(self) -> int:
@@ -148,6 +186,11 @@ class BertConfig:
             elif name in family.defaults:
                 kwargs[name] = family.defaults[name]
         kwargs.update(family.fixed)
+        if family.read_config is not None:
+            try:
+                kwargs.update(family.read_config(d))
+            except (TypeError, AttributeError) as err:  # a malformed value where an object or list belongs
+                raise _invalid(f"config.json of model_type={model_type!r} is malformed: {err}") from err
         return cls(**kwargs)
 
     @classmethod

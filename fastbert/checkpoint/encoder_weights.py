@@ -15,7 +15,7 @@ import torch
 @dataclass(frozen=True, eq=False)
 class Linear:
     weight: torch.Tensor  # [out, in]
-    bias: torch.Tensor  # [out]
+    bias: torch.Tensor | None = None  # [out]; None: a Linear(bias=False) (ModernBERT)
 
 
 @dataclass(frozen=True, eq=False)
@@ -23,13 +23,13 @@ class Norm:
     """A LayerNorm's affine parameters."""
 
     weight: torch.Tensor  # [width]
-    bias: torch.Tensor  # [width]
+    bias: torch.Tensor | None = None  # [width]; None: a LayerNorm(bias=False) (ModernBERT)
 
 
 @dataclass(frozen=True, eq=False)
 class EmbeddingWeights:
     word: torch.Tensor  # [V, E]
-    position: torch.Tensor  # [P, E]
+    position: torch.Tensor | None  # [P, E]; None for rotary families (ModernBERT)
     token_type: torch.Tensor | None  # [TV, E]; None when type_vocab_size == 0 (DistilBERT)
     norm: Norm  # [E]
     project: Linear | None  # [H, E]: ELECTRA with E != H only, applied after the norm
@@ -39,10 +39,10 @@ class EmbeddingWeights:
 class LayerWeights:
     qkv: Linear  # [3H, H]: rows all of Q, then all of K, then all of V (unscaled as loaded)
     attn_out: Linear  # [H, H]
-    attn_norm: Norm  # [H]
-    ffn_in: Linear  # [I, H]
+    attn_norm: Norm | None  # [H]; pre-norm families: before attention, None in layer 0
+    ffn_in: Linear  # [I, H]; pre-norm (GeGLU) families: [2I, H], input rows then gate rows
     ffn_out: Linear  # [H, I]
-    ffn_norm: Norm  # [H]
+    ffn_norm: Norm  # [H]; pre-norm families: before the FFN
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +55,7 @@ class EncoderWeights:
     # ...and the same per distance, float32 [heads, 2R+1] (fastbert/checkpoint/relative_position.py): built by
     # the engine after its cast (fastbert.engine.model.prepare_weights), so it stays float32.
     position_bias: torch.Tensor | None = None
+    final_norm: Norm | None = None  # [H]; pre-norm families' LayerNorm after the last layer
 
     def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "EncoderWeights":
         """The same structure with fn applied to every tensor (a cast, a move)."""

@@ -1,6 +1,6 @@
 """The BERT family, one row per transformers `model_type`: everything that differs between BERT, RoBERTa,
-XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA and MPNet is data in FAMILIES, and loading (config.py, weights.py),
-the encoder (model.py, reference.py) and `optimize()` (patch.py) read it from here.
+XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA, MPNet and ModernBERT is data in FAMILIES, and loading (config.py,
+weights.py), the encoder (model.py, reference.py) and `optimize()` (patch.py) read it from here.
 
 What a row holds:
 - config_keys: our BertConfig field -> the key in the family's config.json (DistilBERT calls hidden_size
@@ -20,6 +20,12 @@ What a row holds:
 - prefix: the attribute (and checkpoint name prefix) under which task models keep the encoder;
   base_class: the transformers class of that encoder, the one `optimize()` patches;
   output: the transformers output class that encoder's forward returns.
+- layer_style: "post_norm" (BERT: LayerNorm after each residual add) or "pre_norm" (ModernBERT: LayerNorm
+  before attention and FFN, layer 0 without one before attention, and a final LayerNorm `final_norm`);
+  pre-norm families' FFN is a GeGLU whose ffn_in holds both halves ([2I, H]: input rows, then gate rows);
+  their q/k/v come fused in the checkpoint (layer name "qkv").
+- read_config: a function of the config.json dict returning our fields that are not plain renames
+  (ModernBERT's layer types and rotary thetas, from the keys of any transformers version).
 """
 
 from dataclasses import dataclass, field
@@ -92,18 +98,61 @@ class Family:
     pooler: str | None = "pooler.dense"  # checkpoint name of the pooler's Linear, None: the family has none
     # Buffers transformers may have saved alongside the parameters; they carry no learned values.
     buffers: tuple[str, ...] = ("embeddings.position_ids", "embeddings.token_type_ids")
-    positions: str = "column"
     relative_bias: str | None = None  # checkpoint name of the relative-position bias embedding
     relative_buckets: int = 32
     relative_max_distance: int = 128
+    positions: str = "column"  # or "rotary": no position table, q and k rotated by the index in the sequence
+    layer_style: str = "post_norm"
+    final_norm: str | None = None  # checkpoint name of a LayerNorm after the last layer
+    read_config: object = None  # Callable[[dict], dict] | None
 
     @property
     def roots(self) -> tuple[str, ...]:
         """First components of every checkpoint name the encoder owns; in a checkpoint without the prefix,
         any other name belongs to a task head."""
         names = [*self.embeddings.values(), self.layer_root, self.pooler or "", self.projection or "",
-                 self.relative_bias or ""]
+                 self.relative_bias or "", self.final_norm or ""]
         return tuple(sorted({name.split(".")[0] + "." for name in names if name}))
+
+
+_MODERNBERT_LAYER = {
+    "qkv": "attn.Wqkv",
+    "attn_out": "attn.Wo",
+    "attn_norm": "attn_norm",  # absent in layer 0 (an Identity there)
+    "ffn_in": "mlp.Wi",
+    "ffn_out": "mlp.Wo",
+    "ffn_norm": "mlp_norm",
+}
+_ROTARY_THETAS = {"full_attention": 160_000.0, "sliding_attention": 10_000.0}  # transformers' defaults
+_OLD_THETA_KEYS = {"full_attention": "global_rope_theta", "sliding_attention": "local_rope_theta"}
+
+
+def _modernbert_config(d: dict) -> dict:
+    """ModernBERT's layer types and rotary thetas from its config.json: transformers >= 5 writes layer_types
+    and rope_parameters per layer type; older configs global_attn_every_n_layers (every n-th layer global,
+    from layer 0) and global_rope_theta / local_rope_theta. Biases default off, as in ModernBertConfig."""
+    layers = d.get("num_hidden_layers", 22)
+    layer_types = d.get("layer_types")
+    if layer_types is None:
+        every = d.get("global_attn_every_n_layers", 3)
+        if not isinstance(every, int) or isinstance(every, bool) or every <= 0:
+            raise ValueError(f"global_attn_every_n_layers must be a positive integer, got {every!r}")
+        layer_types = ["sliding_attention" if i % every else "full_attention" for i in range(layers)]
+    rope = d.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        raise ValueError(bounded(f"rope_parameters must be an object, got {rope!r}"))
+    thetas = {}
+    for kind, default in _ROTARY_THETAS.items():
+        params = rope.get(kind) or {}
+        rope_type = params.get("rope_type", "default")
+        if rope_type != "default" or d.get("rope_scaling"):
+            raise ValueError(bounded(f"rope_parameters[{kind!r}] of rope_type={rope_type!r} (or rope_scaling) is "
+                                     "not supported: fastbert implements the default rotary embedding"))
+        thetas[kind] = params.get("rope_theta", d.get(_OLD_THETA_KEYS[kind], default))
+    return {"layer_types": tuple(layer_types) if isinstance(layer_types, list) else layer_types,
+            "rope_theta": thetas, "local_attention": d.get("local_attention", 128),
+            "attention_bias": d.get("attention_bias", False), "mlp_bias": d.get("mlp_bias", False),
+            "norm_bias": d.get("norm_bias", False)}
 
 
 _ROBERTA = dict(output="BaseModelOutputWithPoolingAndCrossAttentions", prefix="roberta",
@@ -146,6 +195,22 @@ FAMILIES = {
             layer=dict(_MPNET_LAYER), buffers=("embeddings.position_ids",), positions="after_padding",
             relative_bias="encoder.relative_attention_bias.weight",
         ),
+        Family(
+            "modernbert", "ModernBertModel", "model", "BaseModelOutput",
+            config_keys={"vocab_size": "vocab_size", "hidden_size": "hidden_size",
+                         "num_hidden_layers": "num_hidden_layers", "num_attention_heads": "num_attention_heads",
+                         "intermediate_size": "intermediate_size", "hidden_act": "hidden_activation",
+                         "layer_norm_eps": "norm_eps", "max_position_embeddings": "max_position_embeddings",
+                         "pad_token_id": "pad_token_id"},
+            defaults={"vocab_size": 50368, "hidden_size": 768, "num_hidden_layers": 22, "num_attention_heads": 12,
+                      "intermediate_size": 1152,
+                      "hidden_act": "gelu", "layer_norm_eps": 1e-5, "max_position_embeddings": 8192,
+                      "pad_token_id": 50283},
+            fixed={"type_vocab_size": 0},
+            embeddings={"word": "embeddings.tok_embeddings.weight", "norm": "embeddings.norm"},
+            layer_root="layers", layer=dict(_MODERNBERT_LAYER), pooler=None, buffers=(),
+            positions="rotary", layer_style="pre_norm", final_norm="final_norm", read_config=_modernbert_config,
+        ),
     )
 }
 
@@ -168,7 +233,7 @@ def default_position_ids(config, input_ids: torch.Tensor) -> torch.Tensor | None
 
     RoBERTa family: the n-th token of a row that is not pad_token_id gets position pad_token_id + n; pad
     tokens get pad_token_id. Like transformers, this looks at the ids, not the attention mask."""
-    if family_of(config.model_type).positions == "column":
+    if family_of(config.model_type).positions != "after_padding":  # rotary families need none either
         return None
     padding_idx = config.pad_token_id
     real = input_ids.ne(padding_idx)

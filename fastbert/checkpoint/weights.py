@@ -13,6 +13,8 @@ from .config import BertConfig
 from .encoder_weights import EmbeddingWeights, EncoderWeights, LayerWeights, Linear, Norm
 from .families import family_of
 
+_PRE_NORM = "pre_norm"
+
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
@@ -165,35 +167,45 @@ def convert_state_dict(
         raise _mismatch(config, head, [("contradicted by the checkpoint", contradictions)], separator="; ")
     H, E, I = config.hidden_size, config.embedding_dim, config.intermediate_size
     their_names = family.embeddings  # our field -> the checkpoint name
+    norm_bias = config.norm_bias
     embeddings = EmbeddingWeights(
         word=take.tensor(their_names["word"], (config.vocab_size, E)),
-        position=take.tensor(their_names["position"], (config.max_position_embeddings, E)),
+        position=(take.tensor(their_names["position"], (config.max_position_embeddings, E))
+                  if "position" in their_names else None),
         token_type=(take.tensor(their_names["token_type"], (config.type_vocab_size, E))
                     if config.type_vocab_size and "token_type" in their_names else None),
-        norm=take.norm(their_names["norm"], E),
+        norm=take.norm(their_names["norm"], E, norm_bias),
         project=take.linear(family.projection, H, E) if E != H else None,
     )
+    pre_norm = family.layer_style == _PRE_NORM
+    attention_bias, mlp_bias = config.attention_bias, config.mlp_bias
     layers = []
     for i in range(config.num_hidden_layers):
         root = f"{family.layer_root}.{i}."
         their_names = {ours: root + theirs for ours, theirs in family.layer.items()}
-        q, k, v = (take.linear(their_names[part], H, H) for part in ("q", "k", "v"))
+        if "qkv" in their_names:
+            qkv = take.linear(their_names["qkv"], 3 * H, H, attention_bias)
+        else:
+            qkv = _fuse(*(take.linear(their_names[part], H, H) for part in ("q", "k", "v")))
+        # A pre-norm layer 0 normalises nothing before attention: the embeddings were just normalised.
+        has_attn_norm = not (pre_norm and i == 0)
         layers.append(LayerWeights(
-            qkv=_fuse(q, k, v),
-            attn_out=take.linear(their_names["attn_out"], H, H),
-            attn_norm=take.norm(their_names["attn_norm"], H),
-            ffn_in=take.linear(their_names["ffn_in"], I, H),
-            ffn_out=take.linear(their_names["ffn_out"], H, I),
-            ffn_norm=take.norm(their_names["ffn_norm"], H),
+            qkv=qkv,
+            attn_out=take.linear(their_names["attn_out"], H, H, attention_bias),
+            attn_norm=take.norm(their_names["attn_norm"], H, norm_bias) if has_attn_norm else None,
+            ffn_in=take.linear(their_names["ffn_in"], 2 * I if pre_norm else I, H, mlp_bias),
+            ffn_out=take.linear(their_names["ffn_out"], H, I, mlp_bias),
+            ffn_norm=take.norm(their_names["ffn_norm"], H, norm_bias),
         ))
     # The pooler is optional (BertModel(add_pooling_layer=False)) but all-or-nothing.
     pooler = family.pooler
     has_pooler = pooler is not None and any(f"{pooler}.{kind}" in encoder for kind in ("weight", "bias"))
+    final_norm = take.norm(family.final_norm, H, norm_bias) if family.final_norm else None
     relative_bias = (take.tensor(family.relative_bias, (config.relative_attention_num_buckets,
                                                        config.num_attention_heads))
                      if family.relative_bias is not None else None)
     weights = EncoderWeights(embeddings, tuple(layers), take.linear(pooler, H, H) if has_pooler else None,
-                             relative_bias=relative_bias)
+                             relative_bias=relative_bias, final_norm=final_norm)
 
     # A model built with type_vocab_size=0 still saves an empty [0, H] table: nothing to take from it.
     token_type_name = family.embeddings.get("token_type")
@@ -223,10 +235,14 @@ def _size_contradictions(tensors, config, family, shown) -> list[str]:
         found.append(f"{_config_key(family, 'num_hidden_layers')}={config.num_hidden_layers}, but {holds}")
     width_field = "embedding_size" if config.embedding_size is not None else "hidden_size"
     first_layer = f"{root}0."
+    # Fused QKV and GeGLU weights are taller than H and I: read their widths off the other axis.
+    hidden = ("q", 0) if "q" in family.layer else ("qkv", 1)
+    intermediate = ("ffn_in", 0) if family.layer_style != _PRE_NORM else ("ffn_out", 1)
     sizes = [("vocab_size", family.embeddings["word"], 0), (width_field, family.embeddings["word"], 1),
-             ("max_position_embeddings", family.embeddings["position"], 0),
-             ("hidden_size", first_layer + family.layer["q"] + ".weight", 0),
-             ("intermediate_size", first_layer + family.layer["ffn_in"] + ".weight", 0)]
+             ("hidden_size", first_layer + family.layer[hidden[0]] + ".weight", hidden[1]),
+             ("intermediate_size", first_layer + family.layer[intermediate[0]] + ".weight", intermediate[1])]
+    if "position" in family.embeddings:
+        sizes.append(("max_position_embeddings", family.embeddings["position"], 0))
     if config.type_vocab_size and "token_type" in family.embeddings:
         sizes.append(("type_vocab_size", family.embeddings["token_type"], 0))
     for field, name, dim in sizes:
@@ -277,12 +293,13 @@ class _Taker:
             return None
         return tensor
 
-    def linear(self, module, out_features, in_features):
+    def linear(self, module, out_features, in_features, bias=True):
         return Linear(self.tensor(module + ".weight", (out_features, in_features)),
-                      self.tensor(module + ".bias", (out_features,)))
+                      self.tensor(module + ".bias", (out_features,)) if bias else None)
 
-    def norm(self, module, width):
-        return Norm(self.tensor(module + ".weight", (width,)), self.tensor(module + ".bias", (width,)))
+    def norm(self, module, width, bias=True):
+        return Norm(self.tensor(module + ".weight", (width,)),
+                    self.tensor(module + ".bias", (width,)) if bias else None)
 
 
 def _fuse(*projections: Linear) -> Linear | None:

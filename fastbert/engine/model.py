@@ -1,5 +1,5 @@
-"""Encoder: a padding-free BERT-family encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA, MPNet:
-fastbert/checkpoint/families.py).
+"""Encoder: a padding-free BERT-family encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA, MPNet,
+ModernBERT: fastbert/checkpoint/families.py).
 
 The data path of one forward pass, top to bottom in `forward`:
 tokens -> validate and pack the real tokens once (positions by the family's rule) -> embeddings of real
@@ -7,7 +7,9 @@ tokens only (ELECTRA: then widened by its projection GEMM) -> layers on packed [
 launches each, residual adds fused into the GEMMs; more where a GEMM splits K at small token counts or
 cuBLAS serves it, see triton_ops.TritonOps; nothing else) -> scatter back to [B, S, H] once (padded
 positions are zero) -> pooler on each sequence's first real token. MPNet's relative-position bias is one
-table built at load (prepare_weights) that every layer's attention adds to its scores."""
+table built at load (prepare_weights) that every layer's attention adds to its scores.
+Pre-norm families (ModernBERT) run their own layer loop, `_pre_norm_layers`: LayerNorm before attention and
+before the GeGLU FFN, rotary q/k and a window per layer type inside attention, a final LayerNorm, no pooler."""
 
 import dataclasses
 import math
@@ -20,6 +22,7 @@ from fastbert.checkpoint.encoder_weights import EncoderWeights, Linear
 from fastbert.checkpoint.families import family_of
 from fastbert.checkpoint.hub import resolve_model_path
 from fastbert.checkpoint.relative_position import position_bias_table
+from fastbert.checkpoint.rotary import rotary_tables
 from fastbert.checkpoint.weights import load_weights
 
 from .backends import make_ops
@@ -39,9 +42,11 @@ def prepare_weights(weights: EncoderWeights, config, dtype, device) -> EncoderWe
 
     def fold_scale(qkv: Linear) -> Linear:
         # Scaled in fp32, then cast with everything else: the Q rows round once.
-        weight, bias = (t.detach().to(device=device, dtype=torch.float32, copy=True) for t in (qkv.weight, qkv.bias))
+        weight, bias = (t.detach().to(device=device, dtype=torch.float32, copy=True) if t is not None else None
+                        for t in (qkv.weight, qkv.bias))
         weight[:hidden] *= scale
-        bias[:hidden] *= scale
+        if bias is not None:
+            bias[:hidden] *= scale
         return Linear(weight, bias)
 
     def place(tensor):
@@ -62,6 +67,16 @@ def prepare_weights(weights: EncoderWeights, config, dtype, device) -> EncoderWe
     return dataclasses.replace(placed, position_bias=table)
 
 
+def _attention_args(config, device) -> list[dict]:
+    """Each layer's ops.attention keywords: {} for BERT's absolute positions; for rotary families the
+    layer type's window (None: global) and its (cos, sin) tables, shared by the layers of one type."""
+    if config.layer_types is None:
+        return [{} for _ in range(config.num_hidden_layers)]
+    tables = rotary_tables(config, device)
+    return [{"window": config.attention_window(i), "rotary": tables[layer_type]}
+            for i, layer_type in enumerate(config.layer_types)]
+
+
 class Encoder:
     """BERT-family encoder on packed variable-length tokens. See `from_pretrained`."""
 
@@ -72,6 +87,9 @@ class Encoder:
         self.weights = prepare_weights(weights, config, self.dtype, self.device)
         self.ops = make_ops(self.backend, self.device, config, gemm)
         self.activation = config.activation
+        self._pre_norm = family_of(config.model_type).layer_style == "pre_norm"
+        # Per layer: the keyword arguments of its attention (a window, rotary tables), built once.
+        self._attention_args = _attention_args(config, self.device)
         self.tokenizer = tokenizer
         self.path = Path(path) if path is not None else None
         # CUDA graphs remove the host's per-launch cost (tens of microseconds per Triton launch, which
@@ -129,6 +147,9 @@ class Encoder:
         """input_ids [B, S] (+ optional attention_mask, token_type_ids, position_ids [B, S]) ->
         EncoderOutput(last_hidden_state [B, S, H], pooler_output [B, H], hidden_states).
         Padded positions of every returned hidden state are zero."""
+        if position_ids is not None and self.config.layer_types is not None:
+            raise ValueError(f"model_type={self.config.model_type!r} takes no position_ids: its rotary embedding "
+                             "rotates each token by its index within its sequence")
         packing, ids, positions, types = pack_inputs(
             self.config, self.device, input_ids, attention_mask, token_type_ids, position_ids)
         return self.forward_packed(packing, ids, positions, types, output_hidden_states)
@@ -173,7 +194,10 @@ class Encoder:
         packed_states = [hidden] if output_hidden_states else None
         # MPNet's relative-position bias (the same table for every layer); other families pass nothing.
         attention_options = {} if weights.position_bias is None else {"position_bias": weights.position_bias}
-        for layer in weights.layers:
+        if self._pre_norm:  # ModernBERT
+            hidden = self._pre_norm_layers(hidden, packing, packed_states)
+        post_norm_layers = () if self._pre_norm else weights.layers
+        for layer in post_norm_layers:
             qkv = ops.linear(hidden, layer.qkv)
             # Q, K and V are strided views of the one QKV output: no split, transpose or copy.
             q, k, v = qkv.view(tokens, 3, heads, head_dim).unbind(1)
@@ -193,6 +217,27 @@ class Encoder:
             first = packing.first_tokens(hidden)
             pooled = torch.tanh(torch.nn.functional.linear(first, weights.pooler.weight, weights.pooler.bias))
         return hidden, pooled, tuple(packed_states) if output_hidden_states else None
+
+    def _pre_norm_layers(self, hidden, packing, packed_states):
+        """ModernBERT's layers on packed [T, H] tokens: LayerNorm before attention (none in layer 0) and
+        before the GeGLU FFN, each residual add fused into the GEMM closing its branch; then the final
+        LayerNorm. Each layer's attention is global or windowed, with its own rotary tables."""
+        config, weights, ops = self.config, self.weights, self.ops
+        eps, tokens = config.layer_norm_eps, packing.num_tokens
+        heads, head_dim = config.num_attention_heads, config.head_dim
+        for layer, attention_args in zip(weights.layers, self._attention_args):
+            normed = hidden if layer.attn_norm is None else ops.layer_norm(hidden, layer.attn_norm, eps)
+            q, k, v = ops.linear(normed, layer.qkv).view(tokens, 3, heads, head_dim).unbind(1)
+            context = ops.attention(q, k, v, packing, **attention_args).view(tokens, config.hidden_size)
+            hidden = ops.linear(context, layer.attn_out, residual=hidden)
+            gated = ops.linear(ops.layer_norm(hidden, layer.ffn_norm, eps), layer.ffn_in, self.activation, glu=True)
+            hidden = ops.linear(gated, layer.ffn_out, residual=hidden)
+            if packed_states is not None:
+                packed_states.append(hidden)
+        hidden = ops.layer_norm(hidden, weights.final_norm, eps)
+        if packed_states is not None:  # as transformers: the last hidden state is the normalised one
+            packed_states[-1] = hidden
+        return hidden
 
     def _empty_output(self, packing, output_hidden_states):
         hidden_size = self.config.hidden_size

@@ -181,7 +181,7 @@ def run_verify(model, use_transformers=True, sentences=SENTENCES) -> Report:
     tokens = int(mask.sum())
     description = [
         ("model", f"{model_path}"),
-        ("shape", f"BERT, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        ("shape", f"{config.model_type}, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
                   f"{config.num_attention_heads} heads, {config.hidden_act}"),
         ("fastbert", f"backend {model.backend}{' (Triton interpreter)' if interpreted else ''}, "
                      f"{model.device}, {str(model.dtype).removeprefix('torch.')}"),

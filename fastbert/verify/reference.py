@@ -1,4 +1,5 @@
-"""The oracle: a BERT-family forward pass (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA, MPNet) in plain
+"""The oracle: a BERT-family forward pass (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA, MPNet,
+ModernBERT) in plain
 PyTorch over EncoderWeights (fastbert/checkpoint/encoder_weights.py).
 
 Readable first, fast never. It follows transformers.BertModel with attn_implementation="eager"
@@ -24,6 +25,7 @@ from fastbert.checkpoint.config import BertConfig
 from fastbert.checkpoint.encoder_weights import EncoderWeights, LayerWeights
 from fastbert.checkpoint.families import default_position_ids, family_of
 from fastbert.checkpoint.relative_position import relative_position_bucket
+from fastbert.checkpoint.rotary import rotary_tables
 from fastbert.checkpoint.weights import load_weights
 from fastbert.engine.outputs import EncoderOutput
 
@@ -65,6 +67,8 @@ class ReferenceBertModel:
         x = embeddings.word[input_ids]
         if embeddings.token_type is not None:
             x = x + embeddings.token_type[token_type_ids]
+        if embeddings.position is None:  # ModernBERT: rotary positions, pre-norm layers
+            return self._pre_norm_forward(x, attention_mask, position_ids, output_hidden_states)
         x = x + embeddings.position[position_ids]
         x = F.layer_norm(x, (cfg.embedding_dim,), embeddings.norm.weight, embeddings.norm.bias, cfg.layer_norm_eps)
         if embeddings.project is not None:  # ELECTRA with embedding_size != hidden_size
@@ -122,6 +126,58 @@ class ReferenceBertModel:
         h = activation(F.linear(x, layer.ffn_in.weight, layer.ffn_in.bias))
         h = F.linear(h, layer.ffn_out.weight, layer.ffn_out.bias)
         return F.layer_norm(h + x, (H,), layer.ffn_norm.weight, layer.ffn_norm.bias, cfg.layer_norm_eps)
+
+    def _pre_norm_forward(self, x, attention_mask, position_ids, output_hidden_states) -> EncoderOutput:
+        """ModernBERT after the token lookup, as transformers' ModernBertModel computes it (eager attention):
+        embedding LayerNorm; per layer x + Wo(attention(rotary(Wqkv(attn_norm(x))))) (no attn_norm in layer
+        0) and x + Wo(act(input) * gate) of mlp_norm(x); the final LayerNorm."""
+        cfg, weights = self.config, self.weights
+        norm = weights.embeddings.norm
+        x = F.layer_norm(x, (cfg.hidden_size,), norm.weight, norm.bias, cfg.layer_norm_eps)
+        lowest = torch.finfo(self.dtype).min
+        real_keys = attention_mask[:, None, None, :].bool()  # [B, 1, 1, S]
+        columns = torch.arange(x.shape[1], device=self.device)
+        near = (columns[:, None] - columns[None, :]).abs() <= cfg.local_attention // 2
+        masks = {"full_attention": real_keys, "sliding_attention": real_keys & near}
+        masks = {kind: torch.zeros(m.shape, dtype=self.dtype, device=self.device).masked_fill(~m, lowest)
+                 for kind, m in masks.items()}
+        tables = rotary_tables(cfg, self.device)
+        # cos, sin [B, S, head_dim], both halves repeated, in the run dtype as transformers casts them.
+        rotary = {kind: tuple(torch.cat((t[position_ids],) * 2, dim=-1).to(self.dtype) for t in pair)
+                  for kind, pair in tables.items()}
+        hidden_states = [x]
+        for layer, kind in zip(weights.layers, cfg.layer_types):
+            x = self._pre_norm_layer(x, masks[kind], rotary[kind], layer)
+            hidden_states.append(x)
+        x = F.layer_norm(x, (cfg.hidden_size,), weights.final_norm.weight, weights.final_norm.bias,
+                         cfg.layer_norm_eps)
+        hidden_states[-1] = x
+        return EncoderOutput(last_hidden_state=x, pooler_output=None,
+                             hidden_states=tuple(hidden_states) if output_hidden_states else None)
+
+    def _pre_norm_layer(self, x, mask, rotary, layer: LayerWeights) -> torch.Tensor:
+        cfg = self.config
+        B, S, H = x.shape
+        nh, hd, eps = cfg.num_attention_heads, cfg.head_dim, cfg.layer_norm_eps
+        h = x if layer.attn_norm is None else F.layer_norm(x, (H,), layer.attn_norm.weight, layer.attn_norm.bias, eps)
+        qkv = F.linear(h, layer.qkv.weight, layer.qkv.bias).view(B, S, 3, nh, hd)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(dim=2))  # [B, nh, S, hd]
+        cos, sin = (t[:, None] for t in rotary)
+
+        def rotate(t):
+            t = t.float()
+            return (t * cos + torch.cat((-t[..., hd // 2:], t[..., : hd // 2]), dim=-1) * sin).to(x.dtype)
+
+        q, k = rotate(q), rotate(k)
+        scores = torch.matmul(q, k.transpose(2, 3)) * hd**-0.5 + mask
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(x.dtype)
+        context = torch.matmul(probs, v).transpose(1, 2).reshape(B, S, H)
+        x = x + F.linear(context, layer.attn_out.weight, layer.attn_out.bias)
+
+        h = F.layer_norm(x, (H,), layer.ffn_norm.weight, layer.ffn_norm.bias, eps)
+        value, gate = F.linear(h, layer.ffn_in.weight, layer.ffn_in.bias).chunk(2, dim=-1)
+        activation = ACTIVATIONS[cfg.hidden_act].function
+        return x + F.linear(activation(value) * gate, layer.ffn_out.weight, layer.ffn_out.bias)
 
     def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids):
         cfg = self.config

@@ -131,3 +131,37 @@ def test_mpnet_layers_launch_seven_kernels_with_the_one_bias_table(tmp_path):
     assert len(biases) == 2 and all(bias is table for bias in biases)
     other_ops = {name for kind, name in layer_events if kind == "op"} - VIEW_OPS
     assert not other_ops, f"the layer loop issued tensor ops besides kernel launches: {other_ops}"
+
+
+@pytest.mark.slow
+def test_modernbert_launches_per_layer(tmp_path):
+    """ModernBERT on the triton backend: 6 launches per layer (layer 0: 5, no LayerNorm before attention):
+    LayerNorm, QKV, attention (rotary and window inside), attention-out (+ residual), LayerNorm, GeGLU FFN-in,
+    FFN-out (+ residual); the final LayerNorm once; nothing else between the launches."""
+    from tests.modernbert_factory import modernbert_batch, random_modernbert
+
+    random_modernbert().save_pretrained(tmp_path)
+    model = load_fastbert(tmp_path, "triton", cuda_graphs=False, gemm="triton")
+    recorder = _Recorder()
+    kernels = model.model.ops.kernels
+
+    class CountingKernels:
+        pass
+
+    counting = CountingKernels()
+    for name in ("embeddings", "linear", "attention", "layer_norm"):
+        setattr(counting, name, counting_launcher(recorder, name, getattr(kernels, name)))
+    model.model.ops.kernels = counting
+    model.model.ops.gemm.candidates["triton"].fn = counting.linear
+    ids, mask = modernbert_batch()
+    with recorder:
+        model(ids, mask)
+
+    launches = [i for i, (kind, _) in enumerate(recorder.events) if kind == "launch"]
+    assert recorder.events[launches[0]] == ("launch", "embeddings")
+    layer_events = recorder.events[launches[0] + 1: launches[-1] + 1]
+    names = [name for kind, name in layer_events if kind == "launch"]
+    first = ["linear", "attention", "linear", "layer_norm", "linear", "linear"]
+    assert names == first + ["layer_norm", *first] * 3 + ["layer_norm"]
+    other_ops = {name for kind, name in layer_events if kind == "op"} - VIEW_OPS
+    assert not other_ops, f"the layer loop issued tensor ops besides kernel launches: {other_ops}"
