@@ -321,7 +321,8 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -> torch.Tensor:
+def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True, *,
+              window=None, position_bias=None, rotary=None) -> torch.Tensor:
     """Bidirectional attention within each packed sequence.
 
     q, k, v: [T, heads, head_dim], unit last stride, any other strides; one float dtype, one device.
@@ -370,6 +371,37 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -
         # otherwise launch millions of programs that exit at once.
         max_seqlen = check_cu_seqlens(cu_seqlens, T, max_seqlen)
 
+    if window is not None:
+        if not _is_int(window):
+            raise TypeError(f"window must be None or a Python int, got {type(window).__name__}")
+        if window < 0:
+            raise ValueError(f"window must be >= 0, got {window}")
+        window = min(window, max_seqlen)  # |i - j| < max_seqlen: a wider window changes nothing
+    bias_radius = 0
+    if position_bias is not None:
+        check_tensor("position_bias", position_bias, ndim=2, dtypes=(torch.float32,))
+        check_same("position_bias", position_bias, "q", q, dtype=False)
+        if not position_bias.is_contiguous():
+            raise ValueError("position_bias must be contiguous")
+        if position_bias.shape[0] != heads or position_bias.shape[1] % 2 != 1:
+            raise ValueError(f"position_bias must be [heads={heads}, 2R+1 (odd)], got {tuple(position_bias.shape)}")
+        bias_radius = (position_bias.shape[1] - 1) // 2
+    cos = sin = q
+    if rotary is not None:
+        if not isinstance(rotary, tuple) or len(rotary) != 2:
+            raise TypeError("rotary must be None or a tuple (cos, sin)")
+        cos, sin = rotary
+        if head_dim % 2:
+            raise ValueError(f"rotary needs an even head_dim, got {head_dim}")
+        for name, table in (("rotary cos", cos), ("rotary sin", sin)):
+            check_tensor(name, table, ndim=2, dtypes=(torch.float32,))
+            check_same(name, table, "q", q, dtype=False)
+            if not table.is_contiguous():
+                raise ValueError(f"{name} must be contiguous")
+            if table.shape[1] != head_dim // 2 or table.shape[0] < max_seqlen:
+                raise ValueError(f"{name} must be [P >= max_seqlen={max_seqlen}, head_dim // 2={head_dim // 2}], "
+                                 f"got {tuple(table.shape)}")
+
     out = torch.empty((T, heads, head_dim), dtype=q.dtype, device=q.device)
     if T == 0 or batch == 0 or heads == 0:
         return out
@@ -377,9 +409,9 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -
     grid = lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), batch, heads)
     _attention[grid](
         q, k, v, out, cu_seqlens,
-        q, q, q,  # bias, cos, sin: not read until the launcher passes them (HAS_BIAS/HAS_ROTARY False)
+        q if position_bias is None else position_bias, cos, sin,  # q: a placeholder never read
         scale_log2e,
-        0, 0,
+        bias_radius, 0 if window is None else window,
         max(triton.next_power_of_2(max_seqlen), 16),
         program_count_bucket(batch, heads, max_seqlen),
         q.stride(0), q.stride(1),
@@ -389,6 +421,6 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -
         HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim),
         INPUT_PRECISION=dot_precision(q.dtype),
-        HAS_BIAS=False, HAS_WINDOW=False, HAS_ROTARY=False,
+        HAS_BIAS=position_bias is not None, HAS_WINDOW=window is not None, HAS_ROTARY=rotary is not None,
     )
     return out
