@@ -69,9 +69,10 @@ class TritonOps:
     def linear(self, x, linear, activation=None, residual=None):
         return self.gemm(x, linear.weight, linear.bias, activation, residual)
 
-    def attention(self, q, k, v, packing):
+    def attention(self, q, k, v, packing, *, window=None, position_bias=None, rotary=None):
         # Packing built cu_seqlens from the validated mask: no need to read it back (a sync) every layer.
-        return self.kernels.attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, scale=1.0, check_indices=False)
+        return self.kernels.attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, scale=1.0, check_indices=False,
+                                      window=window, position_bias=position_bias, rotary=rotary)
 
     def layer_norm(self, x, norm, eps, residual=None):
         return self.kernels.layer_norm(x, norm.weight, norm.bias, eps, residual=residual)

@@ -54,25 +54,75 @@ def _load_tile(ptrs, rows, row_limit, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: t
 
 
 @triton.jit
-def _attend_key_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_start, seqlen, offs_n, offs_d, scale_log2e,
+def _load_rotated(ptrs, rows, row_limit, offs_d, cos_ptr, sin_ptr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                  MASK_ROWS: tl.constexpr):
+    """Load a tile as _load_tile does and rotate it at its rows' positions within the sequence, the
+    rotate-half convention: x' = x * cos + cat(-x2, x1) * sin, in fp32, returned in the storage dtype."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    tile = _load_tile(ptrs, rows, row_limit, offs_d, HEAD_DIM, BLOCK_D, MASK_ROWS)
+    # Rotary tables and the partner half are read masked always: past seqlen the rows are never used, and
+    # past P (>= max_seqlen >= seqlen) the tables hold nothing.
+    mask = (rows < row_limit)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    partner_d = (offs_d + HALF) % HEAD_DIM
+    partner = tl.load(ptrs + (partner_d - offs_d)[None, :], mask=mask, other=0.0).to(tl.float32)
+    table = rows.to(tl.int64)[:, None] * HALF + (offs_d % HALF)[None, :]
+    cos = tl.load(cos_ptr + table, mask=mask, other=0.0)
+    sin = tl.load(sin_ptr + table, mask=mask, other=0.0)
+    sign = tl.where(offs_d < HALF, -1.0, 1.0)[None, :]
+    rotated = tile.to(tl.float32) * cos + sign * partner * sin
+    return rotated.to(tile.dtype)
+
+
+@triton.jit
+def _attend_key_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_start, seqlen, offs_m, offs_n, offs_d, scale_log2e,
+                     bias_ptr, bias_radius, window, cos_ptr, sin_ptr,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KEYS: tl.constexpr,
-                     INPUT_PRECISION: tl.constexpr):
+                     INPUT_PRECISION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                     HAS_ROTARY: tl.constexpr):
     """Fold keys key_start .. key_start + BLOCK_N of one sequence into the running softmax state.
 
     m_i: running max of scale*log2(e)*score per query row; l_i: running sum of exp2(score - m_i);
-    acc: running sum of exp2(score - m_i) * v. Every tile holds at least one valid key (the caller never
-    starts a tile at or past seqlen), so the new max is finite and exp2(m_i - m_new) never sees -inf - -inf.
+    acc: running sum of exp2(score - m_i) * v. Without a window every tile holds at least one valid key
+    (the caller never starts a tile at or past seqlen), so the new max is finite and exp2(m_i - m_new)
+    never sees -inf - -inf; with one, a row may see no key of a tile, and a guard covers that case.
     """
     keys = key_start + offs_n
-    k = _load_tile(k_ptrs, keys, seqlen, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
+    if HAS_ROTARY:
+        k = _load_rotated(k_ptrs, keys, seqlen, offs_d, cos_ptr, sin_ptr, HEAD_DIM, BLOCK_D, MASK_KEYS)
+    else:
+        k = _load_tile(k_ptrs, keys, seqlen, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
     scores = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)  # [BLOCK_M, BLOCK_N], fp32
-    if MASK_KEYS:
-        scores = tl.where((keys < seqlen)[None, :], scores, float("-inf"))
-    # The scale is positive, so max(scores) * scale is the max of the scaled scores; scaling inside the
-    # exponent's argument lets the compiler fuse it into one FMA per score.
-    m_new = tl.maximum(m_i, tl.max(scores, 1) * scale_log2e)
-    p = tl.math.exp2(scores * scale_log2e - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)  # 0 on the first tile, where m_i is -inf and m_new finite
+    if HAS_BIAS or HAS_WINDOW:
+        # Distance j - i of key to query within the sequence: the bias's column and the window's test.
+        distance = keys[None, :] - offs_m[:, None]
+    if HAS_BIAS:
+        # The bias is constant beyond +-R, so clamping the distance is exact; the index stays in the row
+        # whatever the keys, but padded keys are masked anyway so no load depends on them.
+        column = tl.minimum(tl.maximum(distance, -bias_radius), bias_radius) + bias_radius
+        bias = tl.load(bias_ptr + column, mask=(keys < seqlen)[None, :], other=0.0)
+        scores = scores * scale_log2e + bias * 1.4426950408889634
+    if MASK_KEYS or HAS_WINDOW:
+        allowed = (keys < seqlen)[None, :]
+        if HAS_WINDOW:
+            allowed = allowed & (distance <= window) & (distance >= -window)
+        scores = tl.where(allowed, scores, float("-inf"))
+    if HAS_BIAS:
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+    else:
+        # The scale is positive, so max(scores) * scale is the max of the scaled scores; scaling inside the
+        # exponent's argument lets the compiler fuse it into one FMA per score.
+        m_new = tl.maximum(m_i, tl.max(scores, 1) * scale_log2e)
+    if HAS_WINDOW:
+        # A row with no key so far and none in this tile keeps m = -inf: exponentiate against 0 instead,
+        # so its p and alpha are exp2(-inf) = 0 rather than NaN.
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_ref = m_new
+    if HAS_BIAS:
+        p = tl.math.exp2(scores - m_ref[:, None])
+    else:
+        p = tl.math.exp2(scores * scale_log2e - m_ref[:, None])
+    alpha = tl.math.exp2(m_i - m_ref)  # 0 on the first tile, where m_i is -inf and m_new finite
     l_i = l_i * alpha + tl.sum(p, 1)
     v = _load_tile(v_ptrs, keys, seqlen, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
     # P is rounded to the input dtype for the tensor-core product, as flash attention does; its entries
@@ -88,7 +138,12 @@ def _attention_kernel(
     v_ptr,  # [T, heads, HEAD_DIM], strides stride_vt, stride_vh, 1
     out_ptr,  # [T, heads, HEAD_DIM], strides stride_ot, stride_oh, 1
     cu_seqlens_ptr,  # [B + 1] int32: sequence b is tokens cu_seqlens[b] .. cu_seqlens[b+1]
+    bias_ptr,  # [heads, 2 * bias_radius + 1] fp32 contiguous, read if HAS_BIAS: bias of distance j - i
+    cos_ptr,  # [P, HEAD_DIM // 2] fp32 contiguous, read if HAS_ROTARY: cos at each position of a sequence
+    sin_ptr,  # [P, HEAD_DIM // 2] fp32 contiguous, read if HAS_ROTARY
     scale_log2e,  # fp32: softmax scale times log2(e), so the kernel exponentiates with exp2
+    bias_radius,  # R: distances clamp to [-R, R] (used if HAS_BIAS)
+    window,  # w >= 0: query i sees keys j with |i - j| <= w (used if HAS_WINDOW)
     SEQLEN_BUCKET,  # next power of two of max_seqlen: unused in the body, only the autotuner's key
     PROGRAMS_BUCKET,  # bucket of the program count (program_count_bucket): unused in the body, a key
     stride_qt,
@@ -104,6 +159,9 @@ def _attention_kernel(
     INPUT_PRECISION: tl.constexpr,  # tl.dot precision for fp32 inputs: "ieee" or "tf32"
     BLOCK_M: tl.constexpr,  # query rows per program
     BLOCK_N: tl.constexpr,  # keys per inner-loop tile
+    HAS_BIAS: tl.constexpr,  # add bias_ptr's relative-position bias to the scores
+    HAS_WINDOW: tl.constexpr,  # local attention: only keys within `window` of the query
+    HAS_ROTARY: tl.constexpr,  # rotate q and k (rotary position embedding) as they load
 ):
     # Grid (query tiles, sequences, heads): query tiles of one (sequence, head) are neighbours in launch
     # order, so they read the same keys and values while those are still in L2.
@@ -125,22 +183,48 @@ def _attention_kernel(
     q_ptrs = q_ptr + (start * stride_qt + head * stride_qh) + rows[:, None] * stride_qt + offs_d[None, :]
     k_ptrs = k_ptr + (start * stride_kt + head * stride_kh) + offs_n[:, None] * stride_kt + offs_d[None, :]
     v_ptrs = v_ptr + (start * stride_vt + head * stride_vh) + offs_n[:, None] * stride_vt + offs_d[None, :]
+    if HAS_BIAS:
+        bias_ptr += head * (2 * bias_radius + 1)
     # Rows past seqlen load as zeros: their scores are 0, finite, and their results are never stored.
-    q = _load_tile(q_ptrs, offs_m, seqlen, offs_d, HEAD_DIM, BLOCK_D, True)
+    if HAS_ROTARY:
+        q = _load_rotated(q_ptrs, offs_m, seqlen, offs_d, cos_ptr, sin_ptr, HEAD_DIM, BLOCK_D, True)
+    else:
+        q = _load_tile(q_ptrs, offs_m, seqlen, offs_d, HEAD_DIM, BLOCK_D, True)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    # Full key tiles need no key mask; only the last, partial tile (if any) pays for one.
-    full_end = (seqlen // BLOCK_N) * BLOCK_N
-    for key_start in range(0, full_end, BLOCK_N):
-        acc, m_i, l_i = _attend_key_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_start, seqlen, offs_n, offs_d,
-                                         scale_log2e, HEAD_DIM, BLOCK_D, False, INPUT_PRECISION)
-        k_ptrs += BLOCK_N * stride_kt
-        v_ptrs += BLOCK_N * stride_vt
-    if full_end < seqlen:
-        acc, m_i, l_i = _attend_key_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, full_end, seqlen, offs_n, offs_d,
-                                         scale_log2e, HEAD_DIM, BLOCK_D, True, INPUT_PRECISION)
+    if HAS_WINDOW:
+        # Only key tiles overlapping [m_start - w, m_end + w) can hold a key in any row's window: the
+        # loop starts and stops there, so the cost is O(BLOCK_M + 2w) keys per program, not O(seqlen).
+        # Every tile is masked (the window cuts across tiles); the launcher clamps w to max_seqlen.
+        m_start = pid_m * BLOCK_M
+        key_lo = (tl.maximum(m_start - window, 0) // BLOCK_N) * BLOCK_N
+        key_hi = tl.minimum(m_start + BLOCK_M + window, seqlen)
+        k_ptrs += key_lo.to(tl.int64) * stride_kt
+        v_ptrs += key_lo.to(tl.int64) * stride_vt
+        for key_start in range(key_lo, key_hi, BLOCK_N):
+            acc, m_i, l_i = _attend_key_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_start, seqlen, offs_m, offs_n,
+                                             offs_d, scale_log2e, bias_ptr, bias_radius, window, cos_ptr, sin_ptr,
+                                             HEAD_DIM, BLOCK_D, True, INPUT_PRECISION, HAS_BIAS, HAS_WINDOW,
+                                             HAS_ROTARY)
+            k_ptrs += BLOCK_N * stride_kt
+            v_ptrs += BLOCK_N * stride_vt
+    else:
+        # Full key tiles need no key mask; only the last, partial tile (if any) pays for one.
+        full_end = (seqlen // BLOCK_N) * BLOCK_N
+        for key_start in range(0, full_end, BLOCK_N):
+            acc, m_i, l_i = _attend_key_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_start, seqlen, offs_m, offs_n,
+                                             offs_d, scale_log2e, bias_ptr, bias_radius, window, cos_ptr, sin_ptr,
+                                             HEAD_DIM, BLOCK_D, False, INPUT_PRECISION, HAS_BIAS, HAS_WINDOW,
+                                             HAS_ROTARY)
+            k_ptrs += BLOCK_N * stride_kt
+            v_ptrs += BLOCK_N * stride_vt
+        if full_end < seqlen:
+            acc, m_i, l_i = _attend_key_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, full_end, seqlen, offs_m, offs_n,
+                                             offs_d, scale_log2e, bias_ptr, bias_radius, window, cos_ptr, sin_ptr,
+                                             HEAD_DIM, BLOCK_D, True, INPUT_PRECISION, HAS_BIAS, HAS_WINDOW,
+                                             HAS_ROTARY)
 
     # l_i >= 1 for every row that saw a key (its max term is exp2(0)); the guard keeps a row with no key
     # at zeros rather than 0/0.
@@ -227,7 +311,8 @@ _attention = triton.autotune(
     configs=attention_configs(not is_interpreter()),
     # max_seqlen enters only as a power-of-two bucket and the launch size as a program-count bucket:
     # varlen batches change T and max_seqlen every call, and each new key is a full autotuning sweep.
-    key=["SEQLEN_BUCKET", "PROGRAMS_BUCKET", "HEAD_DIM", "INPUT_PRECISION"],
+    key=["SEQLEN_BUCKET", "PROGRAMS_BUCKET", "HEAD_DIM", "INPUT_PRECISION", "HAS_BIAS", "HAS_WINDOW",
+         "HAS_ROTARY"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_attention_kernel)
 
@@ -236,7 +321,8 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -> torch.Tensor:
+def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True, *,
+              window=None, position_bias=None, rotary=None) -> torch.Tensor:
     """Bidirectional attention within each packed sequence.
 
     q, k, v: [T, heads, head_dim], unit last stride, any other strides; one float dtype, one device.
@@ -285,6 +371,37 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -
         # otherwise launch millions of programs that exit at once.
         max_seqlen = check_cu_seqlens(cu_seqlens, T, max_seqlen)
 
+    if window is not None:
+        if not _is_int(window):
+            raise TypeError(f"window must be None or a Python int, got {type(window).__name__}")
+        if window < 0:
+            raise ValueError(f"window must be >= 0, got {window}")
+        window = min(window, max_seqlen)  # |i - j| < max_seqlen: a wider window changes nothing
+    bias_radius = 0
+    if position_bias is not None:
+        check_tensor("position_bias", position_bias, ndim=2, dtypes=(torch.float32,))
+        check_same("position_bias", position_bias, "q", q, dtype=False)
+        if not position_bias.is_contiguous():
+            raise ValueError("position_bias must be contiguous")
+        if position_bias.shape[0] != heads or position_bias.shape[1] % 2 != 1:
+            raise ValueError(f"position_bias must be [heads={heads}, 2R+1 (odd)], got {tuple(position_bias.shape)}")
+        bias_radius = (position_bias.shape[1] - 1) // 2
+    cos = sin = q
+    if rotary is not None:
+        if not isinstance(rotary, tuple) or len(rotary) != 2:
+            raise TypeError("rotary must be None or a tuple (cos, sin)")
+        cos, sin = rotary
+        if head_dim % 2:
+            raise ValueError(f"rotary needs an even head_dim, got {head_dim}")
+        for name, table in (("rotary cos", cos), ("rotary sin", sin)):
+            check_tensor(name, table, ndim=2, dtypes=(torch.float32,))
+            check_same(name, table, "q", q, dtype=False)
+            if not table.is_contiguous():
+                raise ValueError(f"{name} must be contiguous")
+            if table.shape[1] != head_dim // 2 or table.shape[0] < max_seqlen:
+                raise ValueError(f"{name} must be [P >= max_seqlen={max_seqlen}, head_dim // 2={head_dim // 2}], "
+                                 f"got {tuple(table.shape)}")
+
     out = torch.empty((T, heads, head_dim), dtype=q.dtype, device=q.device)
     if T == 0 or batch == 0 or heads == 0:
         return out
@@ -292,7 +409,9 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -
     grid = lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), batch, heads)
     _attention[grid](
         q, k, v, out, cu_seqlens,
+        q if position_bias is None else position_bias, cos, sin,  # q: a placeholder never read
         scale_log2e,
+        bias_radius, 0 if window is None else window,
         max(triton.next_power_of_2(max_seqlen), 16),
         program_count_bucket(batch, heads, max_seqlen),
         q.stride(0), q.stride(1),
@@ -302,5 +421,6 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None, check_indices=True) -
         HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim),
         INPUT_PRECISION=dot_precision(q.dtype),
+        HAS_BIAS=position_bias is not None, HAS_WINDOW=window is not None, HAS_ROTARY=rotary is not None,
     )
     return out

@@ -210,11 +210,13 @@ def _compile_case(config, head_dim, dtype, arch):
     tiles, num_warps, num_stages = config_constexprs(config)
     pointer = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}[dtype]
     signature = {name: pointer for name in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
-    signature.update({"cu_seqlens_ptr": "*i32", "scale_log2e": "fp32", "SEQLEN_BUCKET": "i32",
+    signature.update({"cu_seqlens_ptr": "*i32", "bias_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
+                      "scale_log2e": "fp32", "bias_radius": "i32", "window": "i32", "SEQLEN_BUCKET": "i32",
                       "PROGRAMS_BUCKET": "i32"})
     signature.update({name: "i32" for name in _SCALAR_ARGS})
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": triton.next_power_of_2(head_dim),
-                  "INPUT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", **tiles}
+                  "INPUT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", **tiles,
+                  "HAS_BIAS": False, "HAS_WINDOW": False, "HAS_ROTARY": False}
     signature.update({name: "constexpr" for name in constexprs})
     label = f"sm_{arch} {dtype} head_dim={head_dim} {tiles} warps={num_warps} stages={num_stages}"
     return CompileCase(label, "fastbert.kernels.attention", "_attention", signature, constexprs,
