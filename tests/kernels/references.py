@@ -33,6 +33,15 @@ def linear_ref(x, weight, bias=None, activation=None, upcast=True, residual=None
     return out + residual if residual is not None else out
 
 
+def linear_glu_ref(x, weight, bias=None, activation=None, upcast=True):
+    """transformers' gated projection: input, gate = F.linear(x, weight, bias).chunk(2, -1); act(input) * gate."""
+    if upcast:
+        x, weight = x.double(), weight.double()
+        bias = bias.double() if bias is not None else None
+    value, gate = F.linear(x, weight, bias).chunk(2, dim=-1)
+    return activation_ref(value, activation) * gate
+
+
 def attention_ref(q, k, v, cu_seqlens, scale=None, upcast=True):
     """q, k, v [T, heads, head_dim]; cu_seqlens [B+1]. Bidirectional attention within each sequence."""
     if upcast:
