@@ -214,6 +214,7 @@ def test_embeddings_position_table_needs_ids(device):
         embeddings(input_ids, None, word, position, weight, bias, 1e-5)
 
 
+@pytest.mark.slow
 def test_embeddings_without_positions_or_bias_compile_for_gpus():
     base = next(config for config in embeddings_configs() if config.kwargs["BLOCK_N"] == 1024)
     cases = [_compile_case(base, torch.float16, torch.int64, arch, False, has_positions=False, has_bias=False)

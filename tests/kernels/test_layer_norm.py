@@ -178,6 +178,7 @@ def test_layer_norm_without_bias(M, N, with_residual, dtype, device, backend):
     assert_matches_reference(out, layer_norm_ref, x, weight, None, 1e-5, residual, backend=backend)
 
 
+@pytest.mark.slow
 def test_layer_norm_without_bias_compiles_for_gpus():
     configs = layer_norm_configs()
     cases = [_compile_case(config, torch.float16, arch, True, has_bias=False)
