@@ -364,7 +364,9 @@ def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None
     fits = rule
     if glu:
         fits = lambda config: rule(config) and fits_glu(config)
-    plan = plan_launch(M, N, K, num_sms, _linear.configs, _SPLIT_K_CONFIGS, fits)
+    # GLU never splits K (below): planning it as a one-K-block product makes plan_split_k pick, among the
+    # split-K tiles, the largest that fills the GPU unsplit, else the one giving the most programs.
+    plan = plan_launch(M, N, 1 if glu else K, num_sms, _linear.configs, _SPLIT_K_CONFIGS, fits)
     common = dict(ACTIVATION=activation or "none", GLU=glu, INPUT_PRECISION=precision)
     r_stride = residual.stride(0) if residual is not None else 0
     if plan.filling:
@@ -383,8 +385,8 @@ def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs)
     # GLU never splits K: the partials would have to hold both halves ([splits, M, 2N]) and the reduction
     # apply the gate, a second code path for the case (few tokens) where the GLU's wide intermediate N
-    # already gives the most tiles. Its plan's tile runs unsplit.
-    if split.splits == 1 or glu:
+    # already gives more tiles than a plain projection of the hidden width. Its plan always has splits == 1.
+    if split.splits == 1:
         _linear_one_config[(tiles,)](
             x, weight, bias, residual, out, M, N, K, triton.next_power_of_2(M), 0,
             x.stride(0), weight.stride(0), r_stride, out.stride(0), **common, **launch,

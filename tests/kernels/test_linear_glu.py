@@ -2,6 +2,8 @@
 (x @ W[N:].T + b[N:]) against transformers' chunk-and-multiply in plain torch, odd shapes, NaN-padded
 inputs, the unsplit path taken where split-K would be, argument validation, and GPU compilation."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -100,3 +102,20 @@ def test_linear_glu_compiles_for_gpus():
             failures.append(spill_failures(case, result))
     failures = [f for f in failures if f]
     assert not failures, "\n".join(failures)
+
+
+
+@pytest.mark.parametrize("num_sms", [4, 10**6])
+def test_linear_glu_plans_an_unsplit_tile(num_sms, monkeypatch, device, backend):
+    """Where a plain linear splits K (K=300 gives 5 K blocks), GLU's plan keeps splits == 1: the largest
+    split-K tile that fills num_sms unsplit, else the one with the most programs; and the result is right."""
+    linear_module = importlib.import_module("fastbert.kernels.linear")
+    plans = []
+    real = linear_module.plan_launch
+    monkeypatch.setattr(linear_module, "plan_launch", lambda *a, **kw: plans.append(real(*a, **kw)) or plans[-1])
+    x, weight, bias = make_inputs(7, 2 * 33, 300, torch.float32, device)
+    linear(x, weight, bias, "gelu", num_sms=num_sms)
+    assert plans[-1].split.splits > 1
+    out = linear(x, weight, bias, "gelu", glu=True, num_sms=num_sms)
+    assert plans[-1].filling == 0 and plans[-1].split.splits == 1
+    _check(out, x, weight, bias, "gelu", backend)
