@@ -15,6 +15,10 @@ N: BERT's projections at M <= 512), the launcher splits K instead (plan_split_k)
 of K into an fp32 partial tile, and a second kernel sums the partials in a fixed order (deterministic) and
 applies the epilogue once, after the sum, so GELU never sees a partial sum.
 
+glu=True (ModernBERT's gated MLP): weight [2N, K], bias [2N] or None, out[:, j] = activation(x @ W[j] + b[j]) *
+(x @ W[N + j] + b[N + j]), [M, N]. A second fp32 accumulator over the gate rows shares every x tile; no residual,
+and K is never split (the launch takes the tile giving the most programs unsplit instead).
+
 Activations: None, "gelu" (exact, erf), "gelu_tanh" (tanh approximation), "relu", "silu" (x * sigmoid(x)).
 Limits: inference only (no autograd); M*row_stride and N*K may exceed 2**31 (offsets are int64).
 """
