@@ -15,6 +15,7 @@ captured around an undecided shape: fastbert's graph cache runs one eager warm-u
 batch it captures, which decides every shape first, and a shape first met during someone else's capture
 is an error that says so, never a silent untimed pick."""
 
+import functools
 import math
 import statistics
 import warnings
@@ -33,6 +34,15 @@ def torch_linear(x, weight, bias, activation=None, residual=None):
     return out if residual is None else out.add_(residual)
 
 
+def torch_glu_linear(x, weight, bias, activation=None, residual=None):
+    """The gated projection in PyTorch (the "cublas" candidate with glu=True), as transformers' ModernBERT
+    MLP computes it: input, gate = F.linear(x, weight, bias).chunk(2, -1); act(input) * gate. No residual."""
+    if residual is not None:
+        raise ValueError("residual must be None with glu=True")
+    value, gate = F.linear(x, weight, bias).chunk(2, dim=-1)
+    return EPILOGUE_FUNCTIONS[activation](value) * gate
+
+
 class Candidate:
     """One GEMM implementation: fn(x, weight, bias, activation, residual=None), and supports(x, weight)."""
 
@@ -47,6 +57,9 @@ class GemmPicker:
     given (e.g. a Hopper-only kernel). Shapes are keyed like the Triton autotuner keys its tiles: tokens
     rounded up to a power of two (a varlen batch changes M every call), N, K, dtype, bias, activation and
     whether a residual is added (its cuBLAS candidate pays one more kernel, the fused Triton epilogue none).
+    glu=True calls (a [2N, K] weight, act(first half) * second half) have candidates of their own: the Triton
+    kernel with glu=True, and cuBLAS then chunk and multiply; extra candidates are not offered (the
+    persistent kernel has no GLU epilogue).
     Before a Triton candidate is timed its output is checked against cuBLAS on the same operands: one
     that disagrees (a kernel bug only a real GPU shows) is never chosen, and a warning says so."""
 
@@ -59,6 +72,8 @@ class GemmPicker:
 
     def __init__(self, triton_linear, mode="auto", repeats=5, extra=None):
         self.candidates = {"triton": Candidate(triton_linear), "cublas": Candidate(torch_linear), **(extra or {})}
+        self.glu_candidates = {"triton": Candidate(functools.partial(triton_linear, glu=True)),
+                               "cublas": Candidate(torch_glu_linear)}
         if mode != "auto" and mode not in self.candidates:
             raise ValueError(f"gemm must be one of {('auto', *self.candidates)}, got {mode!r}")
         self.mode = mode
@@ -67,21 +82,28 @@ class GemmPicker:
         self.timings = {}  # shape key -> {candidate name: seconds}, for reports
         self.rejected = {}  # shape key -> candidates whose output disagreed with cuBLAS
 
-    def __call__(self, x, weight, bias, activation=None, residual=None):
-        name = self.choose(x, weight, bias, activation, residual)
-        if name not in ("triton", "cublas") and not self.candidates[name].supports(x, weight):
+    def __call__(self, x, weight, bias, activation=None, residual=None, glu=False):
+        name = self.choose(x, weight, bias, activation, residual, glu)
+        candidates = self._candidates(glu)
+        if name not in ("triton", "cublas") and not candidates[name].supports(x, weight):
             name = "triton"  # chosen for this shape on operands it could address; these it cannot (alignment)
-        return self._implementation(name)(x, weight, bias, activation, residual=residual)
+        return candidates[name].fn(x, weight, bias, activation, residual=residual)
 
-    def choose(self, x, weight, bias, activation, residual=None):
+    def _candidates(self, glu):
+        return self.glu_candidates if glu else self.candidates
+
+    def choose(self, x, weight, bias, activation, residual=None, glu=False):
         """Which implementation serves this call: fixed by the mode, or measured once per shape."""
+        candidates = self._candidates(glu)
         if self.mode != "auto":
-            fixed = self.candidates[self.mode]
+            fixed = candidates.get(self.mode)
+            if fixed is None:
+                return "triton"  # a mode with no GLU version (triton_persistent): fastbert's own kernel
             usable = fixed.supports(x, weight) and (self.mode != "cublas" or x.device.type == "cuda")
             return self.mode if usable else "triton"
         if x.device.type != "cuda":
             return "triton"  # cuBLAS is a CUDA library; on CPU (Triton's interpreter) the kernel under test runs
-        key = self._key(x, weight, bias, activation, residual)
+        key = self._key(x, weight, bias, activation, residual, glu)
         choice = self.choices.get(key)
         if choice is None:
             if torch.cuda.is_current_stream_capturing():
@@ -89,13 +111,13 @@ class GemmPicker:
                     f"fastbert: the GEMM at {_describe(key)} was first met while a CUDA graph was being "
                     "captured, where it cannot be timed: run one eager call of the same shape before capturing "
                     "(FastBertModel's own graphs do), or fix the implementation with gemm='triton'/'cublas'")
-            names = [name for name, c in self.candidates.items() if c.supports(x, weight)]
+            names = [name for name, c in candidates.items() if c.supports(x, weight)]
             rejected = {}
             for name in names:
                 if name == "cublas":
                     continue
                 try:
-                    if not self._agrees(name, x, weight, bias, activation, residual):
+                    if not self._agrees(name, x, weight, bias, activation, residual, glu):
                         rejected[name] = "its output disagreed with cuBLAS"
                 except Exception as error:  # noqa: BLE001 - a kernel that cannot run here must not fail the forward
                     rejected[name] = f"it failed: {error!r}"[:300]
@@ -108,7 +130,7 @@ class GemmPicker:
             # largest is where a wrong pick costs most (the residual grows with x).
             operand = self.operand_at_bucket(x, key[0])
             grown = self.operand_at_bucket(residual, key[0]) if residual is not None else None
-            self.timings[key] = {name: self._time(name, operand, weight, bias, activation, grown)
+            self.timings[key] = {name: self._time(name, operand, weight, bias, activation, grown, glu)
                                  for name in names if name not in rejected}
             choice = min(self.timings[key], key=self.timings[key].get)
             self.choices[key] = choice
@@ -136,31 +158,31 @@ class GemmPicker:
         return x.repeat(-(-bucket // rows), 1)[:bucket]
 
     @staticmethod
-    def _key(x, weight, bias, activation, residual=None):
+    def _key(x, weight, bias, activation, residual=None, glu=False):
         return (_bucket(x.shape[0]), weight.shape[0], weight.shape[1], x.dtype, bias is not None, activation,
-                residual is not None)
+                residual is not None, glu)
 
-    def _implementation(self, name):
-        return self.candidates[name].fn
+    def _implementation(self, name, glu=False):
+        return self._candidates(glu)[name].fn
 
-    def _agrees(self, name, x, weight, bias, activation, residual=None):
+    def _agrees(self, name, x, weight, bias, activation, residual=None, glu=False):
         """Whether a candidate's output matches cuBLAS's within what rounding explains: relative error of
         the whole output under 2% for 16-bit types, 0.5% for fp32 (TF32 products). A wrong tile, a
         missed edge or a NaN is off by order one."""
-        ours = self._implementation(name)(x, weight, bias, activation, residual=residual).float()
-        reference = self.candidates["cublas"].fn(x, weight, bias, activation, residual=residual).float()
+        ours = self._implementation(name, glu)(x, weight, bias, activation, residual=residual).float()
+        reference = self._candidates(glu)["cublas"].fn(x, weight, bias, activation, residual=residual).float()
         limit = 5e-3 if x.dtype == torch.float32 else 2e-2
         error = torch.linalg.vector_norm(ours - reference) / torch.linalg.vector_norm(reference).clamp_min(1e-30)
         return bool(torch.isfinite(ours).all()) and float(error) <= limit
 
-    def _time(self, name, x, weight, bias, activation, residual=None):
+    def _time(self, name, x, weight, bias, activation, residual=None, glu=False):
         """Device seconds of one call: warm-up calls first (the first Triton call autotunes its tiles), then
         replays of a CUDA graph of calls, as the encoder runs them. Timing eager calls instead would charge
         Triton's host launch cost, which is larger than many of these GEMMs and which the encoder's graphs
         never pay. One replay of `repeats` calls sizes the graph that is timed: enough calls for
         MIN_REPLAY_S per replay, the median of SAMPLES replays. A shape that cannot be captured is charged
         infinity (never chosen)."""
-        fn = self._implementation(name)
+        fn = self._implementation(name, glu)
         try:
             with torch.cuda.device(x.device):  # capture and events on the operands' GPU, not the current one
                 for _ in range(3):
@@ -192,8 +214,9 @@ class GemmPicker:
 
 
 def _describe(key, tokens=True):
-    bucket, n, k, _, _, activation, residual = key
-    shape = f"{n}x{k}" + (f"+{activation}" if activation else "") + ("+residual" if residual else "")
+    bucket, n, k, _, _, activation, residual, glu = key
+    shape = f"{n}x{k}" + ("+glu" if glu else "") + (f"+{activation}" if activation else "")
+    shape += "+residual" if residual else ""
     return f"tokens<={bucket} {shape}" if tokens else shape
 
 

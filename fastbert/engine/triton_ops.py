@@ -66,8 +66,9 @@ class TritonOps:
             check_indices=False,  # the encoder validated every id once, before any launch
         )
 
-    def linear(self, x, linear, activation=None, residual=None):
-        return self.gemm(x, linear.weight, linear.bias, activation, residual)
+    def linear(self, x, linear, activation=None, residual=None, glu=False):
+        # glu: linear.weight is [2N, K]; out = act(x @ W[:N].T + b[:N]) * (x @ W[N:].T + b[N:]), one launch.
+        return self.gemm(x, linear.weight, linear.bias, activation, residual, glu=glu)
 
     def attention(self, q, k, v, packing, *, window=None, position_bias=None, rotary=None):
         # Packing built cu_seqlens from the validated mask: no need to read it back (a sync) every layer.

@@ -4,7 +4,9 @@
 
 input_ids, position_ids, token_type_ids: [T], int32 or int64 (each independently), any stride.
 word [V, H], position [P, H], token_type [type_vocab, H]: the same float dtype, last stride 1, any row stride.
-ln_weight, ln_bias: [H] in the tables' dtype or fp32. out: [T, H], contiguous, the tables' dtype. 1 <= H <= 8192.
+ln_weight, ln_bias: [H] in the tables' dtype or fp32.
+position_embeddings may be None (rotary models such as ModernBERT: no position term; position_ids is then
+ignored and may be None); ln_bias may be None (LayerNorm(bias=False)). out: [T, H], contiguous, the tables' dtype. 1 <= H <= 8192.
 Without token_type_embeddings (models with type_vocab_size 0) there is no type term; with the table but no
 token_type_ids every token uses type 0, as transformers does.
 
@@ -29,10 +31,10 @@ def _embeddings_kernel(
     position_ids_ptr,  # [T] position ids
     token_type_ids_ptr,  # [T] token type ids; or None (every token type 0)
     word_ptr,  # [V, H] word embeddings
-    position_ptr,  # [P, H] position embeddings
+    position_ptr,  # [P, H] position embeddings; or None (no position term, position_ids_ptr unread)
     token_type_ptr,  # [type_vocab, H] token type embeddings; or None (no type term)
     weight_ptr,  # [H] LayerNorm scale
-    bias_ptr,  # [H] LayerNorm shift
+    bias_ptr,  # [H] LayerNorm shift; or None
     out_ptr,  # [T, H] output, contiguous
     T,  # tokens
     H,  # hidden size
@@ -46,6 +48,8 @@ def _embeddings_kernel(
     eps,  # fp32 added to the variance
     HAS_TOKEN_TYPE: tl.constexpr,  # token_type_ptr is not None: add a token type row (heuristic below)
     HAS_TOKEN_TYPE_IDS: tl.constexpr,  # token_type_ids_ptr is not None: gather that row by id, else row 0
+    HAS_POSITIONS: tl.constexpr,  # position_ptr is not None: add a position row (rotary models have none)
+    HAS_BIAS: tl.constexpr,  # bias_ptr is not None
     BLOCK_N: tl.constexpr,  # next_power_of_2(H): a whole row per tile
     ROWS_PER_PROGRAM: tl.constexpr,  # tokens per program
 ):
@@ -57,10 +61,11 @@ def _embeddings_kernel(
 
     # Ids widen to int64 before the multiply: id * row stride overflows int32 for large tables.
     word_ids = tl.load(input_ids_ptr + tokens * stride_input_ids, mask=token_mask, other=0).to(tl.int64)
-    position_ids = tl.load(position_ids_ptr + tokens * stride_position_ids, mask=token_mask, other=0).to(tl.int64)
     x = tl.load(word_ptr + word_ids[:, None] * stride_word_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    x += tl.load(position_ptr + position_ids[:, None] * stride_position_row + cols[None, :],
-                 mask=mask, other=0.0).to(tl.float32)
+    if HAS_POSITIONS:
+        position_ids = tl.load(position_ids_ptr + tokens * stride_position_ids, mask=token_mask, other=0)
+        position_offsets = position_ids.to(tl.int64)[:, None] * stride_position_row + cols[None, :]
+        x += tl.load(position_ptr + position_offsets, mask=mask, other=0.0).to(tl.float32)
     if HAS_TOKEN_TYPE:
         if HAS_TOKEN_TYPE_IDS:
             type_ids = tl.load(token_type_ids_ptr + tokens * stride_token_type_ids, mask=token_mask, other=0)
@@ -69,7 +74,7 @@ def _embeddings_kernel(
         else:
             x += tl.load(token_type_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
 
-    y = _normalize_rows(x, mask, weight_ptr, bias_ptr, cols, col_mask, H, eps)
+    y = _normalize_rows(x, mask, weight_ptr, bias_ptr, cols, col_mask, H, eps, HAS_BIAS)
     tl.store(out_ptr + tokens[:, None] * stride_out_row + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -82,6 +87,8 @@ def config_for(H, gpu=True) -> triton.Config:
 # flash-attention style: an absent table or id vector is a None pointer, and its code is compiled out.
 _embeddings = triton.heuristics({"HAS_TOKEN_TYPE": lambda args: args["token_type_ptr"] is not None,
                                  "HAS_TOKEN_TYPE_IDS": lambda args: args["token_type_ids_ptr"] is not None,
+                                 "HAS_POSITIONS": lambda args: args["position_ptr"] is not None,
+                                 "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
                                  })(_embeddings_kernel)
 
 
@@ -106,12 +113,18 @@ def embeddings(input_ids, position_ids, word_embeddings, position_embeddings, ln
     """Packed BERT embeddings, LayerNorm included (see the module docstring for shapes and dtypes)."""
     _check_ids("input_ids", input_ids, None)
     num_tokens = input_ids.shape[0]
-    _check_ids("position_ids", position_ids, num_tokens)
+    if position_embeddings is None:
+        position_ids = None  # documented as ignored: nothing reads it
+    else:
+        if position_ids is None:
+            raise ValueError("position_embeddings given without position_ids")
+        _check_ids("position_ids", position_ids, num_tokens)
     _check_table("word_embeddings", word_embeddings, None, None)
     dtype, hidden = word_embeddings.dtype, word_embeddings.shape[1]
     if not 1 <= hidden <= MAX_N:
         raise ValueError(f"word_embeddings must have 1..{MAX_N} columns, got shape {tuple(word_embeddings.shape)}")
-    _check_table("position_embeddings", position_embeddings, dtype, hidden)
+    if position_embeddings is not None:
+        _check_table("position_embeddings", position_embeddings, dtype, hidden)
     if token_type_embeddings is not None:
         _check_table("token_type_embeddings", token_type_embeddings, dtype, hidden)
     if token_type_ids is not None:
@@ -132,8 +145,9 @@ def embeddings(input_ids, position_ids, word_embeddings, position_embeddings, ln
     if num_tokens == 0:
         return out
     if check_indices:
-        named_ids = [("input_ids", input_ids, word_embeddings.shape[0]),
-                     ("position_ids", position_ids, position_embeddings.shape[0])]
+        named_ids = [("input_ids", input_ids, word_embeddings.shape[0])]
+        if position_embeddings is not None:
+            named_ids.append(("position_ids", position_ids, position_embeddings.shape[0]))
         if token_type_ids is not None:
             named_ids.append(("token_type_ids", token_type_ids, token_type_embeddings.shape[0]))
         check_index_ranges(named_ids)
@@ -145,8 +159,9 @@ def embeddings(input_ids, position_ids, word_embeddings, position_embeddings, ln
         word_embeddings, position_embeddings, token_type_embeddings,
         ln_weight, ln_bias, out,
         num_tokens, hidden,
-        input_ids.stride(0), position_ids.stride(0), token_type_ids.stride(0) if token_type_ids is not None else 0,
-        word_embeddings.stride(0), position_embeddings.stride(0),
+        input_ids.stride(0), position_ids.stride(0) if position_embeddings is not None else 0,
+        token_type_ids.stride(0) if token_type_ids is not None else 0,
+        word_embeddings.stride(0), position_embeddings.stride(0) if position_embeddings is not None else 0,
         token_type_embeddings.stride(0) if token_type_embeddings is not None else 0, out.stride(0),
         float(eps),
         **config.kwargs,

@@ -3,7 +3,7 @@
     out = (x + residual - mean) / sqrt(var + eps) * weight + bias
 
 x, residual: [M, N] in fp32, fp16 or bf16, last stride 1, any row stride; weight, bias: [N] in the dtype of
-x or in fp32 (mixed-precision checkpoints keep LayerNorm parameters in fp32; the kernel upcasts them anyway).
+x or in fp32, bias optional (None: LayerNorm(bias=False), no shift) (mixed-precision checkpoints keep LayerNorm parameters in fp32; the kernel upcasts them anyway).
 out: [M, N], contiguous, dtype of x. 1 <= N <= 8192 (BERT widths are 128..1024).
 
 Statistics are fp32 and two-pass over the row held in registers: the mean first, then the variance of the
@@ -25,9 +25,9 @@ MIN_BLOCK_N = 64
 
 
 @triton.jit
-def _normalize_rows(x, mask, weight_ptr, bias_ptr, cols, col_mask, N, eps):
+def _normalize_rows(x, mask, weight_ptr, bias_ptr, cols, col_mask, N, eps, HAS_BIAS: tl.constexpr):
     """LayerNorm of the fp32 tile x [ROWS, BLOCK_N] along its columns; masked entries of x must be 0.
-    Returns the fp32 result (shared with the embeddings kernel)."""
+    bias_ptr is only read when HAS_BIAS. Returns the fp32 result (shared with the embeddings kernel)."""
     # IEEE-rounded division (Triton's "/" is approximate): a mean one ulp off turns a constant row into
     # +-1 ulp of noise, which rstd ~ 1/sqrt(eps) = 1e6 for BERT's eps blows up to a visible error.
     n = N * 1.0  # fp32 whether N arrives as an i32 or as the constexpr 1
@@ -37,8 +37,10 @@ def _normalize_rows(x, mask, weight_ptr, bias_ptr, cols, col_mask, N, eps):
     var = tl.math.div_rn(tl.sum(centred * centred, axis=1), n)
     rstd = 1.0 / tl.sqrt(var + eps)
     weight = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-    return centred * rstd[:, None] * weight[None, :] + bias[None, :]
+    y = centred * rstd[:, None] * weight[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    return y
 
 
 @triton.jit
@@ -46,7 +48,7 @@ def _layer_norm_kernel(
     x_ptr,  # [M, N] input, last stride 1
     residual_ptr,  # [M, N] added to x before normalising, last stride 1; or None
     weight_ptr,  # [N] scale
-    bias_ptr,  # [N] shift
+    bias_ptr,  # [N] shift; or None (LayerNorm(bias=False))
     out_ptr,  # [M, N] output, contiguous
     M,  # rows
     N,  # columns (normalised dimension)
@@ -55,6 +57,7 @@ def _layer_norm_kernel(
     stride_out_row,  # elements between rows of out
     eps,  # fp32 added to the variance
     HAS_RESIDUAL: tl.constexpr,  # residual_ptr is not None (set by the heuristic below)
+    HAS_BIAS: tl.constexpr,  # bias_ptr is not None (set by the heuristic below)
     BLOCK_N: tl.constexpr,  # next_power_of_2(N): a whole row per tile
     ROWS_PER_PROGRAM: tl.constexpr,  # rows per program, so that narrow rows still keep enough bytes in flight
 ):
@@ -69,7 +72,7 @@ def _layer_norm_kernel(
         residual_offsets = rows[:, None] * stride_residual_row + cols[None, :]
         x += tl.load(residual_ptr + residual_offsets, mask=mask, other=0.0).to(tl.float32)
 
-    y = _normalize_rows(x, mask, weight_ptr, bias_ptr, cols, col_mask, N, eps)
+    y = _normalize_rows(x, mask, weight_ptr, bias_ptr, cols, col_mask, N, eps, HAS_BIAS)
     tl.store(out_ptr + rows[:, None] * stride_out_row + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -104,8 +107,9 @@ def config_for(M, N, gpu=True):
     return config
 
 
-# flash-attention style: an absent residual is a None pointer, and its code is compiled out.
-_layer_norm = triton.heuristics({"HAS_RESIDUAL": lambda args: args["residual_ptr"] is not None})(_layer_norm_kernel)
+# flash-attention style: an absent residual or bias is a None pointer, and its code is compiled out.
+_layer_norm = triton.heuristics({"HAS_RESIDUAL": lambda args: args["residual_ptr"] is not None,
+                                 "HAS_BIAS": lambda args: args["bias_ptr"] is not None})(_layer_norm_kernel)
 
 
 def check_eps(eps):
@@ -114,8 +118,10 @@ def check_eps(eps):
 
 
 def check_norm_params(weight, bias, n, dtype, weight_name="weight", bias_name="bias"):
-    """LayerNorm weight and bias: [n], in `dtype` or fp32, on the device of the activations."""
+    """LayerNorm weight and bias: [n], in `dtype` or fp32, on the device of the activations. bias may be None."""
     for name, param in ((weight_name, weight), (bias_name, bias)):
+        if param is None and name == bias_name:
+            continue
         check_tensor(name, param, ndim=1)
         if param.shape[0] != n:
             raise ValueError(f"{name} must have shape ({n},), got {tuple(param.shape)}")
@@ -136,7 +142,8 @@ def layer_norm(x, weight, bias, eps, residual=None) -> torch.Tensor:
         check_same("residual", residual, "x", x)
     check_norm_params(weight, bias, N, x.dtype)
     check_same("weight", weight, "x", x, dtype=False)
-    check_same("bias", bias, "x", x, dtype=False)
+    if bias is not None:
+        check_same("bias", bias, "x", x, dtype=False)
     check_eps(eps)
 
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)

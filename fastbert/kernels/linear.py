@@ -15,6 +15,10 @@ N: BERT's projections at M <= 512), the launcher splits K instead (plan_split_k)
 of K into an fp32 partial tile, and a second kernel sums the partials in a fixed order (deterministic) and
 applies the epilogue once, after the sum, so GELU never sees a partial sum.
 
+glu=True (ModernBERT's gated MLP): weight [2N, K], bias [2N] or None, out[:, j] = activation(x @ W[j] + b[j]) *
+(x @ W[N + j] + b[N + j]), [M, N]. A second fp32 accumulator over the gate rows shares every x tile; no residual,
+and K is never split (the launch takes the tile giving the most programs unsplit instead).
+
 Activations: None, "gelu" (exact, erf), "gelu_tanh" (tanh approximation), "relu", "silu" (x * sigmoid(x)).
 Limits: inference only (no autograd); M*row_stride and N*K may exceed 2**31 (offsets are int64).
 """
@@ -64,11 +68,17 @@ def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 @triton.jit
 def _epilogue(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, stride_rm,
-              HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr):
-    """activation(acc + bias) + residual on an fp32 tile [len(offs_m), len(offs_n)] (shared by every GEMM)."""
+              HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+              gate=None, GLU: tl.constexpr = False):
+    """activation(acc + bias) + residual on an fp32 tile [len(offs_m), len(offs_n)] (shared by every GEMM).
+    GLU: activation(acc + bias[:N]) * (gate + bias[N:]), gate being the tile of the weight's rows N..2N-1."""
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        if GLU:
+            gate += tl.load(b_ptr + N + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     acc = _apply_activation(acc, ACTIVATION)
+    if GLU:
+        acc = acc * gate
     if HAS_RESIDUAL:
         mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
         acc += tl.load(r_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -77,8 +87,10 @@ def _epilogue(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, stride_rm,
 
 @triton.jit
 def _epilogue_store(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, out_ptr, stride_rm, stride_om,
-                    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr):
-    acc = _epilogue(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, stride_rm, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+                    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+                    gate=None, GLU: tl.constexpr = False):
+    acc = _epilogue(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, stride_rm, HAS_BIAS, HAS_RESIDUAL, ACTIVATION,
+                    gate, GLU)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -88,12 +100,12 @@ def _epilogue_store(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, out_ptr, stride_rm,
 @triton.jit(do_not_specialize=["M", "M_BUCKET", "FILLING"])
 def _linear_kernel(
     x_ptr,  # [M, K], row stride stride_xm, unit column stride
-    w_ptr,  # [N, K], row stride stride_wn, unit column stride (nn.Linear layout)
-    b_ptr,  # [N], or None
+    w_ptr,  # [N, K] (GLU: [2N, K]), row stride stride_wn, unit column stride (nn.Linear layout)
+    b_ptr,  # [N] (GLU: [2N]), or None
     r_ptr,  # [M, N] residual, row stride stride_rm, unit column stride; or None
     out_ptr,  # [M, N], row stride stride_om, unit column stride; split K: [splits, M, N] fp32 partials
     M,  # rows of x and out (tokens)
-    N,  # output features
+    N,  # output features (GLU: half the weight's rows)
     K,  # input features
     M_BUCKET,  # next power of two of M: unused in the body, only the autotuner's key
     FILLING,  # bitmask of the autotuner's configs that fill the GPU at this M: unused, only the key
@@ -104,6 +116,7 @@ def _linear_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     ACTIVATION: tl.constexpr,  # "none", "gelu", "gelu_tanh", "relu" or "silu"
+    GLU: tl.constexpr,  # gated: out = act(x @ W[:N].T + b[:N]) * (x @ W[N:].T + b[N:]); no split, no residual
     INPUT_PRECISION: tl.constexpr,  # tl.dot precision for fp32 inputs: "ieee" or "tf32"
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: the K loop needs no mask
     BLOCK_M: tl.constexpr,
@@ -131,8 +144,12 @@ def _linear_kernel(
     x_ptrs = x_ptr + rows[:, None] * stride_xm + (k_first * BLOCK_K + offs_k)[None, :]  # [BLOCK_M, BLOCK_K]
     w_ptrs = w_ptr + cols[None, :] * stride_wn + (k_first * BLOCK_K + offs_k)[:, None]  # [BLOCK_K, BLOCK_N], K-major
 
+    # GLU: the gate half of the weight (rows N + cols) gets its own accumulator, fed by the same x tile.
+    g_ptrs = w_ptrs + N.to(tl.int64) * stride_wn
+
     # Operands stay in their storage dtype into tl.dot (fp16/bf16 tensor cores); the accumulator is fp32.
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # unused, and compiled away, without GLU
     for k in range(k_first, k_last):
         if EVEN_K:
             a = tl.load(x_ptrs)
@@ -142,6 +159,13 @@ def _linear_kernel(
             a = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
             b = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        if GLU:
+            if EVEN_K:
+                g = tl.load(g_ptrs)
+            else:
+                g = tl.load(g_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+            gate = tl.dot(a, g, gate, input_precision=INPUT_PRECISION)
+            g_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
@@ -151,14 +175,17 @@ def _linear_kernel(
         # Column halves, one after the other: the exact-erf GELU's temporaries then cover half the tile, which
         # keeps the widest tiles within the register file (no spills).
         left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        gate_left, gate_right = left, right  # placeholders without GLU
+        if GLU:
+            gate_left, gate_right = tl.split(tl.permute(tl.reshape(gate, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
         offs_left = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N // 2)
         _epilogue_store(left, offs_m, offs_left, M, N, b_ptr, r_ptr, out_ptr, stride_rm, stride_om,
-                        HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+                        HAS_BIAS, HAS_RESIDUAL, ACTIVATION, gate_left, GLU)
         _epilogue_store(right, offs_m, offs_left + BLOCK_N // 2, M, N, b_ptr, r_ptr, out_ptr, stride_rm, stride_om,
-                        HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+                        HAS_BIAS, HAS_RESIDUAL, ACTIVATION, gate_right, GLU)
     else:
         _epilogue_store(acc, offs_m, offs_n, M, N, b_ptr, r_ptr, out_ptr, stride_rm, stride_om,
-                        HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+                        HAS_BIAS, HAS_RESIDUAL, ACTIVATION, gate, GLU)
 
 
 @triton.jit(do_not_specialize=["M", "SPLITS"])
@@ -237,10 +264,23 @@ def split_k_configs() -> list[triton.Config]:
     ]
 
 
-def shared_bytes_estimate(config: triton.Config, element_size: int) -> int:
-    """Shared memory of the software pipeline: num_stages buffers of one x tile and one weight tile."""
+def shared_bytes_estimate(config: triton.Config, element_size: int, glu: bool = False) -> int:
+    """Shared memory of the software pipeline: num_stages buffers of one x tile and one weight tile (GLU:
+    two weight tiles, the activated and the gate half)."""
     tiles = config.kwargs
-    return config.num_stages * (tiles["BLOCK_M"] + tiles["BLOCK_N"]) * tiles["BLOCK_K"] * element_size
+    weight_tiles = 2 if glu else 1
+    return config.num_stages * (tiles["BLOCK_M"] + weight_tiles * tiles["BLOCK_N"]) * tiles["BLOCK_K"] * element_size
+
+
+# GLU holds two fp32 accumulators per output: at more than 64 outputs per thread (128x128 on 4 warps) the
+# two alone take 256 registers, and ptxas spills (checked by tests/kernels/test_linear_glu.py on sm_90).
+GLU_MAX_OUTPUTS_PER_THREAD = 64
+
+
+def fits_glu(config: triton.Config) -> bool:
+    """Whether a tile leaves registers for GLU's second accumulator (see GLU_MAX_OUTPUTS_PER_THREAD)."""
+    outputs = config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"]
+    return outputs <= GLU_MAX_OUTPUTS_PER_THREAD * 32 * config.num_warps
 
 
 # For GPUs with little shared memory (a T4, sm_75: 64 KB per block), where no other tile fits in fp32: one
@@ -265,7 +305,7 @@ _linear = triton.autotune(
     configs=linear_configs(not is_interpreter()),
     # M enters only as a power-of-two bucket (varlen batches change the token count every call) and as the
     # set of configs that fill the GPU at it.
-    key=["M_BUCKET", "FILLING", "N", "K", "HAS_BIAS", "HAS_RESIDUAL", "ACTIVATION", "INPUT_PRECISION"],
+    key=["M_BUCKET", "FILLING", "N", "K", "HAS_BIAS", "HAS_RESIDUAL", "ACTIVATION", "GLU", "INPUT_PRECISION"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_even_k(_linear_kernel))
 _linear_autotuned = _optional_inputs(_linear)
@@ -273,9 +313,13 @@ _linear_one_config = _optional_inputs(_even_k(_linear_kernel))
 _linear_split_reduce = _optional_inputs(_linear_split_reduce_kernel)
 
 
-def check_linear_args(x, weight, bias, activation, residual=None, num_sms=None):
-    """Validate a linear call (errors name the argument); returns (M, N, K). Shared by every GEMM kernel
-    of this op, so they accept and reject exactly the same inputs."""
+def check_linear_args(x, weight, bias, activation, residual=None, num_sms=None, glu=False):
+    """Validate a linear call (errors name the argument); returns (M, N, K), N the output's width (GLU: half
+    the weight's rows). Shared by every GEMM kernel of this op, so they accept and reject the same inputs."""
+    if not isinstance(glu, bool):
+        raise TypeError(f"glu must be a bool, got {glu!r}")
+    if glu and residual is not None:
+        raise ValueError("residual must be None with glu=True (a gated projection feeds another linear)")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     check_tensor("x", x, ndim=2)
@@ -296,26 +340,38 @@ def check_linear_args(x, weight, bias, activation, residual=None, num_sms=None):
         if residual.shape != (M, N):
             raise ValueError(f"residual has shape {tuple(residual.shape)}; expected ({M}, {N}), the output's")
     check_num_sms(num_sms)  # also when the output is empty and nothing launches
+    if glu:
+        if N % 2:
+            raise ValueError(f"glu=True needs an even number of weight rows (activated and gate halves), "
+                             f"got weight shape {tuple(weight.shape)}")
+        N //= 2
     return M, N, K
 
 
-def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None) -> torch.Tensor:
-    """activation(x @ weight.T + bias) + residual.
+def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None, glu=False) -> torch.Tensor:
+    """activation(x @ weight.T + bias) + residual; with glu=True, weight is [2N, K], bias [2N] or None and
+    out[:, j] = activation(x @ weight[j] + bias[j]) * (x @ weight[N + j] + bias[N + j]) (transformers'
+    `input, gate = Wi(x).chunk(2, -1); act(input) * gate`), residual None.
 
     x: [M, K], unit last stride, any row stride. weight: [N, K], unit last stride. bias: [N] or None.
     residual: [M, N] (unit last stride) or None. All of one float dtype (fp32, fp16, bf16) on one device.
     activation: None, "gelu", "gelu_tanh", "relu", "silu". num_sms: the SM count to fill (default: the GPU's).
     Returns a contiguous [M, N] tensor in x's dtype.
     """
-    M, N, K = check_linear_args(x, weight, bias, activation, residual, num_sms)
+    M, N, K = check_linear_args(x, weight, bias, activation, residual, num_sms, glu)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out
     num_sms = resolve_num_sms(x.device, num_sms)
     precision = dot_precision(x.dtype)
-    fits = pruning_rule(x, precision, lambda config: shared_bytes_estimate(config, x.element_size()))
-    plan = plan_launch(M, N, K, num_sms, _linear.configs, _SPLIT_K_CONFIGS, fits)
-    common = dict(ACTIVATION=activation or "none", INPUT_PRECISION=precision)
+    rule = pruning_rule(x, precision, lambda config: shared_bytes_estimate(config, x.element_size(), glu))
+    fits = rule
+    if glu:
+        fits = lambda config: rule(config) and fits_glu(config)
+    # GLU never splits K (below): planning it as a one-K-block product makes plan_split_k pick, among the
+    # split-K tiles, the largest that fills the GPU unsplit, else the one giving the most programs.
+    plan = plan_launch(M, N, 1 if glu else K, num_sms, _linear.configs, _SPLIT_K_CONFIGS, fits)
+    common = dict(ACTIVATION=activation or "none", GLU=glu, INPUT_PRECISION=precision)
     r_stride = residual.stride(0) if residual is not None else 0
     if plan.filling:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
@@ -331,6 +387,9 @@ def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None
     config = split.config
     tiles = tiles_of(config, M, N)
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs)
+    # GLU never splits K: the partials would have to hold both halves ([splits, M, 2N]) and the reduction
+    # apply the gate, a second code path for the case (few tokens) where the GLU's wide intermediate N
+    # already gives more tiles than a plain projection of the hidden width. Its plan always has splits == 1.
     if split.splits == 1:
         _linear_one_config[(tiles,)](
             x, weight, bias, residual, out, M, N, K, triton.next_power_of_2(M), 0,
@@ -342,7 +401,7 @@ def linear(x, weight, bias=None, activation=None, residual=None, *, num_sms=None
     _linear_one_config[(tiles, split.splits)](
         x, weight, None, None, partials, M, N, K, triton.next_power_of_2(M), 0,
         x.stride(0), weight.stride(0), 0, N,
-        ACTIVATION="none", INPUT_PRECISION=common["INPUT_PRECISION"], **launch,
+        ACTIVATION="none", GLU=False, INPUT_PRECISION=common["INPUT_PRECISION"], **launch,
     )
     block_m = reduce_block_m(M, N, num_sms)
     _linear_split_reduce[(triton.cdiv(M, block_m), triton.cdiv(N, 128))](

@@ -1,11 +1,12 @@
 """The GEMM picker: fastbert's Triton GEMM or cuBLAS, chosen per shape by timing both once."""
 
+import functools
 import types
 
 import pytest
 import torch
 
-from fastbert.engine.gemm import GemmPicker, torch_linear
+from fastbert.engine.gemm import GemmPicker, torch_glu_linear, torch_linear
 from tests.tolerances import ENCODER_ATOL_FP32, assert_matches_reference
 
 
@@ -18,9 +19,9 @@ class Recorder:
     def __init__(self, name):
         self.name, self.calls = name, 0
 
-    def __call__(self, x, weight, bias, activation=None, residual=None):
+    def __call__(self, x, weight, bias, activation=None, residual=None, glu=False):
         self.calls += 1
-        return self.name
+        return self.name + ("+glu" if glu else "")
 
 
 @pytest.fixture
@@ -30,14 +31,15 @@ def picker(monkeypatch):
     picker = GemmPicker(triton)
     timed = []
 
-    def fake_time(name, x, weight, bias, activation, residual=None):
-        timed.append((name, x.shape[0], weight.shape, activation))
+    def fake_time(name, x, weight, bias, activation, residual=None, glu=False):
+        timed.append((name, x.shape[0], weight.shape, activation) + (("glu",) if glu else ()))
         return {"triton": 2.0, "cublas": 1.0}[name] if activation is None else {"triton": 1.0, "cublas": 3.0}[name]
 
     monkeypatch.setattr(picker, "_time", fake_time)
     monkeypatch.setattr(picker, "_agrees", lambda name, *args: True)
     monkeypatch.setattr(picker, "operand_at_bucket", lambda x, bucket: _fake_cuda(bucket, x.dtype))
     picker.candidates["cublas"].fn = Recorder("cublas")
+    picker.glu_candidates["cublas"].fn = functools.partial(Recorder("cublas"), glu=True)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     picker.timed = timed
     return picker
@@ -246,3 +248,34 @@ def test_auto_on_a_gpu_matches_the_reference(dtype, backend):
                                  activation, residual=residual, backend=backend)
     assert set(picker.choices_for(1000).values()) <= {"triton", "cublas"} and len(picker.choices) == 3
     assert all(t["triton"] > 0 and t["cublas"] > 0 for t in picker.timings.values())
+
+
+def test_glu_is_its_own_shape_with_its_own_candidates(picker):
+    """A glu=True call is keyed apart from the plain GEMM on the same weight, and only fastbert's GLU kernel
+    and cuBLAS-then-chunk compete: an extra candidate (the persistent kernel) has no GLU epilogue (the fake
+    timer has no entry for it, so timing it would fail)."""
+    picker.candidates["hopper"] = types.SimpleNamespace(fn=Recorder("hopper"), supports=lambda x, w: True)
+    weight = torch.empty(64, 8)
+    assert picker(_fake_cuda(100), weight, None, "gelu", glu=True) == "triton+glu"
+    assert picker(_fake_cuda(100), weight, None, None, glu=True) == "cublas+glu"
+    assert {entry[0] for entry in picker.timed} == {"triton", "cublas"}
+    assert all(entry[-1] == "glu" for entry in picker.timed)
+    assert picker.choices_for(100) == {"64x8+glu+gelu": "triton", "64x8+glu": "cublas"}
+
+
+def test_a_fixed_mode_without_a_glu_version_runs_the_triton_glu_kernel():
+    picker = GemmPicker(Recorder("triton"), mode="hopper",
+                        extra={"hopper": types.SimpleNamespace(fn=Recorder("hopper"), supports=lambda x, w: True)})
+    assert picker(_fake_cuda(8), torch.empty(16, 8), None, "silu", glu=True) == "triton+glu"
+    assert picker(_fake_cuda(8), torch.empty(16, 8), None, "silu") == "hopper"
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+def test_cublas_glu_path_is_transformers_chunk_and_multiply(activation):
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(5, 12), torch.randn(2 * 7, 12), torch.randn(2 * 7)
+    value, gate = torch.nn.functional.linear(x, weight, bias).chunk(2, dim=-1)
+    expected = getattr(torch.nn.functional, activation)(value) * gate
+    torch.testing.assert_close(torch_glu_linear(x, weight, bias, activation), expected, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="residual must be None with glu=True"):
+        torch_glu_linear(x, weight, bias, activation, residual=torch.zeros(5, 7))

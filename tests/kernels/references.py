@@ -33,6 +33,15 @@ def linear_ref(x, weight, bias=None, activation=None, upcast=True, residual=None
     return out + residual if residual is not None else out
 
 
+def linear_glu_ref(x, weight, bias=None, activation=None, upcast=True):
+    """transformers' gated projection: input, gate = F.linear(x, weight, bias).chunk(2, -1); act(input) * gate."""
+    if upcast:
+        x, weight = x.double(), weight.double()
+        bias = bias.double() if bias is not None else None
+    value, gate = F.linear(x, weight, bias).chunk(2, dim=-1)
+    return activation_ref(value, activation) * gate
+
+
 def attention_ref(q, k, v, cu_seqlens, scale=None, upcast=True):
     """q, k, v [T, heads, head_dim]; cu_seqlens [B+1]. Bidirectional attention within each sequence."""
     if upcast:
@@ -51,7 +60,8 @@ def attention_ref(q, k, v, cu_seqlens, scale=None, upcast=True):
 
 def layer_norm_ref(x, weight, bias, eps, residual=None, upcast=True):
     if upcast:
-        x, weight, bias = x.double(), weight.double(), bias.double()
+        x, weight = x.double(), weight.double()
+        bias = bias.double() if bias is not None else None
         residual = residual.double() if residual is not None else None
     if residual is not None:
         x = x + residual
@@ -60,11 +70,14 @@ def layer_norm_ref(x, weight, bias, eps, residual=None, upcast=True):
 
 def embeddings_ref(input_ids, position_ids, token_type_ids, word, position, token_type, ln_weight, ln_bias, eps,
                    upcast=True):
-    """input_ids, position_ids, token_type_ids [T] (token_type_ids may be None: type 0)."""
+    """input_ids, position_ids, token_type_ids [T] (token_type_ids may be None: type 0). position may be None
+    (no position term), ln_bias may be None."""
     if upcast:
-        word, position, ln_weight, ln_bias = word.double(), position.double(), ln_weight.double(), ln_bias.double()
-        token_type = token_type.double() if token_type is not None else None
-    summed = word[input_ids.long()] + position[position_ids.long()]
+        word, ln_weight = word.double(), ln_weight.double()
+        position, token_type, ln_bias = (t.double() if t is not None else None for t in (position, token_type, ln_bias))
+    summed = word[input_ids.long()]
+    if position is not None:
+        summed = summed + position[position_ids.long()]
     if token_type is not None:
         types = token_type_ids.long() if token_type_ids is not None else torch.zeros_like(input_ids).long()
         summed = summed + token_type[types]

@@ -144,7 +144,7 @@ def test_embeddings_gpu(T, H, dtype, device, backend):
     assert_matches_reference(out, embeddings_ref, *args, backend=backend)
 
 
-def _compile_case(config, dtype, index_dtype, arch, has_token_type_ids):
+def _compile_case(config, dtype, index_dtype, arch, has_token_type_ids, has_positions=True, has_bias=True):
     ptr, index_ptr = f"*{TORCH_NAME[dtype]}", f"*{TORCH_NAME[index_dtype]}"
     signature = {
         "input_ids_ptr": index_ptr, "position_ids_ptr": index_ptr, "token_type_ids_ptr": index_ptr,
@@ -154,10 +154,11 @@ def _compile_case(config, dtype, index_dtype, arch, has_token_type_ids):
         "stride_word_row": "i32", "stride_position_row": "i32", "stride_token_type_row": "i32",
         "stride_out_row": "i32", "eps": "fp32",
         "HAS_TOKEN_TYPE": "constexpr", "HAS_TOKEN_TYPE_IDS": "constexpr",
-        "BLOCK_N": "constexpr", "ROWS_PER_PROGRAM": "constexpr",
+        "HAS_POSITIONS": "constexpr", "HAS_BIAS": "constexpr", "BLOCK_N": "constexpr", "ROWS_PER_PROGRAM": "constexpr",
     }
     constexprs, num_warps, num_stages = config_constexprs(config)
-    constexprs.update(HAS_TOKEN_TYPE=True, HAS_TOKEN_TYPE_IDS=has_token_type_ids)
+    constexprs.update(HAS_TOKEN_TYPE=True, HAS_TOKEN_TYPE_IDS=has_token_type_ids,
+                      HAS_POSITIONS=has_positions, HAS_BIAS=has_bias)
     label = f"{TORCH_NAME[dtype]}/{TORCH_NAME[index_dtype]} sm_{arch} {constexprs} warps={num_warps}"
     return CompileCase(label, "fastbert.kernels.embeddings", "_embeddings_kernel", signature, constexprs,
                        num_warps, num_stages, arch)
@@ -176,4 +177,48 @@ def test_embeddings_compile_for_gpus():
     for case, result in zip(cases, compile_cases(cases), strict=True):
         assert result["ok"], f"{case.label}: {result.get('error')}"
         assert result["shared"] <= MAX_SHARED_BYTES[case.arch], case.label
+        assert not result["local_memory_spill"], f"{case.label} spills registers to local memory"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("positions, ln_bias", [(False, True), (True, False), (False, False)])
+@pytest.mark.parametrize("T, H", [(1, 64), (7, 100), (33, 384)])
+def test_embeddings_without_positions_or_bias(T, H, positions, ln_bias, dtype, device, backend):
+    """ModernBERT's embeddings: no position table (rotary) and LayerNorm(bias=False), against plain torch;
+    NaN around every input, so a read of an absent table or bias shows up."""
+    word, position, _, weight, bias = _tables(H, dtype, device, types=0)
+    position, bias = (position if positions else None), (bias if ln_bias else None)
+    input_ids, position_ids, _ = _ids(T, device, torch.int32)
+    out = embeddings(nan_padded(input_ids), nan_padded(position_ids) if positions else None, nan_row_padded(word),
+                     nan_row_padded(position) if positions else None, nan_padded(weight),
+                     nan_padded(bias) if ln_bias else None, 1e-5)
+    assert out.dtype == dtype and out.shape == (T, H)
+    args = (input_ids, position_ids, None, word, position, None, weight, bias, 1e-5)
+    assert_matches_reference(out, embeddings_ref, *args, backend=backend)
+
+
+def test_embeddings_without_positions_ignores_position_ids(device, backend):
+    """Without a position table, position_ids is not read (not even range-checked)."""
+    word, _, _, weight, _ = _tables(64, torch.float32, device, types=0)
+    input_ids, _, _ = _ids(7, device)
+    bad_positions = torch.full_like(input_ids, -(2**30))
+    out = embeddings(input_ids, bad_positions, word, None, weight, None, 1e-5)
+    args = (input_ids, None, None, word, None, None, weight, None, 1e-5)
+    assert_matches_reference(out, embeddings_ref, *args, backend=backend)
+
+
+def test_embeddings_position_table_needs_ids(device):
+    word, position, _, weight, bias = _tables(64, torch.float32, device, types=0)
+    input_ids, _, _ = _ids(7, device)
+    with pytest.raises(ValueError, match="position_embeddings given without position_ids"):
+        embeddings(input_ids, None, word, position, weight, bias, 1e-5)
+
+
+@pytest.mark.slow
+def test_embeddings_without_positions_or_bias_compile_for_gpus():
+    base = next(config for config in embeddings_configs() if config.kwargs["BLOCK_N"] == 1024)
+    cases = [_compile_case(base, torch.float16, torch.int64, arch, False, has_positions=False, has_bias=False)
+             for arch in ARCHS]
+    for case, result in zip(cases, compile_cases(cases), strict=True):
+        assert result["ok"], f"{case.label}: {result.get('error')}"
         assert not result["local_memory_spill"], f"{case.label} spills registers to local memory"

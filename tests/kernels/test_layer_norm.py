@@ -128,17 +128,19 @@ def test_layer_norm_gpu(M, N, dtype, device, backend):
     assert_matches_reference(out, layer_norm_ref, x, weight, bias, 1e-12, residual, backend=backend)
 
 
-def _compile_case(config, dtype, arch, has_residual, n_is_one=False):
+def _compile_case(config, dtype, arch, has_residual, n_is_one=False, has_bias=True):
     """n_is_one: Triton turns an int argument equal to 1 into a constexpr; compile that path too."""
     ptr = f"*{TORCH_NAME[dtype]}"
     signature = {
         "x_ptr": ptr, "residual_ptr": ptr, "weight_ptr": ptr, "bias_ptr": ptr, "out_ptr": ptr,
         "M": "i32", "N": "constexpr" if n_is_one else "i32",
         "stride_x_row": "i32", "stride_residual_row": "i32", "stride_out_row": "i32",
-        "eps": "fp32", "HAS_RESIDUAL": "constexpr", "BLOCK_N": "constexpr", "ROWS_PER_PROGRAM": "constexpr",
+        "eps": "fp32", "HAS_RESIDUAL": "constexpr", "HAS_BIAS": "constexpr",
+        "BLOCK_N": "constexpr", "ROWS_PER_PROGRAM": "constexpr",
     }
     constexprs, num_warps, num_stages = config_constexprs(config)
     constexprs["HAS_RESIDUAL"] = has_residual
+    constexprs["HAS_BIAS"] = has_bias
     if n_is_one:
         constexprs["N"] = 1
     label = f"{TORCH_NAME[dtype]} sm_{arch} {constexprs} warps={num_warps}"
@@ -159,4 +161,28 @@ def test_layer_norm_compiles_for_gpus():
     for case, result in zip(cases, compile_cases(cases), strict=True):
         assert result["ok"], f"{case.label}: {result.get('error')}"
         assert result["shared"] <= MAX_SHARED_BYTES[case.arch], case.label
+        assert not result["local_memory_spill"], f"{case.label} spills registers to local memory"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("M, N", [(1, 64), (7, 1000), (33, 768)])
+def test_layer_norm_without_bias(M, N, with_residual, dtype, device, backend):
+    """LayerNorm(bias=False) (ModernBERT): bias None against F.layer_norm(..., bias=None); NaN around every
+    input, so a read of the absent bias or past a row shows up."""
+    x, residual, weight, _ = _inputs(M, N, dtype, device)
+    residual = residual if with_residual else None
+    out = layer_norm(nan_padded(x), nan_padded(weight), None, 1e-5,
+                     residual=nan_padded(residual) if residual is not None else None)
+    assert out.dtype == dtype and out.shape == (M, N)
+    assert_matches_reference(out, layer_norm_ref, x, weight, None, 1e-5, residual, backend=backend)
+
+
+@pytest.mark.slow
+def test_layer_norm_without_bias_compiles_for_gpus():
+    configs = layer_norm_configs()
+    cases = [_compile_case(config, torch.float16, arch, True, has_bias=False)
+             for config in (configs[0], configs[-1]) for arch in ARCHS]
+    for case, result in zip(cases, compile_cases(cases), strict=True):
+        assert result["ok"], f"{case.label}: {result.get('error')}"
         assert not result["local_memory_spill"], f"{case.label} spills registers to local memory"

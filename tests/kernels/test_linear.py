@@ -184,7 +184,7 @@ def _optional_pointers(signature, constexprs, pointer, has_bias, has_residual):
             constexprs[name] = None
 
 
-def _compile_case(config, dtype, epilogue, arch):
+def _compile_case(config, dtype, epilogue, arch, glu=False):
     tiles, num_warps, num_stages = config_constexprs(config)
     pointer = POINTER[dtype]
     has_bias, activation, has_residual = EPILOGUES[epilogue]
@@ -193,14 +193,14 @@ def _compile_case(config, dtype, epilogue, arch):
         "out_ptr": "*fp32" if epilogue == "partial" else pointer,
         "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32", "FILLING": "i32",
         "stride_xm": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_om": "i32",
-        "HAS_BIAS": "constexpr", "HAS_RESIDUAL": "constexpr", "ACTIVATION": "constexpr",
+        "HAS_BIAS": "constexpr", "HAS_RESIDUAL": "constexpr", "ACTIVATION": "constexpr", "GLU": "constexpr",
         "INPUT_PRECISION": "constexpr", "EVEN_K": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
         "BLOCK_K": "constexpr", "GROUP_M": "constexpr", "EPILOGUE_SUBTILES": "constexpr",
     }
     constexprs = {"ACTIVATION": activation or "none", "INPUT_PRECISION": "ieee" if dtype == "fp32" else "tf32",
-                  "EVEN_K": True, **tiles}
+                  "EVEN_K": True, "GLU": glu, **tiles}
     _optional_pointers(signature, constexprs, pointer, has_bias, has_residual)
-    return CompileCase(label=f"{tiles} w{num_warps} s{num_stages} {dtype} {epilogue} sm_{arch}",
+    return CompileCase(label=f"{tiles} w{num_warps} s{num_stages} {dtype} {epilogue} glu={glu} sm_{arch}",
                        module="fastbert.kernels.linear", kernel="_linear_kernel", signature=signature,
                        constexprs=constexprs, num_warps=num_warps, num_stages=num_stages, arch=arch,
                        divisible_by_16=[a for a in ALIGNED_ARGS if signature[a] != "constexpr"])
