@@ -95,6 +95,7 @@ class _Guard:
         refused = self._refusal(scope)
         inference = refused is None and path in INFERENCE_ROUTES and scope["method"] == "POST"
         if inference and self.state.in_flight >= self.state.settings.max_concurrent_requests:
+            inference = False  # refused: it never counted as in flight
             refused = errors.error_response(path, 429, "too many concurrent requests: the server is at its "
                                             f"max_concurrent_requests of {self.state.settings.max_concurrent_requests}",
                                             "Overloaded", code="rate_limit_exceeded")
