@@ -148,12 +148,18 @@ class ClassifierModel(_Served):
         self.num_labels, self.id2label = first.num_labels, dict(first.id2label)
         self.default_activation = first.default_activation
         self.config = first.encoder.config
+        # As Classifier.predict prepares its inputs: lower-cased when the folder says, and token types only for
+        # the tokenizers whose transformers class returns them.
+        self.do_lower_case, self.token_types = first.do_lower_case, first.token_types
 
     @property
     def dtype(self):
         return str(next(iter(self.replicas.values())).encoder.dtype).removeprefix("torch.")
 
     def prepare_pairs(self, firsts, seconds=None, truncate=True, direction="right"):
+        if self.do_lower_case:
+            firsts = [text.lower() for text in firsts]
+            seconds = None if seconds is None else [text.lower() for text in seconds]
         return (self.name, 0), self.tokenize(firsts, seconds, truncate=truncate, direction=direction)
 
     def run(self, group, sequences, device):
@@ -161,8 +167,8 @@ class ClassifierModel(_Served):
         classifier = self.replicas[device]
         ids, mask, types = self.padded(sequences)
         with torch.inference_mode():
-            logits = classifier.forward(ids.to(classifier.encoder.device), mask.to(classifier.encoder.device),
-                                        types.to(classifier.encoder.device))
+            device = classifier.encoder.device
+            logits = classifier.forward(ids.to(device), mask.to(device), types.to(device) if self.token_types else None)
         return list(logits.float().cpu())
 
     def scores(self, logits, raw=False):
