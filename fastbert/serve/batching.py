@@ -88,7 +88,7 @@ class Scheduler:
         self._jobs = deque()  # jobs with sequences not yet taken, oldest first
         self._lock = threading.Condition()
         self._closed = False
-        self._on_batch = on_batch or (lambda tokens, size: None)
+        self._on_batch = on_batch or (lambda tokens, size, queued: None)
 
     def submit(self, job):
         with self._lock:
@@ -153,7 +153,7 @@ class Scheduler:
         # The head goes to the back when it still has work, so another model's jobs get the next batch.
         if self._jobs and self._jobs[0] is head:
             self._jobs.rotate(-1)
-        self._on_batch(tokens, len(batch))
+        self._on_batch(tokens, len(batch), sum(len(job.sequences) - job.next for job in self._jobs))
         return batch
 
 

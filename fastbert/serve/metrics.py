@@ -30,7 +30,9 @@ class Metrics:
         self.request_seconds = Histogram("fastbert_request_seconds", "Total time per inference request",
                                          registry=r, buckets=_SECONDS)
 
-    def on_batch(self, tokens, size):
+    def on_batch(self, tokens, size, queued):
+        """A batch taken from the queue: its size, and the sequences left queued."""
+        self.queue_depth.set(queued)
         self.batch_tokens.observe(tokens)
         self.batch_size.observe(size)
 

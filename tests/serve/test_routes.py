@@ -191,3 +191,30 @@ def test_left_truncation_keeps_the_end(client, model):
     right = np.asarray(client.post("/embed", json={"inputs": words}).json())
     _close(right, model.encode([words]))
     assert np.abs(left - right).max() > 1e-3
+
+
+def _metric(client, name):
+    line = next(line for line in client.get("/metrics").text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def test_a_disconnected_clients_queued_work_is_dropped(server, client):
+    import json
+    import socket
+    import time
+
+    before = _metric(client, "fastbert_batch_size_sum")
+    body = json.dumps({"inputs": [f"{i} " + "many words in a long text " * 60 for i in range(64)]}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /embed HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n" % len(body) + body)
+        deadline = time.monotonic() + 30
+        while _metric(client, "fastbert_batch_size_sum") == before:  # wait until it runs
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    deadline = time.monotonic() + 30
+    while _metric(client, "fastbert_queue_sequences") > 0 or _metric(client, "fastbert_requests_in_flight") > 0:
+        assert time.monotonic() < deadline, "the disconnected request's work was not dropped"
+        time.sleep(0.05)
+    assert _metric(client, "fastbert_batch_size_sum") - before < 64  # 2 sequences a batch: most never ran
