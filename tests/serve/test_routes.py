@@ -218,3 +218,14 @@ def test_a_disconnected_clients_queued_work_is_dropped(server, client):
         assert time.monotonic() < deadline, "the disconnected request's work was not dropped"
         time.sleep(0.05)
     assert _metric(client, "fastbert_batch_size_sum") - before < 64  # 2 sequences a batch: most never ran
+
+
+def test_tokenize_spans_and_unnormalized_embed(client, model):
+    [spans] = client.post("/tokenize", json={"inputs": "A cat"}).json()
+    assert [(t["id"], t["text"], t["special"], t["start"], t["stop"]) for t in spans] == [
+        (101, "[CLS]", True, None, None), (1037, "a", False, 0, 1), (4937, "cat", False, 2, 5),
+        (102, "[SEP]", True, None, None)]
+    bare = client.post("/tokenize", json={"inputs": "A cat", "add_special_tokens": False}).json()[0]
+    assert [t["id"] for t in bare] == [1037, 4937]
+    raw = client.post("/embed", json={"inputs": TEXTS[:2], "normalize": False}).json()
+    _close(raw, model.encode(TEXTS[:2], normalize=False))
