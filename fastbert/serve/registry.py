@@ -233,6 +233,8 @@ def load_models(specs, settings):
     devices = []
     for device in settings.devices or [None]:
         resolved, _, _ = resolve_device_dtype_backend(device, settings.dtype, settings.backend)
+        if str(resolved) in devices:  # two executors would share one model copy: refused, not guessed at
+            raise ValueError(f"devices lists {resolved} twice; give each device once")
         devices.append(str(resolved))
     models = []
     for spec in specs:

@@ -40,3 +40,18 @@ def test_importing_fastbert_serve_is_light():
     code = ("import sys, fastbert, fastbert.serve, fastbert.serve.settings; "
             "assert 'fastapi' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, timeout=60)
+
+
+def test_settings_are_checked():
+    from fastbert.serve import ServedModelSpec, ServeSettings, build_app
+
+    assert ServeSettings(devices="cpu, cpu").devices == ["cpu", "cpu"]
+    with pytest.raises(ValueError, match="twice"):
+        build_app(["unused"], ServeSettings(devices="cpu,cpu"))
+    for bad in ({"max_batch_tokens": 0}, {"payload_limit": True}, {"api_key": ""}, {"drain_seconds": 0}):
+        with pytest.raises(ValueError):
+            ServeSettings(**bad)
+    with pytest.raises(ValueError, match="kind"):
+        ServedModelSpec("x", kind="nope")
+    with pytest.raises(TypeError):
+        build_app(["unused"], settings={"max_batch_tokens": 1})
