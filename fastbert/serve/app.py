@@ -50,6 +50,11 @@ class ServerState:
     def tokenizer_pool(self, name):
         return self._tokenizers[name]
 
+    def accepting(self):
+        """Whether work can be queued: started, with an executor alive (failing batches do not stop it: a
+        batch that succeeds is what makes the server healthy again)."""
+        return self.started and any(e.alive for e in self.executors)
+
     def healthy(self):
         return self.started and all(e.alive and e.failures_in_a_row < UNHEALTHY_AFTER_FAILURES
                                     for e in self.executors)

@@ -55,8 +55,8 @@ async def prepare(state, model, timing, function, *args, **kwargs):
 async def run(state, request, model, group, sequences, timing):
     """Queue the sequences as one job; their results in order. A client that disconnects while its job
     waits gets its queued work dropped."""
-    if not state.healthy():
-        raise ServeError(503, "the server cannot serve: an executor has stopped or keeps failing", "Unhealthy")
+    if not state.accepting():
+        raise ServeError(503, "the server cannot serve: its executors have stopped", "Unhealthy")
     job = Job(model.name, group, sequences, asyncio.get_running_loop())
     timing.tokens += job.tokens
     try:

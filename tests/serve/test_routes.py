@@ -229,3 +229,24 @@ def test_tokenize_spans_and_unnormalized_embed(client, model):
     assert [t["id"] for t in bare] == [1037, 4937]
     raw = client.post("/embed", json={"inputs": TEXTS[:2], "normalize": False}).json()
     _close(raw, model.encode(TEXTS[:2], normalize=False))
+
+
+def test_failing_batches_fail_their_requests_and_health_says_so(server, client, monkeypatch):
+    served = server.server.config.app.state.serve.registry.models["mini-b"]
+
+    def broken(group, sequences, device):
+        raise RuntimeError("the device fell over")
+
+    monkeypatch.setattr(served, "run", broken)
+    for _ in range(2):  # a failing batch fails its own request only
+        reply = client.post("/embed", json={"inputs": "a", "model": "mini-b"})
+        assert reply.status_code == 500 and reply.json()["error_type"] == "Backend" and "fell over" in reply.text
+        assert client.post("/embed", json={"inputs": "a", "model": "mini"}).status_code == 200
+    assert client.get("/health").status_code == 200
+    for _ in range(3):  # batches failing in a row: unhealthy, yet still trying
+        assert client.post("/embed", json={"inputs": "a", "model": "mini-b"}).status_code == 500
+    reply = client.get("/health")
+    assert reply.status_code == 503 and reply.json()["error_type"] == "Unhealthy"
+    monkeypatch.undo()
+    assert client.post("/embed", json={"inputs": "a", "model": "mini-b"}).status_code == 200
+    assert client.get("/health").status_code == 200
