@@ -43,9 +43,7 @@ async def prepare(state, model, timing, function, *args, **kwargs):
         result = await loop.run_in_executor(state.tokenizer_pool(model.name), lambda: function(*args, **kwargs))
     except UntokenizableTextError as err:
         raise ServeError(422, str(err), "Tokenizer") from None
-    except (ValueError, TypeError) as err:
-        if isinstance(err, ServeError):
-            raise
+    except (ValueError, TypeError) as err:  # ServeError (an HTTPException) passes through as it is
         raise ServeError(422, f"cannot tokenize: {err}", "Tokenizer") from None
     timing.tokenize += time.perf_counter() - started
     state.metrics.tokenize_seconds.observe(time.perf_counter() - started)

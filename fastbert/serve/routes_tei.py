@@ -1,6 +1,7 @@
 """Hugging Face text-embeddings-inference's routes, in its request and response shapes: /embed, /rerank,
 /predict, /tokenize, /decode, /info, /health, /metrics."""
 
+import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -41,8 +42,6 @@ async def _classify(state, request, model, firsts, seconds, truncate, direction,
     timing.characters = sum(map(len, firsts)) + (sum(map(len, seconds)) if seconds else 0)
     group, sequences = await inference.prepare(state, model, timing, model.prepare_pairs, firsts, seconds,
                                                truncate=truncate, direction=direction)
-    import torch
-
     return torch.stack(await inference.run(state, request, model, group, sequences, timing))
 
 
