@@ -221,6 +221,22 @@ class Tokenizer:
             self._tok.no_truncation()
         return [(e.ids, e.type_ids) for e in encodings]
 
+    def token_spans(self, text: str, add_special_tokens: bool = True) -> list[tuple[int, str, int, int, bool]]:
+        """One text's tokens, untruncated, as (id, token, start, stop, special): character offsets into
+        `text` (a special token's span is empty). What a server's /tokenize shows."""
+        try:
+            encoding = self._tok.encode(text, add_special_tokens=add_special_tokens)
+        except Exception:  # a bare TypeError that names no text: say which
+            check_encodable("texts", [text])
+            raise
+        special = self.special_token_ids()
+        return [(i, token, start, stop, i in special)
+                for i, token, (start, stop) in zip(encoding.ids, encoding.tokens, encoding.offsets, strict=True)]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """Token ids back to text, as transformers' decode (with clean-up of tokenization spaces)."""
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
     def _resolve_max_length(self, max_length, name) -> int | None:
         if max_length is None:
             return self.model_max_length

@@ -1,4 +1,4 @@
-"""The `fastbert` command line: encode, verify, bench, info.
+"""The `fastbert` command line: encode, serve, verify, bench, info.
 
 Exit codes: 0 success; 1 the command ran and failed (verify out of tolerance, a benchmark failed, an
 unexpected error); 2 a usage, input or output problem (bad option value, unknown model folder, unreadable or
@@ -20,6 +20,7 @@ from fastbert.errors import InputError
 
 from .common import default_model_path, load_model, model_path, one_line, resolve_runtime
 from .encode import cmd_encode, encode_arguments
+from .serve import cmd_serve, serve_arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -238,6 +239,20 @@ def build_parser():
         encode.add_argument(*flags, **options)
     _add_runtime_options(encode, "auto")
     encode.set_defaults(handler=cmd_encode)
+
+    serve = commands.add_parser(
+        "serve", parents=[common], help="an OpenAI- and TEI-compatible embeddings and reranking server",
+        description="Serve models over HTTP: OpenAI's /v1/embeddings and text-embeddings-inference's /embed, "
+                    "/rerank, /predict, /tokenize, /decode, /info, /health, /metrics, batching requests together "
+                    "under a token budget. Needs the serve extra: pip install \"fastbert[serve]\".")
+
+    def serve_runtime(parser):
+        parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="default: float16 on a GPU, float32 on CPU")
+        parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                            help="default: auto ('auto' = triton on a GPU, torch on CPU)")
+
+    serve_arguments(serve, serve_runtime)
+    serve.set_defaults(handler=cmd_serve)
 
     verify = commands.add_parser(
         "verify", parents=[common], help="check fastbert against plain PyTorch (and transformers)",

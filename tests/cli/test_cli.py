@@ -399,7 +399,7 @@ def test_verify_defaults_to_the_triton_backend_and_says_why(capsys):
 
 HEAVY_MODULES = {"torch", "numpy", "transformers", "tokenizers", "triton", "safetensors", "huggingface_hub"}
 LIGHT_COMMANDS = [["--help"], ["--version"], [], ["encode", "--help"], ["verify", "--help"], ["bench", "--help"],
-                  ["info", "--help"], ["info"], ["info", "--json"], ["encode", "--colour"]]
+                  ["info", "--help"], ["info"], ["info", "--json"], ["encode", "--colour"], ["serve", "--help"]]
 
 
 def test_help_info_and_usage_errors_import_no_heavy_library(tmp_path):
