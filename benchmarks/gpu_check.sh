@@ -20,7 +20,8 @@
 #   8. corpus: the corpus benchmark (benchmarks/corpus.py: 2,000 texts from a file to a .npy, fastbert
 #      encode against sentence-transformers and its multi-process pool, each engine in its own process),
 #      into DIR/<device-slug>/corpus/; budget 90 s, or what is left of the total when less (30 s at least)
-#   9. tests-rest: the rest of the test suite natively on the GPU, with what is left of the total; the
+#   9. serve: benchmarks/serve.py --fastbert-only, small and bounded (budget 55 s), into DIR/<slug>/serve/
+#  10. tests-rest: the rest of the test suite natively on the GPU, with what is left of the total; the
 #      CPU-only compile checks are left to CI
 # Every stage has a budget and a `timeout` (SIGINT first, so pytest still writes its JSON; SIGKILL 15 s
 # later); a stage that runs out is interrupted and the next stage runs. Every file is written as it
@@ -30,7 +31,7 @@
 # Usage: bash benchmarks/gpu_check.sh [--out DIR]      (default DIR: benchmarks/results)
 # Writes DIR/<device-slug>/: gpu_check.log stages.txt headline.json profile.json PROFILE.md kernels.json
 # encoder.json REPORT.md speedup.png padding.png tflops.png corpus/{corpus.json,CORPUS.md}. Stage budgets
-# (seconds) can be changed with FASTBERT_CHECK_{HEADLINE,PROFILE,REPORT,KERNELS,ENCODER,TESTS,CORPUS}_S (0
+# (seconds) can be changed with FASTBERT_CHECK_{HEADLINE,PROFILE,REPORT,KERNELS,ENCODER,TESTS,CORPUS,SERVE}_S (0
 # skips a stage) and FASTBERT_CHECK_TOTAL_S (the whole run, which bounds stages 8-9);
 # FASTBERT_CHECK_SIZE=tiny|quick|full picks the grid of stages 4-5 (default quick; tiny also shrinks stages
 # 1-2 to the CPU smoke sizes and stage 8 to 16 texts).
@@ -62,6 +63,7 @@ kernels_s="${FASTBERT_CHECK_KERNELS_S:-50}"
 encoder_s="${FASTBERT_CHECK_ENCODER_S:-75}"
 tests_s="${FASTBERT_CHECK_TESTS_S:-50}"
 corpus_s="${FASTBERT_CHECK_CORPUS_S:-90}"
+serve_s="${FASTBERT_CHECK_SERVE_S:-55}"
 total_s="${FASTBERT_CHECK_TOTAL_S:-540}"
 size="${FASTBERT_CHECK_SIZE:-quick}"
 start_all=$SECONDS
@@ -162,6 +164,14 @@ encoder_tests=(tests/test_graphs.py tests/test_gemm.py tests/test_model.py tests
             "${corpus_runtime[@]}" --budget $(((corpus_budget - 15) / 3))
     else
         echo "=== [corpus] skipped: ${corpus_budget}s of the total budget left"
+    fi
+    # The server under a small bounded load (benchmarks/serve.py, fastbert only: infinity is not installed
+    # here); only where the serve extra's FastAPI and uvicorn are importable, since nothing is installed.
+    if [ "$serve_s" -ge 30 ] && $PY -c 'import fastapi, uvicorn, httpx' 2>/dev/null; then
+        stage serve "$serve_s" $PY -m benchmarks.serve --fastbert-only --out "$out/serve" \
+            --max-requests 100 --max-seconds 3 --startup-timeout 25
+    else
+        echo "=== [serve] skipped: no fastapi/uvicorn/httpx or FASTBERT_CHECK_SERVE_S < 30"
     fi
     rest=$((total_s - (SECONDS - start_all)))
     if [ "$tests_s" -gt 0 ] && [ "$rest" -ge 30 ]; then
