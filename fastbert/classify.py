@@ -55,7 +55,8 @@ class Head:
 # transformers' RobertaClassificationHead (XLM-R's and CamemBERT's are copies of it): tanh between two Linears.
 _ROBERTA_HEAD = Head("first", (Dense("classifier.dense"), torch.tanh, Dense("classifier.out_proj", to_labels=True)))
 
-# model_type -> its head. A new family is one row: MPNet's head is _ROBERTA_HEAD's layout.
+# model_type -> its head. ModernBERT's (head.dense -> act -> head.norm, cls or mean pooling) is not a row yet:
+# its folders are refused by name.
 HEADS = {
     # BertForSequenceClassification: classifier(pooler_output).
     "bert": Head("pooler", (Dense("classifier", to_labels=True),)),
@@ -66,6 +67,8 @@ HEADS = {
     "distilbert": Head("first", (Dense("pre_classifier"), F.relu, Dense("classifier", to_labels=True))),
     # ElectraClassificationHead: get_activation("gelu"), the exact erf GELU, where BERT would use tanh.
     "electra": Head("first", (Dense("classifier.dense"), F.gelu, Dense("classifier.out_proj", to_labels=True))),
+    # MPNetClassificationHead: RoBERTa's layout.
+    "mpnet": _ROBERTA_HEAD,
 }
 
 

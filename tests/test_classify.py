@@ -53,7 +53,8 @@ def check_against_float64(ours, model64, model32, inputs):
 
 
 def test_every_family_has_a_head():
-    assert set(HEADS) == set(BASE_CLASSES)
+    # ModernBERT's head (dense -> act -> LayerNorm, cls or mean pooling) is not a row yet; loading one is refused.
+    assert set(HEADS) == set(BASE_CLASSES) - {"modernbert"}
 
 
 @pytest.mark.parametrize("num_labels", [1, 3])

@@ -1,5 +1,7 @@
 """The layer loop of the triton backend is kernel launches and views, nothing else."""
 
+import functools
+
 import pytest
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -153,6 +155,7 @@ def test_modernbert_launches_per_layer(tmp_path):
         setattr(counting, name, counting_launcher(recorder, name, getattr(kernels, name)))
     model.model.ops.kernels = counting
     model.model.ops.gemm.candidates["triton"].fn = counting.linear
+    model.model.ops.gemm.glu_candidates["triton"].fn = functools.partial(counting.linear, glu=True)  # GeGLU
     ids, mask = modernbert_batch()
     with recorder:
         model(ids, mask)
