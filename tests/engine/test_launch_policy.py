@@ -32,7 +32,7 @@ def test_attention_launch_passes_the_program_bucket(monkeypatch):
 
     class FakeLaunch:
         def __getitem__(self, grid):
-            return lambda *args, **kwargs: seen.append(args[7])  # PROGRAMS_BUCKET, after SEQLEN_BUCKET
+            return lambda *args, **kwargs: seen.append(args[12])  # PROGRAMS_BUCKET, after SEQLEN_BUCKET
 
     monkeypatch.setattr(attention_module, "_attention", FakeLaunch())
     for batch in (1, 32):
